@@ -1,0 +1,80 @@
+"""The direction stream and the two fused ops over a flat fp32 buffer.
+
+    gaussian(seed, numel, offset=0, device=None)  -> u(seed)[offset : offset + numel]
+    add_directions_(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0)
+        theta += (sum_k coefs[k] * u(seeds[k])) * mask * |scale| ** scale_power
+    directions_sq_norm(seeds, coefs, numel, mask=None, scale=None, scale_power=1, offset=0)
+        -> || (sum_k coefs[k] * u(seeds[k])) * mask * |scale| ** scale_power ||^2
+
+seeds (int64) and coefs (float32) are 1-D tensors on the op's device, so no
+host-device synchronisation is needed; see DESIGN.md for the stream.
+"""
+import torch
+
+from . import library  # noqa: F401  (registers torch.ops.zosam.*)
+from .library import HAS_CPU_EXTENSION
+
+__all__ = ["gaussian", "add_directions_", "directions_sq_norm", "HAS_CPU_EXTENSION"]
+
+MAX_SEED = 2**63
+
+
+def gaussian(seed, numel, offset=0, device=None):
+    _check_stream_args(seed, numel, offset)
+    out = torch.empty(numel, dtype=torch.float32, device=device)
+    torch.ops.zosam.fill_gaussian_(out, seed, offset)
+    return out
+
+
+def add_directions_(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0):
+    _check_op_args(theta, "theta", seeds, coefs, mask, scale, scale_power, offset)
+    if not theta.is_contiguous():
+        raise ValueError("theta must be contiguous")
+    torch.ops.zosam.add_directions_(theta, seeds, coefs, mask, scale, scale_power, offset)
+    return theta
+
+
+def directions_sq_norm(seeds, coefs, numel, mask=None, scale=None, scale_power=1, offset=0):
+    if not isinstance(numel, int) or numel < 0:
+        raise ValueError(f"numel must be a non-negative int, got {numel!r}")
+    ref = torch.empty(numel, dtype=torch.float32, device=coefs.device if torch.is_tensor(coefs) else None)
+    _check_op_args(ref, "numel", seeds, coefs, mask, scale, scale_power, offset)
+    return torch.ops.zosam.directions_sq_norm(seeds, coefs, numel, mask, scale, scale_power, offset)
+
+
+def _check_stream_args(seed, numel, offset):
+    if not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    if not isinstance(numel, int) or numel < 0:
+        raise ValueError(f"numel must be a non-negative int, got {numel!r}")
+    if not isinstance(offset, int) or offset < 0 or offset + numel > MAX_SEED:
+        raise ValueError(f"offset must be a non-negative int with offset + numel < 2**63, got {offset!r}")
+
+
+def _check_op_args(theta, theta_name, seeds, coefs, mask, scale, scale_power, offset):
+    if not torch.is_tensor(theta) or theta.dtype != torch.float32:
+        raise TypeError(f"{theta_name} must be a float32 tensor, got "
+                        f"{getattr(theta, 'dtype', type(theta).__name__)}")
+    dev = theta.device
+    if not torch.is_tensor(seeds) or seeds.dtype != torch.int64 or seeds.dim() != 1:
+        raise TypeError("seeds must be a 1-D int64 tensor")
+    if not torch.is_tensor(coefs) or coefs.dtype != torch.float32 or coefs.dim() != 1:
+        raise TypeError("coefs must be a 1-D float32 tensor")
+    if seeds.numel() != coefs.numel() or seeds.numel() == 0:
+        raise ValueError(f"seeds and coefs must have the same non-zero length, got "
+                         f"{seeds.numel()} and {coefs.numel()}")
+    for name, t in (("seeds", seeds), ("coefs", coefs)):
+        if t.device != dev:
+            raise ValueError(f"{name} is on {t.device} but {theta_name} is on {dev}")
+    for name, t, dtype in (("mask", mask, torch.bool), ("scale", scale, torch.float32)):
+        if t is None:
+            continue
+        if not torch.is_tensor(t) or t.dtype != dtype:
+            raise TypeError(f"{name} must be a {dtype} tensor")
+        if t.numel() != theta.numel() or t.device != dev or not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous with {theta.numel()} elements on {dev}, "
+                             f"got {t.numel()} on {t.device}")
+    if scale_power not in (1, 2):
+        raise ValueError(f"scale_power must be 1 or 2, got {scale_power!r}")
+    if not isinstance(offset, int) or offset < 0 or offset + theta.numel() > MAX_SEED:
+        raise ValueError(f"offset must be a non-negative int, got {offset!r}")

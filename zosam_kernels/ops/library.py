@@ -1,0 +1,90 @@
+"""The fused ops as torch custom ops, torch.ops.zosam.*, one name for every device.
+
+Schemas live here; implementations register per dispatch key:
+  CPU   the C++ kernels of zosam_kernels._C (TORCH_LIBRARY_IMPL in csrc/), or,
+        when the extension could not be loaded, the numpy reference (slow, warned once);
+  CUDA  the Triton kernels of triton_kernels.py;
+  Meta  shape-only fakes, so torch.compile can trace through a step.
+Semantics, for local index i and stream index j = offset + i:
+  d[i] = (sum_k coefs[k] * u(seeds[k])[j]) * mask[i] * |scale[i]| ** scale_power
+  add_directions_:    theta[i] += d[i]
+  directions_sq_norm: sum_i d[i] ** 2            (a 0-dim float32 tensor)
+  fill_gaussian_:     out[i] = u(seed)[j]
+"""
+import warnings
+
+import torch
+
+from . import reference
+
+torch.library.define(
+    "zosam::fill_gaussian_", "(Tensor(a!) out, int seed, int offset=0) -> ()")
+torch.library.define(
+    "zosam::add_directions_",
+    "(Tensor(a!) theta, Tensor seeds, Tensor coefs, Tensor? mask=None, "
+    "Tensor? scale=None, int scale_power=1, int offset=0) -> ()")
+torch.library.define(
+    "zosam::directions_sq_norm",
+    "(Tensor seeds, Tensor coefs, int numel, Tensor? mask=None, "
+    "Tensor? scale=None, int scale_power=1, int offset=0) -> Tensor")
+
+
+@torch.library.register_fake("zosam::fill_gaussian_")
+def _(out, seed, offset=0):
+    return None
+
+
+@torch.library.register_fake("zosam::add_directions_")
+def _(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0):
+    return None
+
+
+@torch.library.register_fake("zosam::directions_sq_norm")
+def _(seeds, coefs, numel, mask=None, scale=None, scale_power=1, offset=0):
+    return coefs.new_empty(())
+
+
+def _load_cpu_extension():
+    try:
+        from .. import _C  # noqa: F401  (registers the CPU kernels on import)
+        return True
+    except ImportError as e:
+        warnings.warn(
+            f"zosam_kernels: the C++ extension could not be loaded ({e}); CPU ops fall "
+            "back to the numpy reference, which is correct but slow. Reinstall with "
+            "`pip install -e .` and a working C++ compiler to build it.",
+            RuntimeWarning, stacklevel=3)
+        return False
+
+
+HAS_CPU_EXTENSION = _load_cpu_extension()
+
+if not HAS_CPU_EXTENSION:
+    @torch.library.impl("zosam::fill_gaussian_", "CPU")
+    def _(out, seed, offset=0):
+        out.copy_(reference.gaussian(seed, out.numel(), offset).reshape(out.shape))
+
+    @torch.library.impl("zosam::add_directions_", "CPU")
+    def _(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0):
+        theta.copy_(reference.add_directions(theta, seeds, coefs, mask, scale, scale_power, offset))
+
+    @torch.library.impl("zosam::directions_sq_norm", "CPU")
+    def _(seeds, coefs, numel, mask=None, scale=None, scale_power=1, offset=0):
+        return reference.directions_sq_norm(
+            seeds, coefs, numel, mask, scale, scale_power, offset).to(torch.float32)
+
+
+def _load_triton():
+    try:
+        from . import triton_kernels
+        return triton_kernels
+    except ImportError:
+        return None
+
+
+triton_kernels = _load_triton()
+
+if triton_kernels is not None:
+    torch.library.impl("zosam::fill_gaussian_", "CUDA")(triton_kernels.fill_gaussian_)
+    torch.library.impl("zosam::add_directions_", "CUDA")(triton_kernels.add_directions_)
+    torch.library.impl("zosam::directions_sq_norm", "CUDA")(triton_kernels.directions_sq_norm)
