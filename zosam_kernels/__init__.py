@@ -1,4 +1,5 @@
 """ZO-SAM: sharpness-aware minimisation with a zeroth-order perturbation step."""
 from . import ops
+from .optim import SAM, ZOSAM
 
-__all__ = ["ops"]
+__all__ = ["ops", "SAM", "ZOSAM"]

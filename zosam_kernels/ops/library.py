@@ -11,6 +11,7 @@ Semantics, for local index i and stream index j = offset + i:
   directions_sq_norm: sum_i d[i] ** 2            (a 0-dim float32 tensor)
   fill_gaussian_:     out[i] = u(seed)[j]
 """
+import importlib
 import warnings
 
 import torch
@@ -46,7 +47,7 @@ def _(seeds, coefs, numel, mask=None, scale=None, scale_power=1, offset=0):
 
 def _load_cpu_extension():
     try:
-        from .. import _C  # noqa: F401  (registers the CPU kernels on import)
+        importlib.import_module("zosam_kernels._C")   # registers the CPU kernels
         return True
     except ImportError as e:
         warnings.warn(

@@ -1,0 +1,97 @@
+"""One ZOSAM step against the DESIGN.md algorithm computed independently in float64."""
+import pytest
+import torch
+
+import zosam_kernels as zk
+from f64 import Float64Model, adamw_step, sgd_step, zosam_eps
+
+
+def make_problem(seed, batchnorm=False):
+    g = torch.Generator().manual_seed(seed)
+    layers = [torch.nn.Linear(7, 9), torch.nn.Tanh(), torch.nn.Linear(9, 4)]
+    if batchnorm:
+        layers.insert(1, torch.nn.BatchNorm1d(9))
+    model = torch.nn.Sequential(*layers)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    x = torch.randn(16, 7, generator=g)
+    y = torch.randint(0, 4, (16,), generator=g)
+    return model, x, y
+
+
+def random_masks(model, density, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {p: torch.rand(p.shape, generator=g) < density for p in model.parameters() if p.dim() > 1}
+
+
+def flat_mask(model, masks):
+    return torch.cat([masks.get(p, torch.ones_like(p, dtype=torch.bool)).reshape(-1).double()
+                      for p in model.parameters()])
+
+
+BASES = {
+    "sgd": (torch.optim.SGD, dict(lr=0.1, momentum=0.9, weight_decay=5e-4),
+            lambda th, g: sgd_step(th, g, 0.1, 5e-4)),
+    "adamw": (torch.optim.AdamW, dict(lr=1e-2, weight_decay=1e-2),
+              lambda th, g: adamw_step(th, g, 1e-2, weight_decay=1e-2)),
+}
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("base", list(BASES))
+@pytest.mark.parametrize("n_dirs", [1, 3])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_step_matches_float64_algorithm(backend, base, n_dirs, masked, adaptive):
+    seed = hash((backend, base, n_dirs, masked, adaptive)) % 1000
+    model, x, y = make_problem(seed)
+    masks = random_masks(model, 0.6, seed) if masked else {}
+    loss_fn = torch.nn.functional.cross_entropy
+    f = Float64Model(model, x, y, loss_fn)
+    mask = flat_mask(model, masks) if masked else None
+    theta0 = f.flat() * (mask if masked else 1)   # the optimizer zeroes pruned weights at init
+    rho, delta = 0.05, 1e-2
+    base_cls, kw, step64 = BASES[base]
+    opt = zk.ZOSAM(model.parameters(), base_cls, rho=rho, delta=delta, n_dirs=n_dirs, seed=seed,
+                   masks=masks or None, adaptive=adaptive, backend=backend, **kw)
+    loss = opt.step(lambda: loss_fn(model(x), y))
+
+    eps, c = zosam_eps(f, theta0, opt.last_seeds, rho, delta, mask, adaptive)
+    g = f.grad(theta0 + eps)
+    if masked:
+        g = g * mask
+    expected = step64(theta0, g)
+    torch.testing.assert_close(opt.last_coefficients.double(), c, rtol=2e-3, atol=2e-4)
+    torch.testing.assert_close(f.flat(), expected, rtol=0, atol=2e-5)
+    torch.testing.assert_close(loss.double(), f.loss(theta0).detach(), rtol=1e-3, atol=1e-4)
+    if masked:
+        assert (f.flat()[mask == 0] == 0).all()
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_fused_and_reference_backends_agree_over_steps(adaptive):
+    results = []
+    for backend in ["fused", "reference"]:
+        model, x, y = make_problem(3, batchnorm=True)
+        masks = random_masks(model, 0.5, 3)
+        opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9, n_dirs=2,
+                       seed=11, masks=masks, adaptive=adaptive, backend=backend)
+        for _ in range(5):
+            opt.step(lambda: torch.nn.functional.cross_entropy(model(x), y))
+        results.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-5)
+
+
+def test_seeds_differ_across_steps_and_directions_and_replay():
+    model, x, y = make_problem(0)
+    opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.01, n_dirs=3, seed=5)
+    seen = []
+    for _ in range(3):
+        opt.step(lambda: torch.nn.functional.cross_entropy(model(x), y))
+        seen.extend(opt.last_seeds)
+    assert len(set(seen)) == 9 and all(0 <= s < 2**63 for s in seen)
+    model2, _, _ = make_problem(0)
+    opt2 = zk.ZOSAM(model2.parameters(), torch.optim.SGD, lr=0.01, n_dirs=3, seed=5)
+    opt2.step(lambda: torch.nn.functional.cross_entropy(model2(x), y))
+    assert opt2.last_seeds == seen[:3]

@@ -1,0 +1,120 @@
+"""Flat parameters: every parameter of one (device, dtype) as a view of one buffer.
+
+With the whole model in one contiguous buffer, each fused op is one launch
+for the whole model, and the direction stream index of a weight is simply its
+position in the buffer (plus the sizes of the buckets before it).
+"""
+import torch
+
+from .masks import normalize_masks
+
+
+class Bucket:
+    """One contiguous buffer holding the parameters of one (device, dtype)."""
+
+    def __init__(self, params, stream_offset, masks):
+        self.params = params
+        self.stream_offset = stream_offset
+        p0 = params[0]
+        numels = [p.numel() for p in params]
+        self.numel = sum(numels)
+        self.buffer = torch.empty(self.numel, dtype=p0.dtype, device=p0.device)
+        self.mask = None
+        if any(id(p) in masks for p in params):
+            self.mask = torch.ones(self.numel, dtype=torch.bool, device=p0.device)
+        self.views = []
+        self.mask_views = {}
+        start = 0
+        with torch.no_grad():
+            for p, n in zip(params, numels):
+                view = self.buffer[start:start + n].view_as(p)
+                view.copy_(p)
+                p.data = view        # the parameter now lives in the buffer
+                if p.grad is not None:
+                    p.grad = p.grad.contiguous()
+                if self.mask is not None:
+                    mview = self.mask[start:start + n].view_as(p)
+                    if id(p) in masks:
+                        mview.copy_(masks[id(p)])
+                    self.mask_views[id(p)] = mview
+                self.views.append(view)
+                start += n
+
+
+class FlatParams:
+    """Rebinds `params` (unique, requires_grad) into one buffer per (device, dtype).
+
+    masks: mapping parameter -> bool tensor (see masks.normalize_masks); the
+    flat bool buffer of a bucket holds them, and `mask_of(p)` is a view into
+    it, so a topology change written into that view reaches the fused ops.
+    """
+
+    def __init__(self, params, masks=None):
+        masks = normalize_masks(params, masks)
+        self.buckets = []
+        offset = 0
+        for group in bucket_order(params):
+            bucket = Bucket(group, offset, masks)
+            self.buckets.append(bucket)
+            offset += bucket.numel
+        self.numel = offset
+        self.mask_params_()
+
+    @property
+    def params(self):
+        return [p for b in self.buckets for p in b.params]
+
+    @property
+    def has_mask(self):
+        return any(b.mask is not None for b in self.buckets)
+
+    def mask_of(self, p):
+        for b in self.buckets:
+            if id(p) in b.mask_views:
+                return b.mask_views[id(p)]
+        return None
+
+    @torch.no_grad()
+    def mask_params_(self):
+        for b in self.buckets:
+            if b.mask is not None:
+                b.buffer.mul_(b.mask)
+
+    @torch.no_grad()
+    def mask_grads_(self):
+        for b in self.buckets:
+            if b.mask is None:
+                continue
+            pairs = [(p.grad, b.mask_views[id(p)]) for p in b.params if p.grad is not None]
+            if pairs:
+                torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+
+
+def unique_trainable(params):
+    """Parameters in order, tied ones once, requires_grad=False ones left out."""
+    seen, out = set(), []
+    for p in params:
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def bucket_order(params):
+    """The trainable parameters grouped by (device, dtype), buckets in order of
+    first appearance, parameters in their given order: the layout of the flat
+    buffers and hence of the direction stream."""
+    groups = {}
+    for p in unique_trainable(params):
+        groups.setdefault((p.device, p.dtype), []).append(p)
+    return list(groups.values())
+
+
+def stream_offsets(params):
+    """id(param) -> index of its first element in the direction stream."""
+    offsets, offset = {}, 0
+    for group in bucket_order(params):
+        for p in group:
+            offsets[id(p)] = offset
+            offset += p.numel()
+    return offsets

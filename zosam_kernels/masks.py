@@ -1,0 +1,59 @@
+"""Sparsity masks for optimized parameters: validation and per-tensor application.
+
+A mask is a bool tensor of its parameter's shape and device; False marks a
+pruned weight, which every optimizer of the package keeps exactly 0.
+"""
+import torch
+
+
+def normalize_masks(params, masks):
+    """Validate `masks` (a mapping parameter -> bool tensor, or None) against
+    `params` and return a dict keyed by id(param); unmasked parameters are dense."""
+    if masks is None:
+        return {}
+    if hasattr(masks, "param_masks"):   # a sparse-training masking object
+        masks = masks.param_masks()
+    if not hasattr(masks, "items"):
+        raise TypeError(f"masks must be a mapping from parameter to bool tensor, got {type(masks).__name__}")
+    by_id = {id(p): p for p in params}
+    out = {}
+    for p, m in masks.items():
+        if id(p) not in by_id:
+            raise ValueError("masks has a key that is not one of the optimized parameters")
+        if not torch.is_tensor(m) or m.dtype != torch.bool:
+            raise TypeError(f"masks: the mask of a parameter of shape {tuple(p.shape)} must be a bool "
+                            f"tensor, got {getattr(m, 'dtype', type(m).__name__)}")
+        if m.shape != p.shape:
+            raise ValueError(f"masks: mask shape {tuple(m.shape)} differs from its parameter's "
+                             f"shape {tuple(p.shape)}")
+        if m.device != p.device:
+            raise ValueError(f"masks: mask is on {m.device} but its parameter is on {p.device}")
+        out[id(p)] = m
+    return out
+
+
+class ParamMasks:
+    """Masks applied tensor by tensor (the SAM family and the reference backend)."""
+
+    def __init__(self, params, masks):
+        by_id = normalize_masks(params, masks)
+        self.params = [p for p in params if id(p) in by_id]
+        self.masks = [by_id[id(p)].clone() for p in self.params]
+        self._by_id = {id(p): m for p, m in zip(self.params, self.masks)}
+
+    def __bool__(self):
+        return bool(self.params)
+
+    def get(self, p):
+        return self._by_id.get(id(p))
+
+    @torch.no_grad()
+    def mask_params_(self):
+        if self.params:
+            torch._foreach_mul_([p.data for p in self.params], self.masks)
+
+    @torch.no_grad()
+    def mask_grads_(self):
+        pairs = [(p.grad, m) for p, m in zip(self.params, self.masks) if p.grad is not None]
+        if pairs:
+            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])

@@ -1,0 +1,81 @@
+"""The shared base of ZOSAM and the SAM family: a torch.optim.Optimizer that
+wraps a base optimizer, shares its param_groups and its state (so LR
+schedulers, state_dict and load_state_dict see one optimizer), and finishes
+every step the same way: a finiteness guard, the sparse masks, the base step.
+"""
+import warnings
+
+import torch
+
+from ..flat import unique_trainable
+
+
+class SharpnessAwareOptimizer(torch.optim.Optimizer):
+
+    def __init__(self, params, base_optimizer, defaults, base_kwargs, check_finite=True):
+        if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
+            raise TypeError(f"base_optimizer must be a torch.optim.Optimizer subclass (e.g. "
+                            f"torch.optim.SGD), got {base_optimizer!r}")
+        super().__init__(params, defaults)
+        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        self.param_groups = self.base_optimizer.param_groups
+        self.base_optimizer.state = self.state   # base state (momentum, Adam moments) is ours too
+        self.defaults.update(self.base_optimizer.defaults)
+        self.check_finite = bool(check_finite)
+
+    @property
+    def params(self):
+        return unique_trainable(p for g in self.param_groups for p in g["params"])
+
+    def _hyper(self, name):
+        """A hyperparameter that must be the same in every param group (schedulers may change it)."""
+        values = {g[name] for g in self.param_groups}
+        if len(values) != 1:
+            raise ValueError(f"{name} must be equal in every param group, got {sorted(values)}")
+        return values.pop()
+
+    def _finish(self, losses, masks):
+        """The base step, unless a loss of this step was not finite (then nothing changes).
+
+        The check costs one host-device synchronisation; check_finite=False removes it."""
+        if self.check_finite:
+            finite = torch.stack([torch.isfinite(l).all() for l in losses.values()])
+            if not bool(finite.all()):
+                bad = [name for name, ok in zip(losses, finite.tolist()) if not ok]
+                warnings.warn(f"{type(self).__name__}: non-finite loss in {', '.join(bad)}; the step "
+                              "was skipped, weights and optimizer state are as before it",
+                              RuntimeWarning, stacklevel=3)
+                for p in self.params:
+                    p.grad = None
+                return False
+        masks.mask_grads_()
+        self.base_optimizer.step()
+        masks.mask_params_()
+        return True
+
+    def _extra_state(self):
+        return {}
+
+    def _load_extra_state(self, extra):
+        pass
+
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["sharpness"] = self._extra_state()
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("sharpness", {})
+        super().load_state_dict(state_dict)
+        self.base_optimizer.param_groups = self.param_groups
+        self.base_optimizer.state = self.state
+        self._load_extra_state(extra)
+
+    def zero_grad(self, set_to_none=True):
+        self.base_optimizer.zero_grad(set_to_none)
+
+
+def check_nonnegative(name, value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")

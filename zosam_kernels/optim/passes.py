@@ -1,0 +1,77 @@
+"""The closure protocol: how optimizers evaluate the user's closure.
+
+closure() runs the forward pass on the current batch and returns the loss, a
+scalar or a 1-D tensor of per-sample losses; it never calls backward. The
+optimizer decides which evaluation is the gradient pass (autograd on,
+BatchNorm statistics updated) and which are extra passes (no_grad, BatchNorm
+statistics frozen).
+"""
+import contextlib
+
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.module import (register_module_forward_hook,
+                                     register_module_forward_pre_hook)
+
+
+def mean_loss(loss):
+    """Validate a closure's return value and reduce per-sample losses to their mean."""
+    if not torch.is_tensor(loss):
+        raise TypeError(f"closure must return the loss as a tensor, got {type(loss).__name__}")
+    if loss.dim() > 1 or loss.numel() == 0:
+        raise ValueError(f"closure must return a scalar or a 1-D tensor of per-sample losses, "
+                         f"got shape {tuple(loss.shape)}")
+    return loss.mean() if loss.dim() == 1 else loss
+
+
+@contextlib.contextmanager
+def frozen_batchnorm():
+    """BatchNorm layers use batch statistics but leave their running statistics
+    (and num_batches_tracked) untouched. Global module hooks, so the optimizer
+    needs no reference to the model: for the duration of the forward of each
+    training-mode BatchNorm, track_running_stats is switched off, which makes
+    torch pass no running buffers to F.batch_norm."""
+    def pre(module, args):
+        if isinstance(module, _BatchNorm) and module.training and module.track_running_stats:
+            module.track_running_stats = False
+            module._zosam_frozen = True
+
+    def post(module, args, out):
+        if getattr(module, "_zosam_frozen", False):
+            module.track_running_stats = True
+            del module._zosam_frozen
+
+    h_pre = register_module_forward_pre_hook(pre)
+    h_post = register_module_forward_hook(post, always_call=True)
+    try:
+        yield
+    finally:
+        h_pre.remove()
+        h_post.remove()
+
+
+def extra_pass(closure):
+    """A loss evaluation that neither builds a graph nor moves BatchNorm statistics."""
+    with torch.no_grad(), frozen_batchnorm():
+        return mean_loss(closure()).detach()
+
+
+def gradient_pass(closure, params, freeze_batchnorm=False):
+    """Zero the gradients, evaluate the closure with autograd, and backpropagate.
+
+    Gradients are zeroed in place rather than dropped, so backward accumulates
+    into the existing tensors and a step allocates no new gradient buffers."""
+    grads = [p.grad for p in params if p.grad is not None]
+    for g in grads:
+        g.detach_() if g.grad_fn is not None else g.requires_grad_(False)
+    if grads:
+        torch._foreach_zero_(grads)
+    ctx = frozen_batchnorm() if freeze_batchnorm else contextlib.nullcontext()
+    with torch.enable_grad(), ctx:
+        loss = mean_loss(closure())
+    if not loss.requires_grad:
+        raise RuntimeError("closure returned a loss that does not require grad in the gradient pass; "
+                           "does the model have trainable parameters, and is the closure free of "
+                           "torch.no_grad()?")
+    loss.backward()
+    return loss.detach()

@@ -1,0 +1,65 @@
+"""SAM (Foret et al. 2021) and ASAM (Kwon et al. 2021), the baseline ZO-SAM is measured against.
+
+    eps   = rho g / (||g|| + 1e-12)                  (adaptive: rho T^2 g / ||T g||, T = |theta|)
+    theta <- base_step(theta, grad L(theta + eps))
+
+Two forward + backward passes per step, and one parameter-sized buffer kept
+to restore theta exactly after the second pass.
+"""
+import torch
+
+from ..masks import ParamMasks
+from .base import SharpnessAwareOptimizer, check_nonnegative
+from .passes import gradient_pass
+
+
+class SAM(SharpnessAwareOptimizer):
+    """SAM(params, base_optimizer=torch.optim.SGD, rho=0.05, adaptive=False, masks=None,
+    check_finite=True, **base_kwargs); rho may differ per param group.
+
+    step(closure): the first gradient pass (at theta) updates BatchNorm
+    statistics, the second (at theta + eps) leaves them alone. Returns the
+    loss at theta."""
+
+    def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.05, adaptive=False,
+                 masks=None, check_finite=True, **base_kwargs):
+        check_nonnegative("rho", rho)
+        defaults = dict(rho=rho, adaptive=bool(adaptive))
+        super().__init__(params, base_optimizer, defaults, base_kwargs, check_finite)
+        self.masks = ParamMasks(self.params, masks)
+        self.masks.mask_params_()
+        self._saved = None
+
+    @torch.no_grad()
+    def _perturbation(self):
+        """eps per parameter, from the gradients of the first pass."""
+        adaptive = self._hyper("adaptive")
+        pairs = [(p, g["rho"]) for g in self.param_groups for p in g["params"] if p.grad is not None]
+        scaled = [p.grad * p.abs() if adaptive else p.grad for p, _ in pairs]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s) for s in scaled]))
+        eps = []
+        for (p, rho), s in zip(pairs, scaled):
+            check_nonnegative("rho", rho)
+            e = s * p.abs() if adaptive else s.clone()   # T^2 g = |theta| (|theta| g)
+            eps.append(e.mul_(rho / (norm + 1e-12)))
+        return [p for p, _ in pairs], eps
+
+    def step(self, closure=None):
+        if closure is None:
+            raise ValueError("SAM.step needs a closure that runs the forward pass and returns the loss")
+        params = self.params
+        if self._saved is None:
+            self._saved = [torch.empty_like(p) for p in params]
+        loss = gradient_pass(closure, params)
+        self.masks.mask_grads_()
+        with torch.no_grad():
+            torch._foreach_copy_(self._saved, [p.detach() for p in params])
+            perturbed, eps = self._perturbation()
+            torch._foreach_add_(perturbed, eps)
+        try:
+            loss_at_eps = gradient_pass(closure, params, freeze_batchnorm=True)
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(params, self._saved)
+        self._finish({"the first pass": loss, "the second pass": loss_at_eps}, self.masks)
+        return loss

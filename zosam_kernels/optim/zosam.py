@@ -1,0 +1,155 @@
+"""ZO-SAM: SAM whose perturbation direction is a zeroth-order estimate.
+
+    g_hat = 1/m sum_i (L(theta + delta u_i) - L(theta - delta u_i)) / (2 delta) u_i
+    eps   = rho g_hat / (||g_hat|| + 1e-12)        (adaptive: rho T^2 g_hat / ||T g_hat||, T = |theta|)
+    theta <- base_step(theta, grad L(theta + eps))
+
+The directions u_i are never stored: they are regenerated from seeds derived
+from (seed, step, i), so the weights move only by fused ops that add
+coefficient-weighted directions, and a resumed run replays the same ones.
+"""
+import torch
+
+from .base import SharpnessAwareOptimizer, check_nonnegative
+from .directions import FlatDirections, TensorDirections
+from .passes import extra_pass, gradient_pass
+
+_M64 = (1 << 64) - 1
+
+
+def _mix64(x):
+    # splitmix64's finaliser: consecutive inputs give unrelated outputs
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def direction_seed(seed, step, index):
+    """The 63-bit seed of direction `index` at optimizer step `step`."""
+    return _mix64(_mix64(_mix64(seed) ^ step) ^ index) >> 1
+
+
+class ZOSAM(SharpnessAwareOptimizer):
+    """ZOSAM(params, base_optimizer=torch.optim.SGD, rho=0.05, delta=1e-3, n_dirs=1,
+    seed=0, masks=None, adaptive=False, backend="fused", check_finite=True, **base_kwargs)
+
+    step(closure): 2 * n_dirs no-grad forward passes, one forward + backward at
+    theta + eps, the base optimizer's step. Returns the mean of the L+ and L- losses.
+    """
+
+    def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.05, delta=1e-3, n_dirs=1,
+                 seed=0, masks=None, adaptive=False, backend="fused", check_finite=True,
+                 **base_kwargs):
+        check_nonnegative("rho", rho)
+        if not isinstance(delta, (int, float)) or not delta > 0:
+            raise ValueError(f"delta must be a positive number, got {delta!r}")
+        if not isinstance(n_dirs, int) or isinstance(n_dirs, bool) or n_dirs < 1:
+            raise ValueError(f"n_dirs must be an int >= 1, got {n_dirs!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+        if backend not in ("fused", "reference"):
+            raise ValueError(f"backend must be 'fused' or 'reference', got {backend!r}")
+        defaults = dict(rho=rho, delta=delta, adaptive=bool(adaptive))
+        super().__init__(params, base_optimizer, defaults, base_kwargs, check_finite)
+        params = self.params
+        if not params:
+            raise ValueError("params has no parameter that requires grad")
+        for p in params:
+            if p.dtype != torch.float32:
+                raise TypeError(f"params: ZOSAM perturbs float32 parameters, got {p.dtype} (shape "
+                                f"{tuple(p.shape)}); delta={delta} is below the resolution of "
+                                "fp16/bf16 weights: keep float32 master weights and use autocast")
+        self.n_dirs = n_dirs
+        self.seed = seed
+        self.backend = backend
+        self.step_count = 0
+        directions = FlatDirections if backend == "fused" else TensorDirections
+        self.directions = directions(params, masks)
+        self.last_seeds = []
+        self.last_coefficients = None
+
+    def step(self, closure=None):
+        if closure is None:
+            raise ValueError("ZOSAM.step needs a closure that runs the forward pass and returns the loss")
+        rho, delta, adaptive = self._hyper("rho"), self._hyper("delta"), self._hyper("adaptive")
+        check_nonnegative("rho", rho)
+        m, dirs = self.n_dirs, self.directions
+        seeds = [direction_seed(self.seed, self.step_count, i) for i in range(m)]
+        dirs.begin(seeds)
+
+        applied = []   # what has been added to the weights so far, undone on a fault
+
+        def perturb(lo, hi, coefs):
+            dirs.add_(lo, hi, coefs)
+            applied.append((lo, hi, coefs))
+
+        def full(n, value):
+            return torch.full((n,), value, dtype=torch.float32, device=dirs.device)
+
+        if adaptive:
+            dirs.save_()
+        try:
+            # Zeroth-order estimate: theta +- delta u_i, the restore of direction i
+            # fused with the +delta of direction i + 1.
+            plus, minus = [], []
+            for i in range(m):
+                perturb(max(i - 1, 0), i + 1, full(min(i + 1, 2), delta))
+                plus.append(extra_pass(closure))
+                perturb(i, i + 1, full(1, -2 * delta))
+                minus.append(extra_pass(closure))
+            plus = torch.stack(plus).float().to(dirs.device)
+            minus = torch.stack(minus).float().to(dirs.device)
+            coefs = (plus - minus) / (2 * delta)
+            g_hat = coefs / m
+
+            # eps = rho g_hat / ||g_hat||, applied together with the last restore.
+            # A non-finite loss gives eps = 0 here (no sync needed) and a skipped step below.
+            if adaptive:
+                dirs.restore_()
+                applied.clear()
+                norm = dirs.sq_norm(g_hat, scale_power=1).sqrt()
+                eps = _finite_or_zero(rho * g_hat / (norm + 1e-12))
+                dirs.add_(0, m, eps, scale_power=2)
+            else:
+                norm = dirs.sq_norm(g_hat).sqrt()
+                eps = _finite_or_zero(rho * g_hat / (norm + 1e-12))
+                perturb(0, m, eps + torch.cat([full(m - 1, 0.0), full(1, delta)]))
+                applied[:] = [(0, m, eps)]   # net, so the un-apply is one op
+
+            loss = gradient_pass(closure, dirs.params)
+        except BaseException:
+            _undo(dirs, applied, adaptive)
+            raise
+        _undo(dirs, applied, adaptive)
+
+        self.last_seeds = seeds
+        self.last_coefficients = coefs.detach()
+        losses = {"the +delta passes": plus, "the -delta passes": minus, "the gradient pass": loss}
+        if self._finish(losses, dirs):
+            self.step_count += 1
+        return (plus.mean() + minus.mean()) / 2
+
+    def _extra_state(self):
+        return {"step_count": self.step_count, "seed": self.seed, "n_dirs": self.n_dirs}
+
+    def _load_extra_state(self, extra):
+        self.step_count = int(extra.get("step_count", 0))
+        self.seed = int(extra.get("seed", self.seed))
+        self.n_dirs = int(extra.get("n_dirs", self.n_dirs))
+
+
+def _finite_or_zero(t):
+    return torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+
+
+def _undo(dirs, applied, adaptive):
+    """Bring the weights back to theta (within float32 rounding; exactly when adaptive)."""
+    with torch.no_grad():
+        if adaptive:
+            dirs.restore_()
+            dirs.release_()
+        else:
+            for lo, hi, coefs in reversed(applied):
+                dirs.add_(lo, hi, -coefs)
+    applied.clear()
