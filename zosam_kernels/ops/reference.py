@@ -85,7 +85,7 @@ def gaussian(seed, numel, offset=0, dtype=torch.float32):
 
 
 def direction_sum(seeds, coefs, numel, mask=None, scale=None, scale_power=1, offset=0):
-    """d = (sum_k coefs[k] u(seeds[k])) * mask * |scale|**scale_power, float64."""
+    """d = (sum_k coefs[k] u(seeds[k])) * |scale|**scale_power where mask, else 0; float64."""
     seeds = [int(s) for s in torch.as_tensor(seeds).reshape(-1).tolist()]
     coefs = torch.as_tensor(coefs, dtype=torch.float64).reshape(-1).cpu()
     if len(seeds) != len(coefs):
@@ -93,10 +93,10 @@ def direction_sum(seeds, coefs, numel, mask=None, scale=None, scale_power=1, off
     d = torch.zeros(numel, dtype=torch.float64)
     for s, c in zip(seeds, coefs):
         d += c * torch.from_numpy(stream(s, numel, offset))
-    if mask is not None:
-        d *= mask.reshape(-1).cpu().to(torch.float64)
     if scale is not None:
         d *= scale.reshape(-1).cpu().to(torch.float64).abs() ** scale_power
+    if mask is not None:   # masked-out elements are left alone, even by a non-finite coefficient
+        d = torch.where(mask.reshape(-1).cpu(), d, 0.0)
     return d
 
 
