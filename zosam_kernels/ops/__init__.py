@@ -27,9 +27,10 @@ def gaussian(seed, numel, offset=0, device=None):
 
 
 def add_directions_(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0):
-    _check_op_args(theta, "theta", seeds, coefs, mask, scale, scale_power, offset)
-    if not theta.is_contiguous():
-        raise ValueError("theta must be contiguous")
+    if not torch.is_tensor(theta) or theta.dtype != torch.float32 or not theta.is_contiguous():
+        raise TypeError(f"theta must be a contiguous float32 tensor, got "
+                        f"{getattr(theta, 'dtype', type(theta).__name__)}")
+    _check_op_args(theta.numel(), theta.device, seeds, coefs, mask, scale, scale_power, offset)
     torch.ops.zosam.add_directions_(theta, seeds, coefs, mask, scale, scale_power, offset)
     return theta
 
@@ -37,8 +38,9 @@ def add_directions_(theta, seeds, coefs, mask=None, scale=None, scale_power=1, o
 def directions_sq_norm(seeds, coefs, numel, mask=None, scale=None, scale_power=1, offset=0):
     if not isinstance(numel, int) or numel < 0:
         raise ValueError(f"numel must be a non-negative int, got {numel!r}")
-    ref = torch.empty(numel, dtype=torch.float32, device=coefs.device if torch.is_tensor(coefs) else None)
-    _check_op_args(ref, "numel", seeds, coefs, mask, scale, scale_power, offset)
+    if not torch.is_tensor(coefs):
+        raise TypeError("coefs must be a 1-D float32 tensor")
+    _check_op_args(numel, coefs.device, seeds, coefs, mask, scale, scale_power, offset)
     return torch.ops.zosam.directions_sq_norm(seeds, coefs, numel, mask, scale, scale_power, offset)
 
 
@@ -51,11 +53,7 @@ def _check_stream_args(seed, numel, offset):
         raise ValueError(f"offset must be a non-negative int with offset + numel < 2**63, got {offset!r}")
 
 
-def _check_op_args(theta, theta_name, seeds, coefs, mask, scale, scale_power, offset):
-    if not torch.is_tensor(theta) or theta.dtype != torch.float32:
-        raise TypeError(f"{theta_name} must be a float32 tensor, got "
-                        f"{getattr(theta, 'dtype', type(theta).__name__)}")
-    dev = theta.device
+def _check_op_args(numel, dev, seeds, coefs, mask, scale, scale_power, offset):
     if not torch.is_tensor(seeds) or seeds.dtype != torch.int64 or seeds.dim() != 1:
         raise TypeError("seeds must be a 1-D int64 tensor")
     if not torch.is_tensor(coefs) or coefs.dtype != torch.float32 or coefs.dim() != 1:
@@ -65,16 +63,16 @@ def _check_op_args(theta, theta_name, seeds, coefs, mask, scale, scale_power, of
                          f"{seeds.numel()} and {coefs.numel()}")
     for name, t in (("seeds", seeds), ("coefs", coefs)):
         if t.device != dev:
-            raise ValueError(f"{name} is on {t.device} but {theta_name} is on {dev}")
+            raise ValueError(f"{name} is on {t.device} but the op runs on {dev}")
     for name, t, dtype in (("mask", mask, torch.bool), ("scale", scale, torch.float32)):
         if t is None:
             continue
         if not torch.is_tensor(t) or t.dtype != dtype:
             raise TypeError(f"{name} must be a {dtype} tensor")
-        if t.numel() != theta.numel() or t.device != dev or not t.is_contiguous():
-            raise ValueError(f"{name} must be contiguous with {theta.numel()} elements on {dev}, "
+        if t.numel() != numel or t.device != dev or not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous with {numel} elements on {dev}, "
                              f"got {t.numel()} on {t.device}")
     if scale_power not in (1, 2):
         raise ValueError(f"scale_power must be 1 or 2, got {scale_power!r}")
-    if not isinstance(offset, int) or offset < 0 or offset + theta.numel() > MAX_SEED:
+    if not isinstance(offset, int) or offset < 0 or offset + numel > MAX_SEED:
         raise ValueError(f"offset must be a non-negative int, got {offset!r}")

@@ -57,15 +57,12 @@ def extra_pass(closure):
 
 
 def gradient_pass(closure, params, freeze_batchnorm=False):
-    """Zero the gradients, evaluate the closure with autograd, and backpropagate.
+    """Drop the gradients, evaluate the closure with autograd, and backpropagate.
 
-    Gradients are zeroed in place rather than dropped, so backward accumulates
-    into the existing tensors and a step allocates no new gradient buffers."""
-    grads = [p.grad for p in params if p.grad is not None]
-    for g in grads:
-        g.detach_() if g.grad_fn is not None else g.requires_grad_(False)
-    if grads:
-        torch._foreach_zero_(grads)
+    Dropped rather than zeroed: backward makes a fresh gradient tensor either
+    way, and with no .grad to add it to, autograd keeps that tensor as is."""
+    for p in params:
+        p.grad = None
     ctx = frozen_batchnorm() if freeze_batchnorm else contextlib.nullcontext()
     with torch.enable_grad(), ctx:
         loss = mean_loss(closure())
