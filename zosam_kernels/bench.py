@@ -87,6 +87,12 @@ def timed(run, device):
 
 
 def main(argv=None):
+    benchmark(argv)
+    return 0
+
+
+def benchmark(argv=None):
+    """Parse the options, benchmark, print the table; returns the result rows."""
     p = argparse.ArgumentParser(prog="zosam-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet32", choices=sorted(MODELS))
     p.add_argument("--batch-size", type=int, default=128)
@@ -141,4 +147,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
