@@ -95,3 +95,18 @@ def test_seeds_differ_across_steps_and_directions_and_replay():
     opt2 = zk.ZOSAM(model2.parameters(), torch.optim.SGD, lr=0.01, n_dirs=3, seed=5)
     opt2.step(lambda: torch.nn.functional.cross_entropy(model2(x), y))
     assert opt2.last_seeds == seen[:3]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the Triton kernels compiled)")
+def test_cuda_fused_matches_cpu_reference_backend():
+    results = []
+    for device, backend in [("cuda", "fused"), ("cpu", "reference")]:
+        model, x, y = make_problem(4, batchnorm=True)
+        model, x, y = model.to(device), x.to(device), y.to(device)
+        masks = {p: m.to(device) for p, m in random_masks(model, 0.5, 4).items()}
+        opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9, n_dirs=2,
+                       seed=13, masks=masks, backend=backend)
+        for _ in range(3):
+            opt.step(lambda: torch.nn.functional.cross_entropy(model(x), y))
+        results.append(torch.cat([p.detach().cpu().reshape(-1) for p in model.parameters()]))
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-4)
