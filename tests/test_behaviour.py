@@ -268,3 +268,11 @@ def test_fused_step_allocates_no_parameter_sized_temporary():
     ref = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.01, n_dirs=2, backend="reference")
     ref.step(closure)
     assert largest_allocation_outside_backward(lambda: ref.step(closure)) >= param_bytes
+
+
+def test_parameters_moved_after_construction_are_reported():
+    model, x, y = make_problem(0)
+    opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.1)
+    model.double().float()   # re-binds every parameter to fresh storage
+    with pytest.raises(RuntimeError, match="flat buffer"):
+        opt.step(lambda: torch.nn.functional.cross_entropy(model(x), y))

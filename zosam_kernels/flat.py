@@ -74,6 +74,17 @@ class FlatParams:
                 return b.mask_views[id(p)]
         return None
 
+    def check_bound(self):
+        """Raise if a parameter was re-bound away from its buffer (e.g. model.to()
+        or model.half() after the optimizer was built), which the fused ops
+        would otherwise silently miss."""
+        for b in self.buckets:
+            for p, view in zip(b.params, b.views):
+                if p.data_ptr() != view.data_ptr() or p.shape != view.shape:
+                    raise RuntimeError(
+                        f"a parameter of shape {tuple(p.shape)} no longer lives in the optimizer's "
+                        "flat buffer: build the optimizer after moving or casting the model")
+
     @torch.no_grad()
     def mask_params_(self):
         for b in self.buckets:

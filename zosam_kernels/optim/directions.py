@@ -31,6 +31,7 @@ class FlatDirections:
         self._saved = None
 
     def begin(self, seeds):
+        self.flat.check_bound()
         self._seeds = {b.buffer.device: seeds_tensor(seeds, b.buffer.device) for b in self.flat.buckets}
 
     def add_(self, lo, hi, coefs, scale_power=None):
