@@ -146,6 +146,44 @@ def test_pruned_weights_stay_exactly_zero(name):
             assert (p.detach()[m] != 0).any()
 
 
+class Topology:
+    """A minimal masking object: param_masks() and a version bumped on change."""
+
+    def __init__(self, masks):
+        self.masks, self.version = masks, 0
+
+    def param_masks(self):
+        return self.masks
+
+    def change(self, masks):
+        with torch.no_grad():
+            for p, m in masks.items():
+                p.mul_(m)   # what a sparse engine does: prune, and grow from zero
+        self.masks, self.version = masks, self.version + 1
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_topology_changes_reach_the_optimizer(name):
+    model, x, y = make_problem(10, batchnorm=True)
+    topology = Topology({})          # dense at first: the flat mask buffer is made on the change
+    opt = OPTIMIZERS[name](model.parameters(), masks=topology)
+    closure = lambda: torch.nn.functional.cross_entropy(model(x), y)  # noqa: E731
+    opt.step(closure)
+    assert all((p != 0).all() for p in model.parameters())
+    for seed in (11, 12):            # prune, then drop and grow elsewhere
+        masks = random_masks(model, 0.4, seed)
+        topology.change(masks)
+        for _ in range(2):
+            opt.step(closure)
+            for p, m in masks.items():
+                assert (p.detach()[~m] == 0).all()
+                assert (p.detach()[m] != 0).all()
+        flat = getattr(opt, "directions", None)
+        if flat is not None and hasattr(flat, "flat"):
+            for p, m in masks.items():
+                assert torch.equal(flat.flat.mask_of(p), m)
+
+
 def test_lr_scheduler_drives_the_base_optimizer():
     model, x, y = make_problem(9)
     opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.1)

@@ -6,7 +6,7 @@ position in the buffer (plus the sizes of the buckets before it).
 """
 import torch
 
-from .masks import normalize_masks
+from .masks import MaskSource, normalize_masks
 
 
 class Bucket:
@@ -19,26 +19,40 @@ class Bucket:
         numels = [p.numel() for p in params]
         self.numel = sum(numels)
         self.buffer = torch.empty(self.numel, dtype=p0.dtype, device=p0.device)
-        self.mask = None
-        if any(id(p) in masks for p in params):
-            self.mask = torch.ones(self.numel, dtype=torch.bool, device=p0.device)
-        self.views = []
-        self.mask_views = {}
+        self.views, self.starts = [], []
         start = 0
         with torch.no_grad():
             for p, n in zip(params, numels):
+                self.starts.append(start)
                 view = self.buffer[start:start + n].view_as(p)
                 view.copy_(p)
                 p.data = view        # the parameter now lives in the buffer
                 if p.grad is not None:
                     p.grad = p.grad.contiguous()
-                if self.mask is not None:
-                    mview = self.mask[start:start + n].view_as(p)
-                    if id(p) in masks:
-                        mview.copy_(masks[id(p)])
-                    self.mask_views[id(p)] = mview
                 self.views.append(view)
                 start += n
+        self.mask = None
+        self.mask_views = {}
+        self.set_masks(masks)
+
+    @torch.no_grad()
+    def set_masks(self, masks):
+        """Write masks (id(param) -> bool tensor; absent = dense) into the flat
+        bool buffer, made on first need and kept after (a bucket never goes
+        back to unmasked, so the ops keep one signature)."""
+        if self.mask is None:
+            if not any(id(p) in masks for p in self.params):
+                return
+            self.mask = torch.empty(self.numel, dtype=torch.bool, device=self.buffer.device)
+            self.mask_views = {id(p): self.mask[s:s + p.numel()].view_as(p)
+                               for p, s in zip(self.params, self.starts)}
+        for p in self.params:
+            m = masks.get(id(p))
+            view = self.mask_views[id(p)]
+            if m is None:
+                view.fill_(True)
+            else:
+                view.copy_(m)
 
 
 class FlatParams:
@@ -50,6 +64,7 @@ class FlatParams:
     """
 
     def __init__(self, params, masks=None):
+        self.source = MaskSource(masks)
         masks = normalize_masks(params, masks)
         self.buckets = []
         offset = 0
@@ -84,6 +99,15 @@ class FlatParams:
                     raise RuntimeError(
                         f"a parameter of shape {tuple(p.shape)} no longer lives in the optimizer's "
                         "flat buffer: build the optimizer after moving or casting the model")
+
+    def refresh_masks_(self):
+        """Re-read a masking object whose topology changed (see masks.MaskSource)
+        into the flat mask buffers, and zero the newly pruned weights."""
+        if self.source.changed():
+            masks = normalize_masks(self.params, self.source.masks)
+            for b in self.buckets:
+                b.set_masks(masks)
+            self.mask_params_()
 
     @torch.no_grad()
     def mask_params_(self):

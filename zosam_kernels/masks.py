@@ -2,6 +2,12 @@
 
 A mask is a bool tensor of its parameter's shape and device; False marks a
 pruned weight, which every optimizer of the package keeps exactly 0.
+
+The `masks` argument of an optimizer is either a fixed mapping parameter ->
+bool tensor (read once), or a masking object (zosam_kernels.sparse) with
+`param_masks()` and an integer `version` that it bumps on every topology
+change; optimizers re-read such an object at the start of a step whenever its
+version moved, so drop-and-grow reaches them without a call from the user.
 """
 import torch
 
@@ -32,14 +38,41 @@ def normalize_masks(params, masks):
     return out
 
 
+class MaskSource:
+    """Tells whether a `masks` argument has changed since it was last read."""
+
+    def __init__(self, masks):
+        self.masks = masks
+        self.version = getattr(masks, "version", None)
+
+    def changed(self):
+        """True once per change of a masking object's version (never for a fixed mapping)."""
+        version = getattr(self.masks, "version", None)
+        if version == self.version:
+            return False
+        self.version = version
+        return True
+
+
 class ParamMasks:
     """Masks applied tensor by tensor (the SAM family and the reference backend)."""
 
     def __init__(self, params, masks):
-        by_id = normalize_masks(params, masks)
-        self.params = [p for p in params if id(p) in by_id]
+        self._all = list(params)
+        self.source = MaskSource(masks)
+        self._load(masks)
+
+    def _load(self, masks):
+        by_id = normalize_masks(self._all, masks)
+        self.params = [p for p in self._all if id(p) in by_id]
         self.masks = [by_id[id(p)].clone() for p in self.params]
         self._by_id = {id(p): m for p, m in zip(self.params, self.masks)}
+
+    def refresh_(self):
+        """Re-read a masking object whose topology changed, and zero the newly pruned weights."""
+        if self.source.changed():
+            self._load(self.source.masks)
+            self.mask_params_()
 
     def __bool__(self):
         return bool(self.params)

@@ -62,6 +62,9 @@ class FlatDirections:
     def release_(self):
         self._saved = None
 
+    def refresh_masks_(self):
+        self.flat.refresh_masks_()
+
     def mask_params_(self):
         self.flat.mask_params_()
 
@@ -117,6 +120,9 @@ class TensorDirections:
 
     def release_(self):
         self._saved = None
+
+    def refresh_masks_(self):
+        self.masks.refresh_()
 
     def mask_params_(self):
         self.masks.mask_params_()

@@ -48,6 +48,7 @@ class SAM(SharpnessAwareOptimizer):
         if closure is None:
             raise ValueError("SAM.step needs a closure that runs the forward pass and returns the loss")
         params = self.params
+        self.masks.refresh_()
         if self._saved is None:
             self._saved = [torch.empty_like(p) for p in params]
         loss = gradient_pass(closure, params)

@@ -75,6 +75,7 @@ class ZOSAM(SharpnessAwareOptimizer):
         rho, delta, adaptive = self._hyper("rho"), self._hyper("delta"), self._hyper("adaptive")
         check_nonnegative("rho", rho)
         m, dirs = self.n_dirs, self.directions
+        dirs.refresh_masks_()
         seeds = [direction_seed(self.seed, self.step_count, i) for i in range(m)]
         dirs.begin(seeds)
 
