@@ -5,8 +5,16 @@ scalar or a 1-D tensor of per-sample losses; it never calls backward. The
 optimizer decides which evaluation is the gradient pass (autograd on,
 BatchNorm statistics updated) and which are extra passes (no_grad, BatchNorm
 statistics frozen).
+
+Subsets (a backward-compatible extension): a closure may take one optional
+argument, `closure(indices=None)`, where indices is None (the whole batch) or
+a 1-D int64 tensor of sample positions in the current batch; it then returns
+the loss of those samples only (e.g. `loss_fn(model(x[indices]), y[indices])`).
+Methods that evaluate part of a batch (ZO passes on a fraction of it, ESAM's
+data selection) require such a closure; every other use calls closure().
 """
 import contextlib
+import inspect
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -50,13 +58,31 @@ def frozen_batchnorm():
         h_post.remove()
 
 
-def extra_pass(closure):
-    """A loss evaluation that neither builds a graph nor moves BatchNorm statistics."""
+def check_takes_indices(closure, why):
+    """Raise unless closure can be called as closure(indices)."""
+    try:
+        inspect.signature(closure).bind(None)
+    except TypeError:
+        raise TypeError(f"closure must accept an optional `indices` argument (closure(indices=None) "
+                        f"returning the loss of the samples x[indices]) for {why}") from None
+    except ValueError:   # no signature to inspect (some builtins): trust the caller
+        pass
+
+
+def evaluate(closure, indices=None):
+    return closure() if indices is None else closure(indices)
+
+
+def extra_pass(closure, indices=None, reduce=True):
+    """A loss evaluation that neither builds a graph nor moves BatchNorm statistics.
+    reduce=False returns what the closure returned (per-sample losses, if it gives them)."""
     with torch.no_grad(), frozen_batchnorm():
-        return mean_loss(closure()).detach()
+        loss = evaluate(closure, indices)
+        mean = mean_loss(loss)
+        return (mean if reduce else loss).detach()
 
 
-def gradient_pass(closure, params, freeze_batchnorm=False):
+def gradient_pass(closure, params, freeze_batchnorm=False, indices=None):
     """Drop the gradients, evaluate the closure with autograd, and backpropagate.
 
     Dropped rather than zeroed: backward makes a fresh gradient tensor either
@@ -65,7 +91,7 @@ def gradient_pass(closure, params, freeze_batchnorm=False):
         p.grad = None
     ctx = frozen_batchnorm() if freeze_batchnorm else contextlib.nullcontext()
     with torch.enable_grad(), ctx:
-        loss = mean_loss(closure())
+        loss = mean_loss(evaluate(closure, indices))
     if not loss.requires_grad:
         raise RuntimeError("closure returned a loss that does not require grad in the gradient pass; "
                            "does the model have trainable parameters, and is the closure free of "
