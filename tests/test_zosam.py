@@ -110,3 +110,60 @@ def test_cuda_fused_matches_cpu_reference_backend():
             opt.step(lambda: torch.nn.functional.cross_entropy(model(x), y))
         results.append(torch.cat([p.detach().cpu().reshape(-1) for p in model.parameters()]))
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_zo_batch_fraction_uses_leading_samples_for_the_estimate_only(backend):
+    model, x, y = make_problem(21)
+    loss_fn = torch.nn.functional.cross_entropy
+    rho, delta, frac = 0.05, 1e-2, 0.3
+    opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.1, rho=rho, delta=delta, n_dirs=2,
+                   seed=21, backend=backend, zo_batch_fraction=frac)
+    calls = []
+
+    def closure(indices=None):
+        calls.append(indices)
+        idx = slice(None) if indices is None else indices
+        return loss_fn(model(x[idx]), y[idx], reduction="none")
+
+    opt.step(closure)                       # B unknown yet: the whole batch throughout
+    assert calls == [None] * 5
+    calls.clear()
+    n = -(-len(x) * 3 // 10)                # ceil(0.3 * 16) = 5
+    full, sub = Float64Model(model, x, y, loss_fn), Float64Model(model, x[:n], y[:n], loss_fn)
+    theta0 = full.flat()
+    opt.step(closure)
+    assert [c if c is None else (c.start, c.stop) for c in calls] == [(0, n)] * 4 + [None]
+    eps, c = zosam_eps(sub, theta0, opt.last_seeds, rho, delta)
+    torch.testing.assert_close(opt.last_coefficients.double(), c, rtol=2e-3, atol=2e-4)
+    expected = sgd_step(theta0, full.grad(theta0 + eps), 0.1)
+    torch.testing.assert_close(full.flat(), expected, rtol=0, atol=2e-5)
+
+
+def test_zo_batch_fraction_needs_indices_and_per_sample_losses():
+    model, x, y = make_problem(22)
+    opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.1, zo_batch_fraction=0.5)
+    with pytest.raises(TypeError, match="indices"):
+        opt.step(lambda: torch.nn.functional.cross_entropy(model(x), y))
+    with pytest.raises(ValueError, match="zo_batch_fraction"):
+        opt.step(lambda indices=None: torch.nn.functional.cross_entropy(model(x), y))
+    for bad in (0, -0.5, 1.5, "half"):
+        with pytest.raises(ValueError, match="zo_batch_fraction"):
+            zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.1, zo_batch_fraction=bad)
+    with pytest.raises(ValueError, match="zo_autocast"):
+        zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.1, zo_autocast=torch.float64)
+
+
+def test_zo_autocast_applies_to_the_zeroth_order_passes_only():
+    model, x, y = make_problem(23)
+    opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.1, n_dirs=2, zo_autocast=torch.bfloat16)
+    dtypes = []
+
+    def closure():
+        out = model(x)
+        dtypes.append(out.dtype)
+        return torch.nn.functional.cross_entropy(out.float(), y)
+
+    opt.step(closure)
+    assert dtypes == [torch.bfloat16] * 4 + [torch.float32]
+    assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -8,6 +8,7 @@ import warnings
 import torch
 
 from ..flat import unique_trainable
+from .passes import phase
 
 
 class SharpnessAwareOptimizer(torch.optim.Optimizer):
@@ -48,9 +49,10 @@ class SharpnessAwareOptimizer(torch.optim.Optimizer):
                 for p in self.params:
                     p.grad = None
                 return False
-        masks.mask_grads_()
-        self.base_optimizer.step()
-        masks.mask_params_()
+        with phase("base_step"):
+            masks.mask_grads_()
+            self.base_optimizer.step()
+            masks.mask_params_()
         return True
 
     def _extra_state(self):

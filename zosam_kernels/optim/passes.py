@@ -7,9 +7,10 @@ BatchNorm statistics updated) and which are extra passes (no_grad, BatchNorm
 statistics frozen).
 
 Subsets (a backward-compatible extension): a closure may take one optional
-argument, `closure(indices=None)`, where indices is None (the whole batch) or
-a 1-D int64 tensor of sample positions in the current batch; it then returns
-the loss of those samples only (e.g. `loss_fn(model(x[indices]), y[indices])`).
+argument, `closure(indices=None)`, where indices is None (the whole batch), a
+1-D int64 tensor of sample positions in the current batch, or a slice of
+them; it then returns the loss of those samples only (e.g.
+`loss_fn(model(x[indices]), y[indices])`, which works for both).
 Methods that evaluate part of a batch (ZO passes on a fraction of it, ESAM's
 data selection) require such a closure; every other use calls closure().
 """
@@ -58,6 +59,21 @@ def frozen_batchnorm():
         h_post.remove()
 
 
+@contextlib.contextmanager
+def phase(name):
+    """A named range of a step: a record_function range for torch.profiler
+    traces and, on CUDA, an NVTX range for Nsight."""
+    nvtx = torch.cuda.is_available() and torch.cuda.is_initialized()
+    if nvtx:
+        torch.cuda.nvtx.range_push(name)
+    try:
+        with torch.profiler.record_function(name):
+            yield
+    finally:
+        if nvtx:
+            torch.cuda.nvtx.range_pop()
+
+
 def check_takes_indices(closure, why):
     """Raise unless closure can be called as closure(indices)."""
     try:
@@ -73,10 +89,10 @@ def evaluate(closure, indices=None):
     return closure() if indices is None else closure(indices)
 
 
-def extra_pass(closure, indices=None, reduce=True):
+def extra_pass(closure, indices=None, reduce=True, name="extra_pass"):
     """A loss evaluation that neither builds a graph nor moves BatchNorm statistics.
     reduce=False returns what the closure returned (per-sample losses, if it gives them)."""
-    with torch.no_grad(), frozen_batchnorm():
+    with torch.no_grad(), frozen_batchnorm(), phase(name):
         loss = evaluate(closure, indices)
         mean = mean_loss(loss)
         return (mean if reduce else loss).detach()
@@ -90,11 +106,11 @@ def gradient_pass(closure, params, freeze_batchnorm=False, indices=None):
     for p in params:
         p.grad = None
     ctx = frozen_batchnorm() if freeze_batchnorm else contextlib.nullcontext()
-    with torch.enable_grad(), ctx:
+    with torch.enable_grad(), ctx, phase("grad_pass"):
         loss = mean_loss(evaluate(closure, indices))
-    if not loss.requires_grad:
-        raise RuntimeError("closure returned a loss that does not require grad in the gradient pass; "
-                           "does the model have trainable parameters, and is the closure free of "
-                           "torch.no_grad()?")
-    loss.backward()
+        if not loss.requires_grad:
+            raise RuntimeError("closure returned a loss that does not require grad in the gradient "
+                               "pass; does the model have trainable parameters, and is the closure "
+                               "free of torch.no_grad()?")
+        loss.backward()
     return loss.detach()

@@ -10,7 +10,7 @@ import torch
 
 from ..masks import ParamMasks
 from .base import SharpnessAwareOptimizer, check_nonnegative
-from .passes import gradient_pass
+from .passes import gradient_pass, phase
 
 
 class SAM(SharpnessAwareOptimizer):
@@ -53,14 +53,14 @@ class SAM(SharpnessAwareOptimizer):
             self._saved = [torch.empty_like(p) for p in params]
         loss = gradient_pass(closure, params)
         self.masks.mask_grads_()
-        with torch.no_grad():
+        with torch.no_grad(), phase("perturb"):
             torch._foreach_copy_(self._saved, [p.detach() for p in params])
             perturbed, eps = self._perturbation()
             torch._foreach_add_(perturbed, eps)
         try:
             loss_at_eps = gradient_pass(closure, params, freeze_batchnorm=True)
         finally:
-            with torch.no_grad():
+            with torch.no_grad(), phase("restore"):
                 torch._foreach_copy_(params, self._saved)
         self._finish({"the first pass": loss, "the second pass": loss_at_eps}, self.masks)
         return loss

@@ -8,11 +8,14 @@ The directions u_i are never stored: they are regenerated from seeds derived
 from (seed, step, i), so the weights move only by fused ops that add
 coefficient-weighted directions, and a resumed run replays the same ones.
 """
+import contextlib
+import math
+
 import torch
 
 from .base import SharpnessAwareOptimizer, check_nonnegative
 from .directions import FlatDirections, TensorDirections
-from .passes import extra_pass, gradient_pass
+from .passes import check_takes_indices, extra_pass, gradient_pass, phase
 
 _M64 = (1 << 64) - 1
 
@@ -32,15 +35,24 @@ def direction_seed(seed, step, index):
 
 class ZOSAM(SharpnessAwareOptimizer):
     """ZOSAM(params, base_optimizer=torch.optim.SGD, rho=0.05, delta=1e-3, n_dirs=1,
-    seed=0, masks=None, adaptive=False, backend="fused", check_finite=True, **base_kwargs)
+    seed=0, masks=None, adaptive=False, backend="fused", check_finite=True,
+    zo_batch_fraction=1.0, zo_autocast=None, **base_kwargs)
 
     step(closure): 2 * n_dirs no-grad forward passes, one forward + backward at
     theta + eps, the base optimizer's step. Returns the mean of the L+ and L- losses.
+
+    Two ways to make the zeroth-order passes cheaper, off by default:
+    zo_batch_fraction < 1 runs them on the first ceil(fraction * B) samples of
+    the batch (a shuffled loader makes those a random subset); the closure must
+    then take the protocol's optional `indices` argument and return per-sample
+    losses, whose count gives B (the first step, not knowing B yet, runs its
+    zeroth-order passes on the whole batch). zo_autocast=torch.bfloat16 runs
+    them under autocast; the weights stay float32, so delta still moves them.
     """
 
     def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.05, delta=1e-3, n_dirs=1,
                  seed=0, masks=None, adaptive=False, backend="fused", check_finite=True,
-                 **base_kwargs):
+                 zo_batch_fraction=1.0, zo_autocast=None, **base_kwargs):
         check_nonnegative("rho", rho)
         if not isinstance(delta, (int, float)) or not delta > 0:
             raise ValueError(f"delta must be a positive number, got {delta!r}")
@@ -50,6 +62,11 @@ class ZOSAM(SharpnessAwareOptimizer):
             raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
         if backend not in ("fused", "reference"):
             raise ValueError(f"backend must be 'fused' or 'reference', got {backend!r}")
+        if not isinstance(zo_batch_fraction, (int, float)) or not 0 < zo_batch_fraction <= 1:
+            raise ValueError(f"zo_batch_fraction must be a number in (0, 1], got {zo_batch_fraction!r}")
+        if zo_autocast not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"zo_autocast must be None, torch.bfloat16 or torch.float16, "
+                             f"got {zo_autocast!r}")
         defaults = dict(rho=rho, delta=delta, adaptive=bool(adaptive))
         super().__init__(params, base_optimizer, defaults, base_kwargs, check_finite)
         params = self.params
@@ -66,8 +83,41 @@ class ZOSAM(SharpnessAwareOptimizer):
         self.step_count = 0
         directions = FlatDirections if backend == "fused" else TensorDirections
         self.directions = directions(params, masks)
+        self.zo_batch_fraction = float(zo_batch_fraction)
+        self.zo_autocast = zo_autocast
+        self._batch_size = None   # samples in the last full-batch evaluation, for the fraction
         self.last_seeds = []
         self.last_coefficients = None
+
+    def _zo_subset(self, closure):
+        """The `indices` of the zeroth-order passes: None (whole batch) or a leading slice."""
+        if self.zo_batch_fraction == 1:
+            return None
+        check_takes_indices(closure, f"zo_batch_fraction={self.zo_batch_fraction}")
+        if self._batch_size is None:
+            return None
+        return slice(0, math.ceil(self.zo_batch_fraction * self._batch_size))
+
+    def _zo_context(self, device):
+        if self.zo_autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.zo_autocast)
+
+    def _full_batch(self, closure):
+        """closure, noting the batch size when it returns per-sample losses."""
+        if self.zo_batch_fraction == 1:
+            return closure
+
+        def counted(*args):
+            loss = closure(*args)
+            if torch.is_tensor(loss):
+                if loss.dim() != 1:
+                    raise ValueError("closure must return per-sample losses (a 1-D tensor) when "
+                                     f"zo_batch_fraction={self.zo_batch_fraction}: their count is B")
+                if not args:
+                    self._batch_size = loss.numel()
+            return loss
+        return counted
 
     def step(self, closure=None):
         if closure is None:
@@ -79,11 +129,18 @@ class ZOSAM(SharpnessAwareOptimizer):
         seeds = [direction_seed(self.seed, self.step_count, i) for i in range(m)]
         dirs.begin(seeds)
 
+        subset = self._zo_subset(closure)
+        closure = self._full_batch(closure)
         applied = []   # what has been added to the weights so far, undone on a fault
 
         def perturb(lo, hi, coefs):
-            dirs.add_(lo, hi, coefs)
+            with phase("perturb"):
+                dirs.add_(lo, hi, coefs)
             applied.append((lo, hi, coefs))
+
+        def zo_pass():
+            with self._zo_context(dirs.device):
+                return extra_pass(closure, subset, name="zo_forward")
 
         def full(n, value):
             return torch.full((n,), value, dtype=torch.float32, device=dirs.device)
@@ -96,9 +153,9 @@ class ZOSAM(SharpnessAwareOptimizer):
             plus, minus = [], []
             for i in range(m):
                 perturb(max(i - 1, 0), i + 1, full(min(i + 1, 2), delta))
-                plus.append(extra_pass(closure))
+                plus.append(zo_pass())
                 perturb(i, i + 1, full(1, -2 * delta))
-                minus.append(extra_pass(closure))
+                minus.append(zo_pass())
             plus = torch.stack(plus).float().to(dirs.device)
             minus = torch.stack(minus).float().to(dirs.device)
             coefs = (plus - minus) / (2 * delta)
@@ -107,14 +164,16 @@ class ZOSAM(SharpnessAwareOptimizer):
             # eps = rho g_hat / ||g_hat||, applied together with the last restore.
             # A non-finite loss gives eps = 0 here (no sync needed) and a skipped step below.
             if adaptive:
-                dirs.restore_()
-                applied.clear()
-                norm = dirs.sq_norm(g_hat, scale_power=1).sqrt()
-                eps = _finite_or_zero(rho * g_hat / (norm + 1e-12))
-                dirs.add_(0, m, eps, scale_power=2)
+                with phase("perturb"):
+                    dirs.restore_()
+                    applied.clear()
+                    norm = dirs.sq_norm(g_hat, scale_power=1).sqrt()
+                    eps = _finite_or_zero(rho * g_hat / (norm + 1e-12))
+                    dirs.add_(0, m, eps, scale_power=2)
             else:
-                norm = dirs.sq_norm(g_hat).sqrt()
-                eps = _finite_or_zero(rho * g_hat / (norm + 1e-12))
+                with phase("perturb"):
+                    norm = dirs.sq_norm(g_hat).sqrt()
+                    eps = _finite_or_zero(rho * g_hat / (norm + 1e-12))
                 perturb(0, m, eps + torch.cat([full(m - 1, 0.0), full(1, delta)]))
                 applied[:] = [(0, m, eps)]   # net, so the un-apply is one op
 
@@ -146,7 +205,7 @@ def _finite_or_zero(t):
 
 def _undo(dirs, applied, adaptive):
     """Bring the weights back to theta (within float32 rounding; exactly when adaptive)."""
-    with torch.no_grad():
+    with torch.no_grad(), phase("restore"):
         if adaptive:
             dirs.restore_()
             dirs.release_()
