@@ -92,7 +92,7 @@ setup(
         "test": ["pytest", "triton>=3.0"],
     },
     # The Makefile's `make bench` runs this.
-    entry_points={"console_scripts": ["zosam-bench = zosam_kernels.bench:main"]},
+    entry_points={"console_scripts": ["zosam-bench = zosam_kernels.bench.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

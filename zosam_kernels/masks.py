@@ -42,8 +42,9 @@ class MaskSource:
     """Tells whether a `masks` argument has changed since it was last read."""
 
     def __init__(self, masks):
-        self.masks = masks
         self.version = getattr(masks, "version", None)
+        # a fixed mapping is read once and not kept: it may be large, and the caller owns it
+        self.masks = masks if self.version is not None else None
 
     def changed(self):
         """True once per change of a masking object's version (never for a fixed mapping)."""
