@@ -1,0 +1,36 @@
+"""The scripts in benchmarks/ run end to end on tiny sizes (their figures live
+in benchmarks/RESULTS.md; here only that they run and report every row)."""
+import json
+import pathlib
+import runpy
+import sys
+
+import pytest
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_script(name, argv, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [name] + argv)
+    runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
+
+
+def test_kernel_roofline_reports_every_op(tmp_path, monkeypatch):
+    out = tmp_path / "k.json"
+    run_script("kernels.py", ["--device", "cpu", "--sizes", "1000,4097", "--json", str(out)], monkeypatch)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["elements"] for r in rows].count(4097) == 7
+    assert {r["op"] for r in rows} >= {"copy_ (roofline)", "add_directions_ K=4", "naive randn * c + add_"}
+    assert all(r["ms"] > 0 for r in rows)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")   # CPU autocast notes on bf16
+def test_zo_quality_compares_every_variant_with_the_reference(tmp_path, monkeypatch):
+    out = tmp_path / "q.json"
+    run_script("zo_quality.py", ["--batch-size", "8", "--seeds", "3", "--device", "cpu",
+                                 "--json", str(out)], monkeypatch)
+    data = json.loads(out.read_text())
+    assert len(data["rows"]) == 6
+    reference = data["rows"][0]
+    assert reference["sign_agreement"] == 1 and abs(reference["cosine"] - 1) < 1e-6
+    assert all(-1 <= r["cosine"] <= 1 + 1e-6 for r in data["rows"])
