@@ -167,3 +167,21 @@ def test_zo_autocast_applies_to_the_zeroth_order_passes_only():
     opt.step(closure)
     assert dtypes == [torch.bfloat16] * 4 + [torch.float32]
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (host-device syncs exist only there)")
+def test_cuda_step_without_finiteness_check_never_syncs():
+    model, x, y = make_problem(24, batchnorm=True)
+    model, x, y = model.cuda(), x.cuda(), y.cuda()
+    masks = {p: m.cuda() for p, m in random_masks(model, 0.5, 24).items()}
+    opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9, n_dirs=2,
+                   masks=masks, check_finite=False)
+    closure = lambda: torch.nn.functional.cross_entropy(model(x), y)  # noqa: E731
+    opt.step(closure)                        # first step: lazy state, kernel compilation
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            opt.step(closure)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
