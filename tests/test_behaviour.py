@@ -16,6 +16,8 @@ OPTIMIZERS = {
     "zosam-adaptive": lambda params, **kw: zk.ZOSAM(params, torch.optim.AdamW, lr=0.01, n_dirs=1,
                                                     adaptive=True, **kw),
     "sam": lambda params, **kw: zk.SAM(params, torch.optim.SGD, lr=0.05, momentum=0.9, **kw),
+    "esam": lambda params, **kw: zk.ESAM(params, torch.optim.SGD, lr=0.05, momentum=0.9, beta=0.5,
+                                         gamma=1.0, seed=1, **kw),
 }
 
 
@@ -62,7 +64,7 @@ def assert_same(before, model, opt, atol):
 
 
 def calls_per_step(name):
-    return {"sam": 2, "zosam-adaptive": 3}.get(name, 5)
+    return {"sam": 2, "zosam-adaptive": 3, "esam": 2}.get(name, 5)
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))

@@ -1,5 +1,5 @@
 """ZO-SAM: sharpness-aware minimisation with a zeroth-order perturbation step."""
 from . import ops
-from .optim import SAM, ZOSAM
+from .optim import ESAM, SAM, ZOSAM
 
-__all__ = ["ops", "SAM", "ZOSAM"]
+__all__ = ["ops", "ESAM", "SAM", "ZOSAM"]

@@ -1,4 +1,5 @@
+from .esam import ESAM
 from .sam import SAM
 from .zosam import ZOSAM
 
-__all__ = ["SAM", "ZOSAM"]
+__all__ = ["ESAM", "SAM", "ZOSAM"]

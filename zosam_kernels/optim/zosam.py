@@ -30,6 +30,11 @@ def direction_seed(seed, step, index):
     return _mix64(_mix64(_mix64(seed) ^ step) ^ index) >> 1
 
 
+def check_seed(seed):
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+
+
 class ZOSAM(SharpnessAwareOptimizer):
     """ZOSAM(params, base_optimizer=torch.optim.SGD, rho=0.05, delta=1e-3, n_dirs=1,
     seed=0, masks=None, adaptive=False, backend="fused", check_finite=True, **base_kwargs)
@@ -46,8 +51,7 @@ class ZOSAM(SharpnessAwareOptimizer):
             raise ValueError(f"delta must be a positive number, got {delta!r}")
         if not isinstance(n_dirs, int) or isinstance(n_dirs, bool) or n_dirs < 1:
             raise ValueError(f"n_dirs must be an int >= 1, got {n_dirs!r}")
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-            raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+        check_seed(seed)
         if backend not in ("fused", "reference"):
             raise ValueError(f"backend must be 'fused' or 'reference', got {backend!r}")
         defaults = dict(rho=rho, delta=delta, adaptive=bool(adaptive))

@@ -1,0 +1,178 @@
+"""The SAM family (ESAM, LookSAM, GSAM, SSAM, ZO-LookSAM, ZO-SSAM) against
+their equations computed independently in float64."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zosam_kernels as zk
+from f64 import Float64Model, sam_eps, sgd_step
+from test_zosam import flat_mask, make_problem, random_masks
+
+LR = 0.1
+
+
+def per_sample_closure(model, x, y):
+    """A closure with per-sample losses and the optional subset argument."""
+    def closure(indices=None):
+        xi, yi = (x, y) if indices is None else (x[indices], y[indices])
+        return F.cross_entropy(model(xi), yi, reduction="none")
+    return closure
+
+
+def tensor_mask(model, chosen):
+    """Float64 vector: 1 on the weights of the chosen parameter tensors."""
+    return torch.cat([torch.full((p.numel(),), float(c), dtype=torch.float64)
+                      for p, c in zip(model.parameters(), chosen)])
+
+
+# ---------------------------------------------------------------- ESAM
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_esam_beta_gamma_one_is_sam_exactly(masked):
+    runs = []
+    for cls in ("SAM", "ESAM"):
+        model, x, y = make_problem(30)
+        masks = random_masks(model, 0.5, 30) if masked else None
+        kw = dict(beta=1.0, gamma=1.0) if cls == "ESAM" else {}
+        opt = getattr(zk, cls)(model.parameters(), torch.optim.SGD, rho=0.1, masks=masks, lr=LR,
+                               momentum=0.9, **kw)
+        for _ in range(3):
+            opt.step(per_sample_closure(model, x, y))
+        runs.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_esam_weight_perturbation_matches_float64():
+    model, x, y = make_problem(31)
+    f = Float64Model(model, x, y, F.cross_entropy)
+    theta0 = f.flat()
+    opt = zk.ESAM(model.parameters(), torch.optim.SGD, rho=0.1, beta=0.5, gamma=1.0, seed=3, lr=LR)
+    opt.step(per_sample_closure(model, x, y))
+    chosen = opt.last_perturbed
+    assert 0 < sum(chosen) < len(chosen)          # the seed leaves some tensors out
+    s = tensor_mask(model, chosen)
+    g_s = f.grad(theta0) * s
+    eps = 0.1 * g_s / (0.5 * (g_s.norm() + 1e-12))
+    expected = sgd_step(theta0, f.grad(theta0 + eps), LR)
+    torch.testing.assert_close(f.flat(), expected, rtol=0, atol=1e-5)
+
+
+def test_esam_data_selection_matches_float64():
+    model, x, y = make_problem(32)
+    f = Float64Model(model, x, y, F.cross_entropy)
+    per_sample = Float64Model(model, x, y, lambda out, t: F.cross_entropy(out, t, reduction="none"))
+    theta0 = f.flat()
+    closure = per_sample_closure(model, x, y)
+    seen = []
+
+    def recording(indices=None):
+        seen.append(indices)
+        return closure(indices)
+    opt = zk.ESAM(model.parameters(), torch.optim.SGD, rho=0.5, beta=1.0, gamma=0.25, lr=LR)
+    opt.step(recording)
+
+    eps = sam_eps(f, theta0, 0.5)
+    with torch.no_grad():
+        rise = per_sample.loss(theta0 + eps) - per_sample.loss(theta0)
+    top = torch.topk(rise, 4).indices                     # floor(0.25 * 16) samples
+    assert seen[:2] == [None, None] and sorted(seen[2].tolist()) == sorted(top.tolist())
+    subset = Float64Model(model, x[top], y[top], F.cross_entropy)
+    expected = sgd_step(theta0, subset.grad(theta0 + eps), LR)
+    torch.testing.assert_close(f.flat(), expected, rtol=0, atol=1e-5)
+
+
+def test_esam_draws_are_seeded_and_about_beta():
+    model = torch.nn.Sequential(*[torch.nn.Linear(2, 2, bias=False) for _ in range(50)])
+    x = torch.randn(4, 2)
+
+    def draws(seed):
+        opt = zk.ESAM(model.parameters(), torch.optim.SGD, beta=0.3, gamma=1.0, seed=seed, lr=0.0)
+        out = []
+        for _ in range(4):
+            opt.step(lambda: model(x).pow(2).mean())
+            out.append(opt.last_perturbed)
+        return out
+    a, b, c = draws(1), draws(1), draws(2)
+    assert a == b and a != c and a[0] != a[1]
+    frac = sum(map(sum, a)) / (4 * 50)
+    assert 0.2 < frac < 0.4
+
+
+@pytest.mark.parametrize("kw,error,words", [
+    (dict(beta=0.0), ValueError, "beta"), (dict(beta=1.5), ValueError, "beta"),
+    (dict(gamma=0.0), ValueError, "gamma"), (dict(gamma="1"), ValueError, "gamma"),
+    (dict(seed=-1), ValueError, "seed"), (dict(rho=-1.0), ValueError, "rho"),
+])
+def test_esam_bad_arguments(kw, error, words):
+    model, _, _ = make_problem(0)
+    with pytest.raises(error, match=words):
+        zk.ESAM(model.parameters(), torch.optim.SGD, lr=0.1, **kw)
+
+
+def test_esam_data_selection_needs_per_sample_losses_and_indices():
+    model, x, y = make_problem(0)
+    opt = zk.ESAM(model.parameters(), torch.optim.SGD, gamma=0.5, lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TypeError, match="indices"):
+        opt.step(lambda: F.cross_entropy(model(x), y, reduction="none"))
+    with pytest.raises(ValueError, match="per-sample losses"):
+        opt.step(lambda indices=None: F.cross_entropy(model(x), y))
+    for a, b in zip(before, model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_esam_data_selection_faults_batchnorm_and_resume(tmp_path):
+    """The behaviour tests of test_behaviour.py for the three-pass SDS step,
+    whose closure returns per-sample losses and takes indices."""
+    from test_behaviour import assert_same, bn_first_problem, snapshot
+
+    def make(model):
+        return zk.ESAM(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9, beta=0.5,
+                       gamma=0.5, seed=4)
+
+    model, x, y = bn_first_problem()
+    opt = make(model)
+    closure = per_sample_closure(model, x, y)
+    opt.step(closure)
+    assert int(model[0].num_batches_tracked) == 1 and int(model[3].num_batches_tracked) == 1
+    for fail_at in (1, 2, 3):
+        for bad in ("raise", float("nan")):
+            before = snapshot(model, opt)
+            calls = [0]
+
+            def faulty(indices=None):
+                calls[0] += 1
+                if calls[0] == fail_at and bad == "raise":
+                    raise RuntimeError("data loader died")
+                loss = closure(indices)
+                return loss * bad if calls[0] == fail_at else loss
+            if bad == "raise":
+                with pytest.raises(RuntimeError, match="data loader died"):
+                    opt.step(faulty)
+            else:
+                with pytest.warns(RuntimeWarning, match="non-finite loss"):
+                    opt.step(faulty)
+            assert_same(before, model, opt, atol=0)
+    tracked = int(model[0].num_batches_tracked)
+    opt.step(closure)
+    assert int(model[0].num_batches_tracked) == tracked + 1
+
+    def run(steps, model, opt):
+        for _ in range(steps):
+            opt.step(per_sample_closure(model, x, y))
+    model, _, _ = bn_first_problem()
+    run(4, model, make(model))
+    straight = [p.detach().clone() for p in model.parameters()]
+    model, _, _ = bn_first_problem()
+    opt = make(model)
+    run(2, model, opt)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
+    model, _, _ = bn_first_problem()
+    opt = make(model)
+    ckpt = torch.load(tmp_path / "ckpt.pt")
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    run(2, model, opt)
+    for a, b in zip(straight, model.parameters()):
+        assert torch.equal(a, b.detach())
