@@ -18,6 +18,12 @@ OPTIMIZERS = {
     "sam": lambda params, **kw: zk.SAM(params, torch.optim.SGD, lr=0.05, momentum=0.9, **kw),
     "esam": lambda params, **kw: zk.ESAM(params, torch.optim.SGD, lr=0.05, momentum=0.9, beta=0.5,
                                          gamma=1.0, seed=1, **kw),
+    "looksam": lambda params, **kw: zk.LookSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9, k=2,
+                                               **kw),
+    "looksam-every-step": lambda params, **kw: zk.LookSAM(params, torch.optim.AdamW, lr=0.01, k=1,
+                                                          **kw),
+    "gsam": lambda params, **kw: zk.GSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9, alpha=0.3,
+                                         rho_min=0.01, **kw),
 }
 
 
@@ -64,7 +70,9 @@ def assert_same(before, model, opt, atol):
 
 
 def calls_per_step(name):
-    return {"sam": 2, "zosam-adaptive": 3, "esam": 2}.get(name, 5)
+    # looksam (k = 2): the steps after the first are its one-pass in-between steps
+    return {"sam": 2, "zosam-adaptive": 3, "esam": 2, "looksam": 1, "looksam-every-step": 2,
+            "gsam": 2}.get(name, 5)
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))

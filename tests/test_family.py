@@ -176,3 +176,87 @@ def test_esam_data_selection_faults_batchnorm_and_resume(tmp_path):
     run(2, model, opt)
     for a, b in zip(straight, model.parameters()):
         assert torch.equal(a, b.detach())
+
+
+# ---------------------------------------------------------------- LookSAM
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_looksam_steps_match_float64(masked):
+    model, x, y = make_problem(40)
+    masks = random_masks(model, 0.6, 40) if masked else None
+    mask = flat_mask(model, masks) if masked else torch.ones(1, dtype=torch.float64)
+    f = Float64Model(model, x, y, F.cross_entropy)
+    rho, alpha = 0.2, 0.7
+    opt = zk.LookSAM(model.parameters(), torch.optim.SGD, rho=rho, k=2, alpha=alpha, masks=masks,
+                     lr=LR)
+    theta = f.flat() * mask
+    g_v = None
+    for step in range(5):
+        opt.step(lambda: F.cross_entropy(model(x), y))
+        g = f.grad(theta) * mask
+        if step % 2 == 0:
+            g_s = f.grad(theta + rho * g / g.norm()) * mask
+            g_v = g_s - (g_s @ g) / (g @ g) * g
+            d = g_s
+        else:
+            d = g + alpha * g.norm() / g_v.norm() * g_v
+        theta = theta - LR * d
+        torch.testing.assert_close(f.flat(), theta, rtol=0, atol=1e-5)
+
+
+def test_looksam_in_between_steps_cost_one_forward_one_backward():
+    from zosam_kernels.bench import PassCounter
+    model, x, y = make_problem(41)
+    counter = PassCounter(model)
+    opt = zk.LookSAM(model.parameters(), torch.optim.SGD, k=3, lr=LR)
+    counts = []
+    for _ in range(7):
+        counter.forward = counter.backward = 0
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.step(lambda: F.cross_entropy(model(x), y))
+        counts.append((counter.forward, counter.backward))
+        assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert counts == [(2, 2), (1, 1), (1, 1), (2, 2), (1, 1), (1, 1), (2, 2)]
+
+
+# ---------------------------------------------------------------- GSAM
+
+@pytest.mark.parametrize("scheduled", [False, True])
+def test_gsam_step_matches_float64(scheduled):
+    model, x, y = make_problem(50)
+    f = Float64Model(model, x, y, F.cross_entropy)
+    theta0 = f.flat()
+    alpha = 0.3
+    kw = dict(rho_min=0.02, lr_max=0.2, lr_min=0.0) if scheduled else {}
+    opt = zk.GSAM(model.parameters(), torch.optim.SGD, rho=0.2, alpha=alpha, lr=LR, **kw)
+    opt.step(lambda: F.cross_entropy(model(x), y))
+    rho_t = 0.02 + (0.2 - 0.02) * (LR - 0.0) / (0.2 - 0.0) if scheduled else 0.2
+    g = f.grad(theta0)
+    g_p = f.grad(theta0 + rho_t * g / g.norm())
+    g_perp = g - (g @ g_p) / (g_p @ g_p) * g_p
+    expected = sgd_step(theta0, g_p - alpha * g_perp, LR)
+    torch.testing.assert_close(f.flat(), expected, rtol=0, atol=1e-5)
+
+
+def test_gsam_rho_follows_an_lr_scheduler():
+    model, x, y = make_problem(51)
+    opt = zk.GSAM(model.parameters(), torch.optim.SGD, rho=0.1, rho_min=0.01, lr=0.4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 - t / 4)
+    seen = []
+    for _ in range(4):
+        seen.append(opt._rho(opt.param_groups[0]))
+        opt.step(lambda: F.cross_entropy(model(x), y))
+        sched.step()
+    assert seen == pytest.approx([0.1, 0.0775, 0.055, 0.0325])
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda p: zk.LookSAM(p, k=0, lr=0.1), "k"), (lambda p: zk.LookSAM(p, alpha=-1.0, lr=0.1), "alpha"),
+    (lambda p: zk.GSAM(p, alpha=-0.1, lr=0.1), "alpha"),
+    (lambda p: zk.GSAM(p, rho_min=-0.1, lr=0.1), "rho_min"),
+    (lambda p: zk.GSAM(p, rho_min=0.0, lr_min=0.1, lr=0.1), "lr_max"),
+])
+def test_looksam_gsam_bad_arguments(make, words):
+    model, _, _ = make_problem(0)
+    with pytest.raises(ValueError, match=words):
+        make(list(model.parameters()))

@@ -1,5 +1,7 @@
 from .esam import ESAM
+from .gsam import GSAM
+from .looksam import LookSAM
 from .sam import SAM
 from .zosam import ZOSAM
 
-__all__ = ["ESAM", "SAM", "ZOSAM"]
+__all__ = ["ESAM", "GSAM", "LookSAM", "SAM", "ZOSAM"]
