@@ -24,6 +24,10 @@ OPTIMIZERS = {
                                                           **kw),
     "gsam": lambda params, **kw: zk.GSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9, alpha=0.3,
                                          rho_min=0.01, **kw),
+    "ssam-fisher": lambda params, **kw: zk.SSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9,
+                                                update_interval=2, **kw),
+    "ssam-dynamic": lambda params, **kw: zk.SSAM(params, torch.optim.AdamW, lr=0.01, mask="dynamic",
+                                                 update_interval=2, total_steps=6, **kw),
 }
 
 
@@ -72,7 +76,7 @@ def assert_same(before, model, opt, atol):
 def calls_per_step(name):
     # looksam (k = 2): the steps after the first are its one-pass in-between steps
     return {"sam": 2, "zosam-adaptive": 3, "esam": 2, "looksam": 1, "looksam-every-step": 2,
-            "gsam": 2}.get(name, 5)
+            "gsam": 2, "ssam-fisher": 2, "ssam-dynamic": 2}.get(name, 5)
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))

@@ -260,3 +260,95 @@ def test_looksam_gsam_bad_arguments(make, words):
     model, _, _ = make_problem(0)
     with pytest.raises(ValueError, match=words):
         make(list(model.parameters()))
+
+
+# ---------------------------------------------------------------- SSAM
+
+def top_k(scores, eligible, k):
+    out = torch.zeros_like(eligible)
+    out[torch.topk(torch.where(eligible, scores, torch.tensor(-float("inf"), dtype=scores.dtype)),
+                   k).indices] = True
+    return out
+
+
+def state_mask(opt, model):
+    return torch.cat([opt.state[p]["ssam_mask"].reshape(-1) for p in model.parameters()])
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_ssam_fisher_trajectory_matches_float64(masked):
+    model, x, y = make_problem(60)
+    masks = random_masks(model, 0.6, 60) if masked else None
+    active = flat_mask(model, masks).bool() if masked else torch.ones(sum(p.numel() for p in
+                                                                          model.parameters()), dtype=torch.bool)
+    f = Float64Model(model, x, y, F.cross_entropy)
+    rho, s = 0.3, 0.7
+    opt = zk.SSAM(model.parameters(), torch.optim.SGD, rho=rho, sparsity=s, update_interval=2,
+                  masks=masks, lr=LR)
+    k = round((1 - s) * int(active.sum()))
+    theta, fisher, mask = f.flat() * active, None, None
+    for step in range(5):
+        opt.step(lambda: F.cross_entropy(model(x), y))
+        g = f.grad(theta) * active
+        fisher = g * g if fisher is None else fisher + g * g
+        if step % 2 == 0:                       # remade from the Fisher summed since the last remake
+            mask, fisher = top_k(fisher, active, k), torch.zeros_like(fisher)
+        assert torch.equal(state_mask(opt, model), mask) and int(mask.sum()) == k
+        eps = rho * g / g.norm() * mask
+        theta = theta - LR * f.grad(theta + eps) * active
+        torch.testing.assert_close(f.flat(), theta, rtol=0, atol=1e-5)
+
+
+def test_ssam_dynamic_mask_drops_smallest_gradients_and_grows_randomly():
+    model, x, y = make_problem(61)
+    masks = random_masks(model, 0.7, 61)
+    active = flat_mask(model, masks).bool()
+    f = Float64Model(model, x, y, F.cross_entropy)
+    s, total = 0.6, 8
+    opt = zk.SSAM(model.parameters(), torch.optim.SGD, rho=0.1, sparsity=s, mask="dynamic",
+                  update_interval=3, total_steps=total, drop_rate=0.8, masks=masks, lr=LR)
+    k = round((1 - s) * int(active.sum()))
+    closure = lambda: F.cross_entropy(model(x), y)  # noqa: E731
+    opt.step(closure)
+    first = state_mask(opt, model)
+    assert int(first.sum()) == k and not (first & ~active).any()
+    for _ in range(2):                         # not due: the mask stays
+        opt.step(closure)
+        assert torch.equal(state_mask(opt, model), first)
+    g = f.grad(f.flat())                       # the first-pass gradient of step 3
+    opt.step(closure)
+    new = state_mask(opt, model)
+    n = round(0.8 / 2 * (1 + torch.cos(torch.tensor(torch.pi * 3 / total)).item()) * k)
+    assert 0 < n < k
+    dropped = top_k(-g.abs(), first, n)
+    kept = first & ~dropped
+    assert torch.equal(new & kept, kept)                   # everything not dropped stays
+    assert int((new & ~kept).sum()) == n                   # n grown among the rest
+    assert not (new & ~active).any() and int(new.sum()) == k
+    assert int((new & ~first).sum()) > 0                   # growth is not just the dropped back
+
+
+def test_mask_rule_on_crafted_scores():
+    from zosam_kernels.optim.perturbation_mask import MaskRule
+    rule = MaskRule(0.5, "dynamic", 1, 0.5, 10, seed=0)
+    active = torch.tensor([True] * 8 + [False] * 2)
+    fisher = torch.tensor([5., 1., 7., 3., 0., 2., 6., 4., 99., 99.])
+    assert rule.fisher(fisher, active).nonzero().flatten().tolist() == [0, 2, 6, 7]
+    assert rule.drop_rate_at(0) == pytest.approx(0.5) and rule.drop_rate_at(10) == pytest.approx(0.0)
+    assert rule.drop_rate_at(5) == pytest.approx(0.25)
+    mask = torch.tensor([True, True, True, True] + [False] * 6)
+    grad = torch.tensor([-3., 0.1, -0.2, 4., 9., 9., 9., 9., 9., 9.])
+    new = rule.drop_and_grow(0, mask, grad, active)           # drops round(0.5 * 4) = 2: items 1, 2
+    assert new[[0, 3]].all() and int(new.sum()) == 4 and not new[8:].any()
+    assert int(new[[1, 2]].sum()) + int(new[4:8].sum()) == 2
+
+
+@pytest.mark.parametrize("kw,words", [
+    (dict(sparsity=1.0), "sparsity"), (dict(sparsity=-0.1), "sparsity"), (dict(mask="random"), "mask"),
+    (dict(update_interval=0), "update_interval"), (dict(drop_rate=2.0), "drop_rate"),
+    (dict(mask="dynamic"), "total_steps"), (dict(seed=-3), "seed"),
+])
+def test_ssam_bad_arguments(kw, words):
+    model, _, _ = make_problem(0)
+    with pytest.raises(ValueError, match=words):
+        zk.SSAM(model.parameters(), torch.optim.SGD, lr=0.1, **kw)
