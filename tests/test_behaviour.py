@@ -28,6 +28,15 @@ OPTIMIZERS = {
                                                 update_interval=2, **kw),
     "ssam-dynamic": lambda params, **kw: zk.SSAM(params, torch.optim.AdamW, lr=0.01, mask="dynamic",
                                                  update_interval=2, total_steps=6, **kw),
+    "zolooksam": lambda params, **kw: zk.ZOLookSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9,
+                                                   k=2, n_dirs=2, **kw),
+    "zolooksam-adaptive": lambda params, **kw: zk.ZOLookSAM(params, torch.optim.AdamW, lr=0.01, k=3,
+                                                            adaptive=True, backend="reference", **kw),
+    "zossam-fisher": lambda params, **kw: zk.ZOSSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9,
+                                                    n_dirs=2, update_interval=2, **kw),
+    "zossam-dynamic": lambda params, **kw: zk.ZOSSAM(params, torch.optim.AdamW, lr=0.01, n_dirs=2,
+                                                     mask="dynamic", update_interval=2, total_steps=6,
+                                                     backend="reference", **kw),
 }
 
 
@@ -76,7 +85,8 @@ def assert_same(before, model, opt, atol):
 def calls_per_step(name):
     # looksam (k = 2): the steps after the first are its one-pass in-between steps
     return {"sam": 2, "zosam-adaptive": 3, "esam": 2, "looksam": 1, "looksam-every-step": 2,
-            "gsam": 2, "ssam-fisher": 2, "ssam-dynamic": 2}.get(name, 5)
+            "gsam": 2, "ssam-fisher": 2, "ssam-dynamic": 2,
+            "zolooksam": 1, "zolooksam-adaptive": 1}.get(name, 5)
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))

@@ -352,3 +352,81 @@ def test_ssam_bad_arguments(kw, words):
     model, _, _ = make_problem(0)
     with pytest.raises(ValueError, match=words):
         zk.SSAM(model.parameters(), torch.optim.SGD, lr=0.1, **kw)
+
+
+# ---------------------------------------------------------------- ZO twins
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_zolooksam_reuses_eps_and_matches_float64(backend, masked):
+    from f64 import zosam_eps
+    model, x, y = make_problem(70)
+    masks = random_masks(model, 0.6, 70) if masked else None
+    mask = flat_mask(model, masks) if masked else None
+    f = Float64Model(model, x, y, F.cross_entropy)
+    rho, delta = 0.1, 1e-2
+    opt = zk.ZOLookSAM(model.parameters(), torch.optim.SGD, rho=rho, k=2, delta=delta, n_dirs=2,
+                       seed=5, masks=masks, backend=backend, lr=LR)
+    theta = f.flat() * (mask if masked else 1)
+    for step in range(4):
+        if step % 2 == 0:
+            before = theta
+        opt.step(lambda: F.cross_entropy(model(x), y))
+        if step % 2 == 0:
+            eps, _ = zosam_eps(f, before, opt.last_seeds, rho, delta, mask)
+        g = f.grad(theta + eps) * (mask if masked else 1)
+        theta = theta - LR * g
+        torch.testing.assert_close(f.flat(), theta, rtol=0, atol=2e-5)
+
+
+def test_zolooksam_in_between_steps_cost_one_forward_one_backward():
+    from zosam_kernels.bench import PassCounter
+    model, x, y = make_problem(71)
+    counter = PassCounter(model)
+    opt = zk.ZOLookSAM(model.parameters(), torch.optim.SGD, k=3, n_dirs=2, lr=LR)
+    counts = []
+    for _ in range(4):
+        counter.forward = counter.backward = 0
+        opt.step(lambda: F.cross_entropy(model(x), y))
+        counts.append((counter.forward, counter.backward))
+    assert counts == [(5, 1), (1, 1), (1, 1), (5, 1)]
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_zossam_directions_on_the_mask_match_float64(backend, masked):
+    from f64 import zosam_eps
+    model, x, y = make_problem(72)
+    masks = random_masks(model, 0.6, 72) if masked else None
+    active = flat_mask(model, masks) if masked else torch.ones(sum(p.numel() for p in model.parameters()),
+                                                                 dtype=torch.float64)
+    f = Float64Model(model, x, y, F.cross_entropy)
+    rho, delta, s = 0.1, 1e-2, 0.7
+    opt = zk.ZOSSAM(model.parameters(), torch.optim.SGD, rho=rho, sparsity=s, update_interval=2,
+                    delta=delta, n_dirs=2, seed=3, masks=masks, backend=backend, lr=LR)
+    k = round((1 - s) * int(active.sum()))
+    theta, fisher, pmask = f.flat() * active, None, None
+    for step in range(4):
+        opt.step(lambda: F.cross_entropy(model(x), y))
+        if step == 0:                            # random at first: take it from the state
+            pmask = state_mask(opt, model).double()
+            assert int(pmask.sum()) == k and not (pmask.bool() & ~active.bool()).any()
+        eps, _ = zosam_eps(f, theta, opt.last_seeds, rho, delta, active * pmask)
+        g = f.grad(theta + eps) * active
+        theta = theta - LR * g
+        torch.testing.assert_close(f.flat(), theta, rtol=0, atol=2e-5)
+        fisher = g * g if fisher is None else fisher + g * g
+        if step % 2 == 1:                        # the mask of step 2 from the Fisher of steps 0, 1
+            pmask, fisher = top_k(fisher, active.bool(), k).double(), torch.zeros_like(fisher)
+        assert torch.equal(state_mask(opt, model).double(), pmask)
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda p: zk.ZOLookSAM(p, k=0, lr=0.1), "k"), (lambda p: zk.ZOSSAM(p, sparsity=1.0, lr=0.1), "sparsity"),
+    (lambda p: zk.ZOSSAM(p, mask="dynamic", lr=0.1), "total_steps"),
+    (lambda p: zk.ZOSSAM(p, delta=0.0, lr=0.1), "delta"),
+])
+def test_zo_twins_bad_arguments(make, words):
+    model, _, _ = make_problem(0)
+    with pytest.raises(ValueError, match=words):
+        make(list(model.parameters()))

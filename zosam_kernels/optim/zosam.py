@@ -72,6 +72,7 @@ class ZOSAM(SharpnessAwareOptimizer):
         self.directions = directions(params, masks)
         self.last_seeds = []
         self.last_coefficients = None
+        self.last_eps = None
 
     def step(self, closure=None):
         if closure is None:
@@ -130,6 +131,7 @@ class ZOSAM(SharpnessAwareOptimizer):
 
         self.last_seeds = seeds
         self.last_coefficients = coefs.detach()
+        self.last_eps = eps.detach()   # eps = sum_i last_eps[i] u_i (times |theta|^2 when adaptive)
         losses = {"the +delta passes": plus, "the -delta passes": minus, "the gradient pass": loss}
         if self._finish(losses, dirs):
             self.step_count += 1
