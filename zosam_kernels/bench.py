@@ -15,10 +15,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from . import SAM, ZOSAM
+from . import ESAM, GSAM, SAM, SSAM, ZOSAM, ZOSSAM, LookSAM, ZOLookSAM
 from .models import MODELS
 
-METHODS = ("sgd", "sam", "zosam", "zosam-reference")
+METHODS = ("sgd", "sam", "zosam", "zosam-reference", "esam", "looksam", "gsam", "ssam-f", "ssam-d",
+           "zolooksam", "zossam")
 
 
 def make_optimizer(method, model, args):
@@ -27,6 +28,20 @@ def make_optimizer(method, model, args):
         return torch.optim.SGD(model.parameters(), **base)
     if method == "sam":
         return SAM(model.parameters(), torch.optim.SGD, rho=0.05, **base)
+    family = {   # the SAM family at its papers' defaults (see README, "The SAM family")
+        "esam": lambda: ESAM(model.parameters(), torch.optim.SGD, rho=0.05, beta=0.6, gamma=0.5, **base),
+        "looksam": lambda: LookSAM(model.parameters(), torch.optim.SGD, rho=0.05, k=5, alpha=0.7, **base),
+        "gsam": lambda: GSAM(model.parameters(), torch.optim.SGD, rho=0.05, alpha=0.02, **base),
+        "ssam-f": lambda: SSAM(model.parameters(), torch.optim.SGD, rho=0.1, sparsity=0.5, **base),
+        "ssam-d": lambda: SSAM(model.parameters(), torch.optim.SGD, rho=0.1, sparsity=0.5, mask="dynamic",
+                               total_steps=78000, **base),
+        "zolooksam": lambda: ZOLookSAM(model.parameters(), torch.optim.SGD, rho=0.05, k=5,
+                                       n_dirs=args.n_dirs, **base),
+        "zossam": lambda: ZOSSAM(model.parameters(), torch.optim.SGD, rho=0.05, sparsity=0.5,
+                                 n_dirs=args.n_dirs, **base),
+    }
+    if method in family:
+        return family[method]()
     backend = "reference" if method == "zosam-reference" else "fused"
     return ZOSAM(model.parameters(), torch.optim.SGD, rho=0.05, delta=1e-3, n_dirs=args.n_dirs,
                  backend=backend, **base)
@@ -60,13 +75,15 @@ class Run:
         self.y = torch.randint(0, 10, (args.batch_size,), generator=g).to(device)
         self.times = []
 
-    def closure(self):
-        return F.cross_entropy(self.model(self.x), self.y)
+    def closure(self, indices=None):
+        """Per-sample losses, of a subset when asked (ESAM's data selection needs both)."""
+        x, y = (self.x, self.y) if indices is None else (self.x[indices], self.y[indices])
+        return F.cross_entropy(self.model(x), y, reduction="none")
 
     def step(self):
         if self.method == "sgd":
             self.opt.zero_grad()
-            loss = self.closure()
+            loss = self.closure().mean()
             loss.backward()
             self.opt.step()
             return loss
