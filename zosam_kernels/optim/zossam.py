@@ -37,10 +37,11 @@ class ZOSSAM(ZOSAM):
         self._mask = None   # the flat perturbation mask in use; None: read it from the state
 
     def _active(self):
-        params = self.directions.params
-        return flatten(params, {id(p): m for p in params
-                                if (m := self.directions.flat.mask_of(p) if hasattr(self.directions, "flat")
-                                    else self.directions.masks.get(p)) is not None}, default=True)
+        """The flat sparse-training mask (True: an unpruned weight)."""
+        dirs = self.directions
+        mask_of = dirs.flat.mask_of if hasattr(dirs, "flat") else dirs.masks.get
+        masks = {id(p): mask_of(p) for p in dirs.params}
+        return flatten(dirs.params, {k: m for k, m in masks.items() if m is not None}, default=True)
 
     def _stored(self, key):
         params = self.directions.params
