@@ -16,6 +16,27 @@ OPTIMIZERS = {
     "zosam-adaptive": lambda params, **kw: zk.ZOSAM(params, torch.optim.AdamW, lr=0.01, n_dirs=1,
                                                     adaptive=True, **kw),
     "sam": lambda params, **kw: zk.SAM(params, torch.optim.SGD, lr=0.05, momentum=0.9, **kw),
+    "esam": lambda params, **kw: zk.ESAM(params, torch.optim.SGD, lr=0.05, momentum=0.9, beta=0.5,
+                                         gamma=1.0, seed=1, **kw),
+    "looksam": lambda params, **kw: zk.LookSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9, k=2,
+                                               **kw),
+    "looksam-every-step": lambda params, **kw: zk.LookSAM(params, torch.optim.AdamW, lr=0.01, k=1,
+                                                          **kw),
+    "gsam": lambda params, **kw: zk.GSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9, alpha=0.3,
+                                         rho_min=0.01, **kw),
+    "ssam-fisher": lambda params, **kw: zk.SSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9,
+                                                update_interval=2, **kw),
+    "ssam-dynamic": lambda params, **kw: zk.SSAM(params, torch.optim.AdamW, lr=0.01, mask="dynamic",
+                                                 update_interval=2, total_steps=6, **kw),
+    "zolooksam": lambda params, **kw: zk.ZOLookSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9,
+                                                   k=2, n_dirs=2, **kw),
+    "zolooksam-adaptive": lambda params, **kw: zk.ZOLookSAM(params, torch.optim.AdamW, lr=0.01, k=3,
+                                                            adaptive=True, backend="reference", **kw),
+    "zossam-fisher": lambda params, **kw: zk.ZOSSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9,
+                                                    n_dirs=2, update_interval=2, **kw),
+    "zossam-dynamic": lambda params, **kw: zk.ZOSSAM(params, torch.optim.AdamW, lr=0.01, n_dirs=2,
+                                                     mask="dynamic", update_interval=2, total_steps=6,
+                                                     backend="reference", **kw),
 }
 
 
@@ -62,7 +83,10 @@ def assert_same(before, model, opt, atol):
 
 
 def calls_per_step(name):
-    return {"sam": 2, "zosam-adaptive": 3}.get(name, 5)
+    # looksam (k = 2): the steps after the first are its one-pass in-between steps
+    return {"sam": 2, "zosam-adaptive": 3, "esam": 2, "looksam": 1, "looksam-every-step": 2,
+            "gsam": 2, "ssam-fisher": 2, "ssam-dynamic": 2,
+            "zolooksam": 1, "zolooksam-adaptive": 1}.get(name, 5)
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))

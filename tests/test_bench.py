@@ -59,3 +59,13 @@ def test_bench_rejects_bad_options(argv, words, capsys):
     with pytest.raises(SystemExit):
         benchmark(argv)
     assert words in capsys.readouterr().err
+
+
+def test_bench_sam_family_rows_count_their_passes():
+    rows = benchmark(["--model", "resnet20", "--batch-size", "4", "--steps", "2", "--warmup", "1",
+                      "--n-dirs", "2", "--device", "cpu",
+                      "--methods", "esam,looksam,gsam,ssam-f,ssam-d,zolooksam,zossam"])
+    # means over the 2 timed steps (steps 1 and 2, after a warm-up step 0): LookSAM's are in-between
+    passes = {r["method"]: (r["fwd_passes"], r["bwd_passes"]) for r in rows}
+    assert passes == {"esam": (3, 2), "looksam": (1, 1), "gsam": (2, 2), "ssam-f": (2, 2),
+                      "ssam-d": (2, 2), "zolooksam": (1, 1), "zossam": (5, 1)}

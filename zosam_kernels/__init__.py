@@ -1,5 +1,5 @@
 """ZO-SAM: sharpness-aware minimisation with a zeroth-order perturbation step."""
 from . import ops
-from .optim import SAM, ZOSAM
+from .optim import ESAM, GSAM, SAM, SSAM, ZOSAM, ZOSSAM, LookSAM, ZOLookSAM
 
-__all__ = ["ops", "SAM", "ZOSAM"]
+__all__ = ["ops", "ESAM", "GSAM", "LookSAM", "SAM", "SSAM", "ZOLookSAM", "ZOSAM", "ZOSSAM"]

@@ -3,7 +3,8 @@
 Default: ResNet-32 on CIFAR-shaped synthetic batches of 128, on CUDA when
 present, else CPU. Methods are interleaved step by step so drift (clocks,
 other load) hits all alike; each reports the median step time, images/s, the
-ratios to SAM and SGD, the forward and backward passes per step (counted with
+ratios to SAM and SGD (from mean step times, so periodic full steps count),
+the forward and backward passes per step (counted with
 hooks on the model, not assumed), the step's peak memory, and what the
 optimizer keeps between steps.
 """
@@ -23,7 +24,7 @@ def parse(argv):
     p.add_argument("--model", default="resnet32", choices=sorted(MODELS))
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per method (CPU 10, GPU 50)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per method (CPU 10, GPU 50; a multiple of LookSAM's k=5)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated, from: {', '.join(METHODS)}")
@@ -72,17 +73,18 @@ def benchmark(argv=None):
             r.times.append(measure.timed(r, device))
         report.progress(i + 1, args.steps, "timing")
 
-    med = {r.method: statistics.median(r.times) for r in runs}
+    # the mean, not the median: LookSAM-style methods pay a full step every k steps
+    mean = {r.method: statistics.fmean(r.times) for r in runs}
     param_bytes = {r.method: sum(p.numel() * p.element_size() for p in r.model.parameters())
                    for r in runs}
     results = []
     for r in runs:
         held = measure.optimizer_bytes(r)
         results.append(dict(
-            method=r.method, step_ms=1e3 * med[r.method],
-            images_per_s=args.batch_size / med[r.method],
-            vs_sam=med["sam"] / med[r.method] if "sam" in med else None,
-            vs_sgd=med["sgd"] / med[r.method] if "sgd" in med else None,
+            method=r.method, step_ms=1e3 * mean[r.method], median_step_ms=1e3 * statistics.median(r.times),
+            images_per_s=args.batch_size / mean[r.method],
+            vs_sam=mean["sam"] / mean[r.method] if "sam" in mean else None,
+            vs_sgd=mean["sgd"] / mean[r.method] if "sgd" in mean else None,
             fwd_passes=r.counter.forward / args.steps, bwd_passes=r.counter.backward / args.steps,
             fwd_batch_equiv=r.counter.forward_samples / args.batch_size / args.steps,
             peak_mem_bytes=measure.step_peak_bytes(r, device),
@@ -93,7 +95,7 @@ def benchmark(argv=None):
     config = {k: v for k, v in vars(args).items() if k not in ("json", "csv", "plot", "profile")}
     config |= dict(torch=torch.__version__, threads=torch.get_num_threads())
     header = (f"{args.model}, batch {args.batch_size}, {name}, torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads, median of {args.steps} interleaved steps"
+              f"{torch.get_num_threads()} threads, mean of {args.steps} interleaved steps"
               + (f", sparsity {args.sparsity}" if args.sparsity else "")
               + (", bf16 autocast" if args.bf16 else "") + (", channels_last" if args.channels_last else ""))
     print(report.table(header, results, phases))

@@ -5,7 +5,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .. import SAM, ZOSAM
+from .. import ESAM, GSAM, SAM, SSAM, ZOSAM, ZOSSAM, LookSAM, ZOLookSAM
 from ..masks import ParamMasks
 from ..models import MODELS
 from ..optim.base import SharpnessAwareOptimizer
@@ -24,6 +24,15 @@ def _zosam_fraction(params, args, masks):
     return _zosam(zo_batch_fraction=args.zo_batch_fraction)(params, args, masks)
 
 
+def _family(cls, **kw):
+    """A SAM-family optimizer at its paper's defaults (README, "The SAM family")."""
+    def make(params, args, masks):
+        if cls in (ZOLookSAM, ZOSSAM):
+            kw["n_dirs"] = args.n_dirs
+        return cls(params, torch.optim.SGD, masks=masks, **kw, **BASE)
+    return make
+
+
 METHODS = {
     "sgd": lambda params, args, masks: torch.optim.SGD(params, **BASE),
     "sam": lambda params, args, masks: SAM(params, torch.optim.SGD, rho=0.05, masks=masks, **BASE),
@@ -31,6 +40,13 @@ METHODS = {
     "zosam-reference": _zosam(backend="reference"),
     "zosam-frac": _zosam_fraction,
     "zosam-bf16": _zosam(zo_autocast=torch.bfloat16),
+    "esam": _family(ESAM, rho=0.05, beta=0.6, gamma=0.5),
+    "looksam": _family(LookSAM, rho=0.05, k=5, alpha=0.7),
+    "gsam": _family(GSAM, rho=0.05, alpha=0.02),
+    "ssam-f": _family(SSAM, rho=0.1, sparsity=0.5),
+    "ssam-d": _family(SSAM, rho=0.1, sparsity=0.5, mask="dynamic", total_steps=78000),
+    "zolooksam": _family(ZOLookSAM, rho=0.05, k=5),
+    "zossam": _family(ZOSSAM, rho=0.05, sparsity=0.5),
 }
 DEFAULT_METHODS = ("sgd", "sam", "zosam", "zosam-reference", "zosam-frac")
 

@@ -5,6 +5,8 @@ Both apply the same update: for seeds s[lo:hi] of the step and coefficients c,
     theta += (sum_k c[k] u(s[lo + k])) * mask * |saved theta| ** scale_power
 where scale_power (ASAM's |theta| scaling) is used only between save_() and
 release_(); both read the same direction stream, so they agree to rounding.
+An optional perturbation mask (set_perturbation_mask_, for ZOSSAM) restricts
+the directions further; gradients and weights stay under the sparse mask only.
 """
 import torch
 
@@ -29,22 +31,42 @@ class FlatDirections:
         self.params = self.flat.params
         self.device = self.params[0].device
         self._saved = None
+        self._perturb = None
+        self._direction_masks = [b.mask for b in self.flat.buckets]
+
+    def set_perturbation_mask_(self, mask):
+        """mask: a flat bool tensor over the stream (all buckets, in order), or None."""
+        self._perturb = mask
 
     def begin(self, seeds):
         self.flat.check_bound()
         self._seeds = {b.buffer.device: seeds_tensor(seeds, b.buffer.device) for b in self.flat.buckets}
+        self._direction_masks = [self._direction_mask(i, b) for i, b in enumerate(self.flat.buckets)]
+
+    def _direction_mask(self, i, b):
+        """The sparse mask AND the perturbation mask, into a bool buffer kept between steps
+        (re-made each step, since either may have changed)."""
+        if self._perturb is None:
+            return b.mask
+        part = self._perturb[b.stream_offset:b.stream_offset + b.numel].to(b.buffer.device)
+        if b.mask is None:
+            return part
+        out = self._direction_masks[i]
+        if out is None or out is b.mask:
+            out = torch.empty_like(b.mask)
+        return torch.logical_and(part, b.mask, out=out)
 
     def add_(self, lo, hi, coefs, scale_power=None):
-        for b in self.flat.buckets:
+        for b, mask in zip(self.flat.buckets, self._direction_masks):
             dev = b.buffer.device
-            ops.add_directions_(b.buffer, self._seeds[dev][lo:hi], coefs.to(dev), b.mask,
+            ops.add_directions_(b.buffer, self._seeds[dev][lo:hi], coefs.to(dev), mask,
                                 self._scale(b, scale_power), scale_power or 1, b.stream_offset)
 
     def sq_norm(self, coefs, scale_power=None):
         total = None
-        for b in self.flat.buckets:
+        for b, mask in zip(self.flat.buckets, self._direction_masks):
             dev = b.buffer.device
-            n = ops.directions_sq_norm(self._seeds[dev], coefs.to(dev), b.numel, b.mask,
+            n = ops.directions_sq_norm(self._seeds[dev], coefs.to(dev), b.numel, mask,
                                        self._scale(b, scale_power), scale_power or 1, b.stream_offset)
             total = n.to(self.device) if total is None else total + n.to(self.device)
         return total
@@ -81,7 +103,12 @@ class TensorDirections:
         self.masks = ParamMasks(self.params, masks)
         self.offsets = stream_offsets(self.params)
         self._saved = None
+        self._perturb = None
         self.mask_params_()
+
+    def set_perturbation_mask_(self, mask):
+        """mask: a flat bool tensor over the stream, or None."""
+        self._perturb = mask
 
     def begin(self, seeds):
         self._seeds = list(seeds)
@@ -95,6 +122,9 @@ class TensorDirections:
         mask = self.masks.get(p)
         if mask is not None:
             d = d * mask
+        if self._perturb is not None:
+            start = self.offsets[id(p)]
+            d = d * self._perturb[start:start + p.numel()].view_as(p).to(p.device)
         if scale_power is not None:
             d = d * self._saved[id(p)].abs() ** scale_power
         return d

@@ -98,8 +98,9 @@ def extra_pass(closure, indices=None, reduce=True, name="extra_pass"):
         return (mean if reduce else loss).detach()
 
 
-def gradient_pass(closure, params, freeze_batchnorm=False, indices=None):
-    """Drop the gradients, evaluate the closure with autograd, and backpropagate.
+def gradient_pass(closure, params, freeze_batchnorm=False, indices=None, reduce=True):
+    """Drop the gradients, evaluate the closure with autograd, and backpropagate
+    the mean loss; reduce=False returns what the closure returned, detached.
 
     Dropped rather than zeroed: backward makes a fresh gradient tensor either
     way, and with no .grad to add it to, autograd keeps that tensor as is."""
@@ -107,10 +108,11 @@ def gradient_pass(closure, params, freeze_batchnorm=False, indices=None):
         p.grad = None
     ctx = frozen_batchnorm() if freeze_batchnorm else contextlib.nullcontext()
     with torch.enable_grad(), ctx, phase("grad_pass"):
-        loss = mean_loss(evaluate(closure, indices))
+        returned = evaluate(closure, indices)
+        loss = mean_loss(returned)
         if not loss.requires_grad:
             raise RuntimeError("closure returned a loss that does not require grad in the gradient "
                                "pass; does the model have trainable parameters, and is the closure "
                                "free of torch.no_grad()?")
         loss.backward()
-    return loss.detach()
+    return (loss if reduce else returned).detach()

@@ -6,6 +6,8 @@
 Two forward + backward passes per step, and one parameter-sized buffer kept
 to restore theta exactly after the second pass.
 """
+import contextlib
+
 import torch
 
 from ..masks import ParamMasks
@@ -34,7 +36,7 @@ class SAM(SharpnessAwareOptimizer):
     def _perturbation(self):
         """eps per parameter, from the gradients of the first pass."""
         adaptive = self._hyper("adaptive")
-        pairs = [(p, g["rho"]) for g in self.param_groups for p in g["params"] if p.grad is not None]
+        pairs = [(p, self._rho(g)) for g in self.param_groups for p in g["params"] if p.grad is not None]
         scaled = [p.grad * p.abs() if adaptive else p.grad for p, _ in pairs]
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s) for s in scaled]))
         eps = []
@@ -44,23 +46,37 @@ class SAM(SharpnessAwareOptimizer):
             eps.append(e.mul_(rho / (norm + 1e-12)))
         return [p for p, _ in pairs], eps
 
-    def step(self, closure=None):
-        if closure is None:
-            raise ValueError("SAM.step needs a closure that runs the forward pass and returns the loss")
-        params = self.params
-        self.masks.refresh_()
+    def _rho(self, group):
+        """The radius of a param group at this step (GSAM makes it follow the learning rate)."""
+        return group["rho"]
+
+    @contextlib.contextmanager
+    def _perturbed(self, params, perturbed, eps):
+        """theta + eps inside the block; theta restored exactly (from a copy) when it ends, however."""
         if self._saved is None:
             self._saved = [torch.empty_like(p) for p in params]
-        loss = gradient_pass(closure, params)
-        self.masks.mask_grads_()
         with torch.no_grad(), phase("perturb"):
             torch._foreach_copy_(self._saved, [p.detach() for p in params])
-            perturbed, eps = self._perturbation()
-            torch._foreach_add_(perturbed, eps)
+            if perturbed:
+                torch._foreach_add_(perturbed, eps)
         try:
-            loss_at_eps = gradient_pass(closure, params, freeze_batchnorm=True)
+            yield
         finally:
             with torch.no_grad(), phase("restore"):
                 torch._foreach_copy_(params, self._saved)
+
+    def _check_closure(self, closure):
+        if closure is None:
+            raise ValueError(f"{type(self).__name__}.step needs a closure that runs the forward pass "
+                             "and returns the loss")
+
+    def step(self, closure=None):
+        self._check_closure(closure)
+        params = self.params
+        self.masks.refresh_()
+        loss = gradient_pass(closure, params)
+        self.masks.mask_grads_()
+        with self._perturbed(params, *self._perturbation()):
+            loss_at_eps = gradient_pass(closure, params, freeze_batchnorm=True)
         self._finish({"the first pass": loss, "the second pass": loss_at_eps}, self.masks)
         return loss

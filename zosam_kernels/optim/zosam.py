@@ -33,6 +33,11 @@ def direction_seed(seed, step, index):
     return _mix64(_mix64(_mix64(seed) ^ step) ^ index) >> 1
 
 
+def check_seed(seed):
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+
+
 class ZOSAM(SharpnessAwareOptimizer):
     """ZOSAM(params, base_optimizer=torch.optim.SGD, rho=0.05, delta=1e-3, n_dirs=1,
     seed=0, masks=None, adaptive=False, backend="fused", check_finite=True,
@@ -58,8 +63,7 @@ class ZOSAM(SharpnessAwareOptimizer):
             raise ValueError(f"delta must be a positive number, got {delta!r}")
         if not isinstance(n_dirs, int) or isinstance(n_dirs, bool) or n_dirs < 1:
             raise ValueError(f"n_dirs must be an int >= 1, got {n_dirs!r}")
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-            raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+        check_seed(seed)
         if backend not in ("fused", "reference"):
             raise ValueError(f"backend must be 'fused' or 'reference', got {backend!r}")
         if not isinstance(zo_batch_fraction, (int, float)) or not 0 < zo_batch_fraction <= 1:
@@ -88,6 +92,7 @@ class ZOSAM(SharpnessAwareOptimizer):
         self._batch_size = None   # samples in the last full-batch evaluation, for the fraction
         self.last_seeds = []
         self.last_coefficients = None
+        self.last_eps = None
 
     def _zo_subset(self, closure):
         """The `indices` of the zeroth-order passes: None (whole batch) or a leading slice."""
@@ -185,6 +190,7 @@ class ZOSAM(SharpnessAwareOptimizer):
 
         self.last_seeds = seeds
         self.last_coefficients = coefs.detach()
+        self.last_eps = eps.detach()   # eps = sum_i last_eps[i] u_i (times |theta|^2 when adaptive)
         losses = {"the +delta passes": plus, "the -delta passes": minus, "the gradient pass": loss}
         if self._finish(losses, dirs):
             self.step_count += 1
