@@ -24,7 +24,8 @@ def parse(argv):
     p.add_argument("--model", default="resnet32", choices=sorted(MODELS))
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per method (CPU 10, GPU 50; a multiple of LookSAM's k=5)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per method (CPU 10, GPU 50: multiples of LookSAM's k = 5)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated, from: {', '.join(METHODS)}")
@@ -81,7 +82,8 @@ def benchmark(argv=None):
     for r in runs:
         held = measure.optimizer_bytes(r)
         results.append(dict(
-            method=r.method, step_ms=1e3 * mean[r.method], median_step_ms=1e3 * statistics.median(r.times),
+            method=r.method, step_ms=1e3 * mean[r.method],
+            median_step_ms=1e3 * statistics.median(r.times),
             images_per_s=args.batch_size / mean[r.method],
             vs_sam=mean["sam"] / mean[r.method] if "sam" in mean else None,
             vs_sgd=mean["sgd"] / mean[r.method] if "sgd" in mean else None,
