@@ -48,6 +48,7 @@ class SharpnessAwareOptimizer(torch.optim.Optimizer):
                 for p in self.params:
                     p.grad = None
                 return False
+        masks.observe_gradients()   # a masking object may keep the dense gradient (RigL)
         masks.mask_grads_()
         self.base_optimizer.step()
         masks.mask_params_()
