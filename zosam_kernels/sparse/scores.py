@@ -7,7 +7,8 @@
     grasp      −θ ⊙ Hg (Wang et al. 2020): g the gradient of loss_fn(outputs / T, targets)
                with temperature T = 200, Hg its Hessian-gradient product by double backward,
                on `samples_per_class` = 10 samples of every class found in `batches`
-               (the first ones met). The weights with the highest scores are removed,
+               (the first ones met); g and H are taken over all Conv/Linear weights, biases
+               and norm parameters held fixed, as in the public code. The weights with the highest scores are removed,
                i.e. `keep="smallest"` (the `KEEP` table). The public code splits its sample
                into two halves and sums their gradients and products, which scales the
                scores by a constant and leaves the ranking as here.
@@ -105,7 +106,7 @@ def _grasp(model, names, loss_fn, batches, temperature, samples_per_class):
         raise ValueError(f"temperature must be positive, got {temperature!r}")
     x, y = class_balanced(batches, samples_per_class)
     model, weights = _copy(model)
-    params = [weights[n] for n in names]
+    params = list(weights.values())
 
     def loss():
         return loss_fn(model(x) / temperature, y)
@@ -113,7 +114,8 @@ def _grasp(model, names, loss_fn, batches, temperature, samples_per_class):
     g = [t.detach() for t in torch.autograd.grad(loss(), params)]
     grads = torch.autograd.grad(loss(), params, create_graph=True)
     hg = torch.autograd.grad(sum((a * b).sum() for a, b in zip(grads, g)), params)
-    return {n: (-p * h).detach() for n, p, h in zip(names, params, hg)}
+    scores = {n: (-p * h).detach() for n, p, h in zip(weights, params, hg)}
+    return {n: scores[n] for n in names}
 
 
 def _synflow(model, names, batches, density, iterations, input_shape):
