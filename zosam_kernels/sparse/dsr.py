@@ -83,7 +83,7 @@ def regrowth_shares(nonzeros, room, total):
         for n in sorted(open_layers, key=lambda n: ideal[n] - math.floor(ideal[n]), reverse=True):
             if rest == 0:
                 break
-            if shares[n] + give[n] < room[n]:
+            if ideal[n] > give[n] and shares[n] + give[n] < room[n]:
                 give[n] += 1
                 rest -= 1
         for n in open_layers:

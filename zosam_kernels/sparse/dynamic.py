@@ -59,8 +59,6 @@ class DropAndGrow(Schedule):
             mask = masking.masks[n]
             active = int(mask.sum())
             k = math.floor(fraction * active)
-            if k == 0:
-                continue
             grad = grads.get(n)
             kept = keep_top(torch.where(mask, self.drop_scores(p, grad), -math.inf), active - k)
             grown = keep_top(torch.where(kept, -math.inf, self.grow_scores(p, grad)), k)
