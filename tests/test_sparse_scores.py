@@ -188,11 +188,19 @@ def test_selection_keeps_the_budget_of_best_scores(scope, keep):
 
 def test_prune_at_init_grasp_removes_the_highest_scores():
     model = small_model(9)
-    masking = sparse.Masking(model, 0.25, "uniform")
+    with pytest.raises(ValueError, match="init='dense'"):     # scores of a pruned model
+        sparse.prune_at_init_(sparse.Masking(model, 0.25), "snip", F.cross_entropy, batches(9))
+    model = small_model(9)
+    before = {n: p.detach().clone() for n, p in sparse.prunable_weights(model).items()}
+    masking = sparse.Masking(model, 0.25, "uniform", init="dense")
+    assert masking.density() == 1 and masking.version == 0
     scores = sparse.prune_at_init_(masking, "grasp", F.cross_entropy, batches(9, size=40),
                                    scope="layerwise", samples_per_class=2)
+    assert masking.density() == pytest.approx(0.25, abs=1 / 180)
     for n, s in scores.items():
-        assert s[masking.masks[n]].max() <= s[~masking.masks[n]].min()
+        m = masking.masks[n]
+        assert s[m].max() <= s[~m].min()
+        assert torch.equal(masking.params[n].detach()[m], before[n][m])   # kept weights keep their values
 
 
 def test_bad_arguments_are_named():

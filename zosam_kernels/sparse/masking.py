@@ -3,9 +3,11 @@ across every optimizer of the package and plain torch optimizers.
 
 Prunable weights are the weights of Conv and Linear layers (biases and norm
 parameters stay dense); `dense_first` / `dense_last` keep the first / last of
-them dense. The initial topology is random with the layer budget of
-`distribution` (see densities.py); pruning-at-initialisation methods replace
-it through `prune_by_scores_` (scores.py), dynamic methods through `update_`.
+them dense. With init="random" the initial topology is random with the layer
+budget of `distribution` (see densities.py), the start of the dynamic methods,
+which change it through `update_`; with init="dense" every weight stays active
+until `prune_by_scores_` (pruning at initialisation, scores.py) keeps the budget,
+so the scores see the dense model and kept weights keep their values.
 
 Protocol with the optimizers of the package (masks=masking, see masks.py):
 `param_masks()` and `version`, bumped on every topology change, so the
@@ -42,15 +44,18 @@ def prunable_weights(model):
 
 
 class Masking:
-    """Masking(model, density, distribution="erk", dense_first=False, dense_last=False, seed=0)
+    """Masking(model, density, distribution="erk", dense_first=False, dense_last=False,
+    init="random", seed=0)
 
     density: fraction of the prunable weights kept (over those not kept dense
     by dense_first / dense_last); the number kept is exact (round(density · n)).
     """
 
     def __init__(self, model, density, distribution="erk", dense_first=False, dense_last=False,
-                 seed=0):
+                 init="random", seed=0):
         check_density(density)
+        if init not in ("random", "dense"):
+            raise ValueError(f"init must be 'random' or 'dense', got {init!r}")
         self.model = model
         params = prunable_weights(model)
         names = list(params)
@@ -66,7 +71,8 @@ class Masking:
         self.counts = dict(zip(names, layer_counts([p.shape for p in self.params.values()],
                                                    density, distribution)))
         self.generator = torch.Generator().manual_seed(seed)
-        self.masks = {n: self._random_mask(p, self.counts[n]) for n, p in self.params.items()}
+        self.masks = {n: keep_top(self.random_scores(p), self.counts[n] if init == "random" else p.numel())
+                      for n, p in self.params.items()}
         self.version = 0
         self.optimizers = []
         self.keep_dense_gradient = False
@@ -81,9 +87,6 @@ class Masking:
     def random_scores(self, p):
         """Uniform random scores for the weights of p (reproducible from the seed)."""
         return torch.rand(p.shape, generator=self.generator).to(p.device)
-
-    def _random_mask(self, p, count):
-        return keep_top(self.random_scores(p), count)
 
     def param_masks(self):
         return {self.params[n]: m for n, m in self.masks.items()}

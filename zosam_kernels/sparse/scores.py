@@ -154,7 +154,11 @@ def _synflow(model, names, batches, density, iterations, input_shape):
 
 
 def prune_at_init_(masking, method, loss_fn=None, batches=None, scope="global", **kwargs):
-    """Score `masking`'s weights with `method` and keep its budget of them."""
+    """Score `masking`'s weights with `method` and keep its budget of them; the
+    masking must still be dense (built with init="dense")."""
+    if masking.density() < 1:
+        raise ValueError("masking: pruning at initialisation scores the dense model; build the "
+                         "Masking with init='dense'")
     if method == "synflow":
         kwargs.setdefault("density", masking.target_density)
     scores = score(method, masking.model, loss_fn, batches, names=masking.names, **kwargs)
