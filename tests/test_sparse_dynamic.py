@@ -222,6 +222,30 @@ def test_dsr_threshold_and_reallocation():
     assert densities["0.weight"] > 0.4 > densities["1.weight"]    # reallocated to the larger weights
 
 
+def test_attach_and_update_zero_the_state_of_pruned_and_grown_weights():
+    model, x, y = tiny_problem(3)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(2):                              # dense training: state everywhere
+        train_step(opt, model, lambda: F.cross_entropy(model(x), y))
+    masking = sparse.Masking(model, 0.3)
+    masking.attach(opt)
+    for n, p in masking.params.items():
+        assert len(weight_state(opt, p)) == 2
+        for s in weight_state(opt, p):
+            assert (s[~masking.masks[n]] == 0).all() and (s[masking.masks[n]] != 0).all()
+    with torch.no_grad():                           # whatever sits at inactive weights ...
+        for n, p in masking.params.items():
+            p.add_(1.0)
+            for s in weight_state(opt, p):
+                s.add_(1.0)
+    old = {n: m.clone() for n, m in masking.masks.items()}
+    masking.update_({n: ~m for n, m in old.items()})  # ... is gone when they are grown
+    for n, p in masking.params.items():
+        assert (p.detach() == 0).all()
+        for s in weight_state(opt, p):
+            assert (s == 0).all()
+
+
 def test_regrowth_shares_respect_room():
     shares = sparse.dsr.regrowth_shares({"a": 90, "b": 10, "c": 0}, {"a": 3, "b": 50, "c": 7}, 20)
     assert shares == {"a": 3, "b": 17, "c": 0}

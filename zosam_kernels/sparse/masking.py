@@ -102,6 +102,7 @@ class Masking:
         """Keep `optimizer`'s state in line with the masks (and, for a plain torch
         optimizer, its gradients and weights). Returns the optimizer."""
         self.optimizers.append(optimizer)
+        self.apply_()           # state made before the attach (e.g. dense pre-training) too
         if not isinstance(optimizer, SharpnessAwareOptimizer):
             optimizer.register_step_pre_hook(lambda opt, args, kwargs: self._before_plain_step())
             optimizer.register_step_post_hook(lambda opt, args, kwargs: self.apply_())
