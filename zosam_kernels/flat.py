@@ -109,6 +109,9 @@ class FlatParams:
                 b.set_masks(masks)
             self.mask_params_()
 
+    def observe_gradients(self):
+        self.source.observe_gradients()
+
     @torch.no_grad()
     def mask_params_(self):
         for b in self.buckets:

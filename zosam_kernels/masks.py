@@ -54,6 +54,13 @@ class MaskSource:
         self.version = version
         return True
 
+    def observe_gradients(self):
+        """Show a masking object the dense gradients before they are masked, if it
+        wants them (RigL's growth); a fixed mapping has nothing to observe."""
+        observe = getattr(self.masks, "observe_gradients", None)
+        if observe is not None:
+            observe()
+
 
 class ParamMasks:
     """Masks applied tensor by tensor (the SAM family and the reference backend)."""
@@ -80,6 +87,9 @@ class ParamMasks:
 
     def get(self, p):
         return self._by_id.get(id(p))
+
+    def observe_gradients(self):
+        self.source.observe_gradients()
 
     @torch.no_grad()
     def mask_params_(self):

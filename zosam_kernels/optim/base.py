@@ -49,6 +49,7 @@ class SharpnessAwareOptimizer(torch.optim.Optimizer):
                 for p in self.params:
                     p.grad = None
                 return False
+        masks.observe_gradients()   # a masking object may keep the dense gradient (RigL)
         with phase("base_step"):
             masks.mask_grads_()
             self.base_optimizer.step()

@@ -90,6 +90,9 @@ class FlatDirections:
     def mask_params_(self):
         self.flat.mask_params_()
 
+    def observe_gradients(self):
+        self.flat.observe_gradients()
+
     def mask_grads_(self):
         self.flat.mask_grads_()
 
@@ -156,6 +159,9 @@ class TensorDirections:
 
     def mask_params_(self):
         self.masks.mask_params_()
+
+    def observe_gradients(self):
+        self.masks.observe_gradients()
 
     def mask_grads_(self):
         self.masks.mask_grads_()

@@ -1,0 +1,15 @@
+"""Sparse training: masks, layer densities, pruning at initialisation, lottery
+tickets, and the dynamic methods SET, DSR, RigL and MEST, composable with
+every optimizer of the package (masks=masking) and with plain torch optimizers
+(masking.attach(optimizer)).
+"""
+from .densities import DISTRIBUTIONS, layer_counts, layer_densities
+from .dsr import DSR
+from .dynamic import MEST, SET, RigL
+from .lottery import LotteryTicket
+from .masking import Masking, prunable_weights
+from .scores import KEEP, METHODS, class_balanced, prune_at_init_, score
+
+__all__ = ["DISTRIBUTIONS", "DSR", "KEEP", "LotteryTicket", "MEST", "METHODS", "Masking", "RigL",
+           "SET", "class_balanced", "layer_counts", "layer_densities", "prunable_weights",
+           "prune_at_init_", "score"]
