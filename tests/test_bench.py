@@ -69,3 +69,16 @@ def test_bench_sam_family_rows_count_their_passes():
     passes = {r["method"]: (r["fwd_passes"], r["bwd_passes"]) for r in rows}
     assert passes == {"esam": (3, 2), "looksam": (1, 1), "gsam": (2, 2), "ssam-f": (2, 2),
                       "ssam-d": (2, 2), "zolooksam": (1, 1), "zossam": (5, 1)}
+
+
+def test_bench_plot_writes_a_png_or_says_what_it_needs(tmp_path, capsys):
+    argv = ["--model", "resnet20", "--batch-size", "2", "--steps", "1", "--warmup", "0",
+            "--device", "cpu", "--methods", "sgd,sam", "--plot", str(tmp_path / "b.png")]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit, match="--plot needs matplotlib"):
+            benchmark(argv)
+        return
+    benchmark(argv)
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

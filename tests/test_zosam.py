@@ -185,3 +185,22 @@ def test_cuda_step_without_finiteness_check_never_syncs():
             opt.step(closure)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_zo_inference_mode_runs_the_zo_passes_in_inference_mode_with_the_same_result():
+    weights = []
+    for inference in (False, True):
+        model, x, y = make_problem(25, batchnorm=True)
+        opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9, n_dirs=2,
+                       seed=25, zo_inference_mode=inference)
+        modes = []
+
+        def closure():
+            modes.append(torch.is_inference_mode_enabled())
+            return torch.nn.functional.cross_entropy(model(x), y)
+
+        for _ in range(2):
+            opt.step(closure)
+        assert modes == ([inference] * 4 + [False]) * 2
+        weights.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    assert torch.equal(weights[0], weights[1])

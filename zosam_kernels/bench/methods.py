@@ -40,6 +40,7 @@ METHODS = {
     "zosam-reference": _zosam(backend="reference"),
     "zosam-frac": _zosam_fraction,
     "zosam-bf16": _zosam(zo_autocast=torch.bfloat16),
+    "zosam-infer": _zosam(zo_inference_mode=True),
     "esam": _family(ESAM, rho=0.05, beta=0.6, gamma=0.5),
     "looksam": _family(LookSAM, rho=0.05, k=5, alpha=0.7),
     "gsam": _family(GSAM, rho=0.05, alpha=0.02),

@@ -89,10 +89,13 @@ def evaluate(closure, indices=None):
     return closure() if indices is None else closure(indices)
 
 
-def extra_pass(closure, indices=None, reduce=True, name="extra_pass"):
+def extra_pass(closure, indices=None, reduce=True, name="extra_pass", inference=False):
     """A loss evaluation that neither builds a graph nor moves BatchNorm statistics.
-    reduce=False returns what the closure returned (per-sample losses, if it gives them)."""
-    with torch.no_grad(), frozen_batchnorm(), phase(name):
+    reduce=False returns what the closure returned (per-sample losses, if it gives them).
+    inference=True runs it under torch.inference_mode (no version counters or
+    view tracking either), for closures that cache no tensor for later autograd use."""
+    grad_mode = torch.inference_mode() if inference else torch.no_grad()
+    with grad_mode, frozen_batchnorm(), phase(name):
         loss = evaluate(closure, indices)
         mean = mean_loss(loss)
         return (mean if reduce else loss).detach()

@@ -41,7 +41,7 @@ def check_seed(seed):
 class ZOSAM(SharpnessAwareOptimizer):
     """ZOSAM(params, base_optimizer=torch.optim.SGD, rho=0.05, delta=1e-3, n_dirs=1,
     seed=0, masks=None, adaptive=False, backend="fused", check_finite=True,
-    zo_batch_fraction=1.0, zo_autocast=None, **base_kwargs)
+    zo_batch_fraction=1.0, zo_autocast=None, zo_inference_mode=False, **base_kwargs)
 
     step(closure): 2 * n_dirs no-grad forward passes, one forward + backward at
     theta + eps, the base optimizer's step. Returns the mean of the L+ and L- losses.
@@ -53,11 +53,15 @@ class ZOSAM(SharpnessAwareOptimizer):
     losses, whose count gives B (the first step, not knowing B yet, runs its
     zeroth-order passes on the whole batch). zo_autocast=torch.bfloat16 runs
     them under autocast; the weights stay float32, so delta still moves them.
+    zo_inference_mode=True runs them under torch.inference_mode instead of
+    no_grad (on the CPU no measurable gain per step, benchmarks/RESULTS.md);
+    off by default because a model that caches a tensor during a forward
+    would then hold an inference tensor that its next gradient pass cannot use.
     """
 
     def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.05, delta=1e-3, n_dirs=1,
                  seed=0, masks=None, adaptive=False, backend="fused", check_finite=True,
-                 zo_batch_fraction=1.0, zo_autocast=None, **base_kwargs):
+                 zo_batch_fraction=1.0, zo_autocast=None, zo_inference_mode=False, **base_kwargs):
         check_nonnegative("rho", rho)
         if not isinstance(delta, (int, float)) or not delta > 0:
             raise ValueError(f"delta must be a positive number, got {delta!r}")
@@ -89,6 +93,7 @@ class ZOSAM(SharpnessAwareOptimizer):
         self.directions = directions(params, masks)
         self.zo_batch_fraction = float(zo_batch_fraction)
         self.zo_autocast = zo_autocast
+        self.zo_inference_mode = bool(zo_inference_mode)
         self._batch_size = None   # samples in the last full-batch evaluation, for the fraction
         self.last_seeds = []
         self.last_coefficients = None
@@ -145,7 +150,7 @@ class ZOSAM(SharpnessAwareOptimizer):
 
         def zo_pass():
             with self._zo_context(dirs.device):
-                return extra_pass(closure, subset, name="zo_forward")
+                return extra_pass(closure, subset, name="zo_forward", inference=self.zo_inference_mode)
 
         def full(n, value):
             return torch.full((n,), value, dtype=torch.float32, device=dirs.device)
