@@ -1,6 +1,5 @@
 """What users rely on: BatchNorm statistics, faults, validation, resume, masks, memory."""
 import copy
-import warnings
 
 import pytest
 import torch

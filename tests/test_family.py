@@ -279,8 +279,8 @@ def state_mask(opt, model):
 def test_ssam_fisher_trajectory_matches_float64(masked):
     model, x, y = make_problem(60)
     masks = random_masks(model, 0.6, 60) if masked else None
-    active = flat_mask(model, masks).bool() if masked else torch.ones(sum(p.numel() for p in
-                                                                          model.parameters()), dtype=torch.bool)
+    numel = sum(p.numel() for p in model.parameters())
+    active = flat_mask(model, masks).bool() if masked else torch.ones(numel, dtype=torch.bool)
     f = Float64Model(model, x, y, F.cross_entropy)
     rho, s = 0.3, 0.7
     opt = zk.SSAM(model.parameters(), torch.optim.SGD, rho=rho, sparsity=s, update_interval=2,

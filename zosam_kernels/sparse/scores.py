@@ -8,7 +8,8 @@
                with temperature T = 200, Hg its Hessian-gradient product by double backward,
                on `samples_per_class` = 10 samples of every class found in `batches`
                (the first ones met); g and H are taken over all Conv/Linear weights, biases
-               and norm parameters held fixed, as in the public code. The weights with the highest scores are removed,
+               and norm parameters held fixed, as in the public code. The weights with the
+               highest scores are removed,
                i.e. `keep="smallest"` (the `KEEP` table). The public code splits its sample
                into two halves and sums their gradients and products, which scales the
                scores by a constant and leaves the ranking as here.
