@@ -2,7 +2,8 @@
 
     python benchmarks/zo_quality.py [--model resnet20] [--batch-size 128] [--seeds 32] [--json PATH]
 
-At fixed weights, for the same seeds s_1..s_N, each variant computes the
+At fixed weights (the model at initialisation) and on one synthetic batch
+(zosam_kernels.data), for the same seeds s_1..s_N, each variant computes the
 coefficients c_i = (L(θ + δu_i) − L(θ − δu_i)) / 2δ exactly as ZOSAM does
 (no-grad passes, BatchNorm statistics frozen, directions from the fused op)
 and is compared with full-batch float32:
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from zosam_kernels import ops
+from zosam_kernels.data import synthetic_cifar
 from zosam_kernels.flat import FlatParams
 from zosam_kernels.models import MODELS
 from zosam_kernels.optim.passes import extra_pass
@@ -76,9 +78,8 @@ def main(argv=None):
     torch.manual_seed(0)
     model = MODELS[args.model]().to(device)
     flat = FlatParams(list(model.parameters()))
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(args.batch_size, 3, 32, 32, generator=g).to(device)
-    y = torch.randint(0, 10, (args.batch_size,), generator=g).to(device)
+    x, y = next(synthetic_cifar(args.batch_size, seed=1))
+    x, y = x.to(device), y.to(device)
     seeds = list(range(1000, 1000 + args.seeds))
     seeds_t = torch.tensor(seeds, device=device)
 

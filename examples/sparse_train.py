@@ -3,7 +3,7 @@ method and SGD, SAM or ZO-SAM; print the final density of every masked layer and
 
     python examples/sparse_train.py --method rigl --optimizer zosam --density 0.1 --steps 300
 
-The data are 10 fixed random class templates plus noise (learnable, nothing to download).
+The data come from zosam_kernels.data (class templates plus noise: learnable, nothing to download).
 Dynamic methods update the topology every --update-interval steps; LTH trains
 --lth-rounds rounds that each prune 1 - density^(1/rounds) of the remaining weights
 and rewind to step 0, then a last round at the target density; the
@@ -16,22 +16,10 @@ import torch.nn.functional as F
 
 import zosam_kernels as zk
 from zosam_kernels import sparse
+from zosam_kernels.data import synthetic_cifar
 from zosam_kernels.models import MODELS
 
 METHODS = ("dense", "lth", "snip", "grasp", "synflow", "set", "dsr", "rigl", "mest")
-
-
-def synthetic_batches(batch_size, seed=0):
-    """An endless stream of (images, labels): class template plus noise; the labels
-    of the first two batches cycle through the classes (GraSP's balanced sample)."""
-    g = torch.Generator().manual_seed(seed)
-    templates = torch.randn(10, 3, 32, 32, generator=g)
-    for i in range(2):
-        y = (torch.arange(batch_size) + i * batch_size) % 10
-        yield templates[y] + 2.0 * torch.randn(batch_size, 3, 32, 32, generator=g), y
-    while True:
-        y = torch.randint(0, 10, (batch_size,), generator=g)
-        yield templates[y] + 2.0 * torch.randn(batch_size, 3, 32, 32, generator=g), y
 
 
 def make_optimizer(name, model, masking):
@@ -65,7 +53,7 @@ def train(model, opt, data, steps, after_step):
 def run(args):
     torch.manual_seed(args.seed)
     model = MODELS[args.model]()
-    data = synthetic_batches(args.batch_size, args.seed)
+    data = synthetic_cifar(args.batch_size, args.seed)
     dense = args.method in ("dense", "lth")
     init = "dense" if args.method in ("snip", "grasp", "synflow") else "random"
     masking = sparse.Masking(model, 1.0 if dense else args.density, args.distribution, init=init,

@@ -1,11 +1,13 @@
 """The methods zosam-bench compares, and one benchmark run of each: a model,
-its optimizer, a fixed synthetic batch, and hooks that count the passes."""
+its optimizer, a fixed synthetic batch (zosam_kernels.data), and hooks that
+count the passes."""
 import contextlib
 
 import torch
 import torch.nn.functional as F
 
 from .. import ESAM, GSAM, SAM, SSAM, ZOSAM, ZOSSAM, LookSAM, ZOLookSAM
+from ..data import synthetic_cifar
 from ..masks import ParamMasks
 from ..models import MODELS
 from ..optim.base import SharpnessAwareOptimizer
@@ -90,8 +92,8 @@ class Run:
         self.model = MODELS[args.model]().to(device)
         g = torch.Generator(device="cpu").manual_seed(1)
         masks = random_masks(self.model, args.sparsity, g) if args.sparsity else None
-        self.x = torch.randn(args.batch_size, 3, 32, 32, generator=g).to(device)
-        self.y = torch.randint(0, 10, (args.batch_size,), generator=g).to(device)
+        x, y = next(synthetic_cifar(args.batch_size, seed=1))
+        self.x, self.y = x.to(device), y.to(device)
         if args.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
             self.x = self.x.contiguous(memory_format=torch.channels_last)
