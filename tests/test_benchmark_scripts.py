@@ -34,3 +34,19 @@ def test_zo_quality_compares_every_variant_with_the_reference(tmp_path, monkeypa
     reference = data["rows"][0]
     assert reference["sign_agreement"] == 1 and abs(reference["cosine"] - 1) < 1e-6
     assert all(-1 <= r["cosine"] <= 1 + 1e-6 for r in data["rows"])
+
+
+def test_tl_randn_variant_adds_one_normal_per_element():
+    """The roofline's one-normal-per-Philox kernel (run compiled on CUDA; here
+    through the Triton interpreter): theta moves by c times standard normals."""
+    import importlib.util
+    import torch
+    spec = importlib.util.spec_from_file_location("kernels_bench", BENCHMARKS / "kernels.py")
+    kernels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernels)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    theta = torch.zeros(5000, device=device)
+    kernels.randn_variant()(theta, 7, 0.5)
+    z = theta.cpu() / 0.5
+    assert abs(z.mean()) < 0.1 and abs(z.std() - 1) < 0.05
+    assert len(torch.unique(z)) == 5000     # a fresh normal for every element
