@@ -23,6 +23,7 @@ class SharpnessAwareOptimizer(torch.optim.Optimizer):
         self.base_optimizer.state = self.state   # base state (momentum, Adam moments) is ours too
         self.defaults.update(self.base_optimizer.defaults)
         self.check_finite = bool(check_finite)
+        self.step_count = 0   # steps taken (skipped ones not counted); seeds and schedules use it
 
     @property
     def params(self):
@@ -36,7 +37,8 @@ class SharpnessAwareOptimizer(torch.optim.Optimizer):
         return values.pop()
 
     def _finish(self, losses, masks):
-        """The base step, unless a loss of this step was not finite (then nothing changes).
+        """The base step and the step count, unless a loss of this step was not
+        finite (then nothing changes). Returns whether the step was taken.
 
         The check costs one host-device synchronisation; check_finite=False removes it."""
         if self.check_finite:
@@ -54,13 +56,14 @@ class SharpnessAwareOptimizer(torch.optim.Optimizer):
             masks.mask_grads_()
             self.base_optimizer.step()
             masks.mask_params_()
+        self.step_count += 1
         return True
 
     def _extra_state(self):
-        return {}
+        return {"step_count": self.step_count}
 
     def _load_extra_state(self, extra):
-        pass
+        self.step_count = int(extra.get("step_count", 0))
 
     def state_dict(self):
         sd = super().state_dict()

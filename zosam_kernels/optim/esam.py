@@ -49,7 +49,6 @@ class ESAM(SAM):
         check_seed(seed)
         super().__init__(params, base_optimizer, rho, adaptive, masks, check_finite, **base_kwargs)
         self.beta, self.gamma, self.seed = float(beta), float(gamma), seed
-        self.step_count = 0
         self.last_perturbed, self.last_indices = [], None
 
     def _draw(self, n):
@@ -101,14 +100,13 @@ class ESAM(SAM):
                 indices = torch.topk(after - before, k).indices
             losses["the second pass"] = gradient_pass(closure, params, freeze_batchnorm=True,
                                                       indices=indices)
-        if self._finish(losses, self.masks):
-            self.step_count += 1
+        self._finish(losses, self.masks)
         self.last_perturbed, self.last_indices = chosen, indices
         return loss
 
     def _extra_state(self):
-        return {"step_count": self.step_count, "seed": self.seed}
+        return super()._extra_state() | {"seed": self.seed}
 
     def _load_extra_state(self, extra):
-        self.step_count = int(extra.get("step_count", 0))
+        super()._load_extra_state(extra)
         self.seed = int(extra.get("seed", self.seed))

@@ -54,13 +54,9 @@ class GSAM(SAM):
         return rho_min + (rho - rho_min) * progress
 
     def step(self, closure=None):
-        self._check_closure(closure)
         alpha = self._hyper("alpha")
         check_nonnegative("alpha", alpha)
-        params = self.params
-        self.masks.refresh_()
-        loss = gradient_pass(closure, params)
-        self.masks.mask_grads_()
+        params, loss = self._pass_at_theta(closure)
         perturbed, eps = self._perturbation()
         g = [p.grad for p in perturbed]   # kept: the next pass gives the params fresh .grad tensors
         with self._perturbed(params, perturbed, eps):

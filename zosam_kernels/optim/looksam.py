@@ -40,14 +40,9 @@ class LookSAM(SAM):
         for group in self.param_groups:
             group.setdefault("alpha", alpha)
         self.k = k
-        self.step_count = 0
 
     def step(self, closure=None):
-        self._check_closure(closure)
-        params = self.params
-        self.masks.refresh_()
-        loss = gradient_pass(closure, params)
-        self.masks.mask_grads_()
+        params, loss = self._pass_at_theta(closure)
         if self.step_count % self.k == 0:
             perturbed, eps = self._perturbation()
             g = [p.grad for p in perturbed]   # kept: the next pass gives the params fresh .grad tensors
@@ -58,7 +53,6 @@ class LookSAM(SAM):
             if self._finish({"the first pass": loss, "the second pass": loss_at_eps}, self.masks):
                 for p, v in zip(perturbed, g_v):
                     self.state[p]["looksam_g_v"] = v
-                self.step_count += 1
             return loss
 
         alpha = self._hyper("alpha")
@@ -70,13 +64,12 @@ class LookSAM(SAM):
                 grads, g_v = [g for g, _ in pairs], [v for _, v in pairs]
                 scale = alpha * norm(grads) / (norm(g_v) + 1e-12)
                 torch._foreach_add_(grads, torch._foreach_mul(g_v, scale))
-        if self._finish({"the gradient pass": loss}, self.masks):
-            self.step_count += 1
+        self._finish({"the gradient pass": loss}, self.masks)
         return loss
 
     def _extra_state(self):
-        return {"step_count": self.step_count, "k": self.k}
+        return super()._extra_state() | {"k": self.k}
 
     def _load_extra_state(self, extra):
-        self.step_count = int(extra.get("step_count", 0))
+        super()._load_extra_state(extra)
         self.k = int(extra.get("k", self.k))

@@ -70,12 +70,18 @@ class SAM(SharpnessAwareOptimizer):
             raise ValueError(f"{type(self).__name__}.step needs a closure that runs the forward pass "
                              "and returns the loss")
 
-    def step(self, closure=None):
+    def _pass_at_theta(self, closure):
+        """The first gradient pass (at theta; it moves BatchNorm statistics), its
+        gradients masked. Returns the parameters and the loss."""
         self._check_closure(closure)
         params = self.params
         self.masks.refresh_()
         loss = gradient_pass(closure, params)
         self.masks.mask_grads_()
+        return params, loss
+
+    def step(self, closure=None):
+        params, loss = self._pass_at_theta(closure)
         with self._perturbed(params, *self._perturbation()):
             loss_at_eps = gradient_pass(closure, params, freeze_batchnorm=True)
         self._finish({"the first pass": loss, "the second pass": loss_at_eps}, self.masks)

@@ -37,7 +37,6 @@ class SSAM(SAM):
                  check_finite=True, **base_kwargs):
         self.rule = MaskRule(sparsity, mask, update_interval, drop_rate, total_steps, seed)
         super().__init__(params, base_optimizer, rho, False, masks, check_finite, **base_kwargs)
-        self.step_count = 0
 
     def _active(self, params):
         return flatten(params, {id(p): self.masks.get(p) for p in params if self.masks.get(p) is not None},
@@ -63,11 +62,7 @@ class SSAM(SAM):
         return mask.bool(), fisher
 
     def step(self, closure=None):
-        self._check_closure(closure)
-        params = self.params
-        self.masks.refresh_()
-        loss = gradient_pass(closure, params)
-        self.masks.mask_grads_()
+        params, loss = self._pass_at_theta(closure)
         with torch.no_grad():
             mask, fisher = self._next_mask(params)
             per_param = split(params, mask)
@@ -81,11 +76,4 @@ class SSAM(SAM):
                 self.state[p]["ssam_mask"] = per_param[id(p)]
                 if fisher:
                     self.state[p]["ssam_fisher"] = fisher[id(p)]
-            self.step_count += 1
         return loss
-
-    def _extra_state(self):
-        return {"step_count": self.step_count}
-
-    def _load_extra_state(self, extra):
-        self.step_count = int(extra.get("step_count", 0))

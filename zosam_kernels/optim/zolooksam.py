@@ -56,8 +56,7 @@ class ZOLookSAM(ZOSAM):
             loss = gradient_pass(closure, dirs.params)
         finally:
             _undo(dirs, applied, adaptive)
-        if self._finish({"the gradient pass": loss}, dirs):
-            self.step_count += 1
+        self._finish({"the gradient pass": loss}, dirs)
         return loss
 
     def _extra_state(self):

@@ -88,7 +88,6 @@ class ZOSAM(SharpnessAwareOptimizer):
         self.n_dirs = n_dirs
         self.seed = seed
         self.backend = backend
-        self.step_count = 0
         directions = FlatDirections if backend == "fused" else TensorDirections
         self.directions = directions(params, masks)
         self.zo_batch_fraction = float(zo_batch_fraction)
@@ -197,15 +196,14 @@ class ZOSAM(SharpnessAwareOptimizer):
         self.last_coefficients = coefs.detach()
         self.last_eps = eps.detach()   # eps = sum_i last_eps[i] u_i (times |theta|^2 when adaptive)
         losses = {"the +delta passes": plus, "the -delta passes": minus, "the gradient pass": loss}
-        if self._finish(losses, dirs):
-            self.step_count += 1
+        self._finish(losses, dirs)
         return (plus.mean() + minus.mean()) / 2
 
     def _extra_state(self):
-        return {"step_count": self.step_count, "seed": self.seed, "n_dirs": self.n_dirs}
+        return super()._extra_state() | {"seed": self.seed, "n_dirs": self.n_dirs}
 
     def _load_extra_state(self, extra):
-        self.step_count = int(extra.get("step_count", 0))
+        super()._load_extra_state(extra)
         self.seed = int(extra.get("seed", self.seed))
         self.n_dirs = int(extra.get("n_dirs", self.n_dirs))
 
