@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from zosam_kernels.data import synthetic_cifar
 from zosam_kernels.models import MODELS
-from zosam_kernels.optim.passes import extra_pass
+from zosam_kernels.optim.passes import ExtraPasses
 
 
 def main(argv=None):
@@ -44,7 +44,7 @@ def main(argv=None):
         closure().backward()
 
     cases = {"no_grad forward": no_grad, "inference_mode forward": inference_mode,
-             "extra_pass (no_grad + BatchNorm hooks)": lambda: extra_pass(closure),
+             "extra_pass (no_grad + BatchNorm hooks)": lambda: ExtraPasses()(closure),
              "forward + backward": forward_backward}
     times = {name: [] for name in cases}
     for f in cases.values():

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 
 from zosam_kernels import ops
 from zosam_kernels.data import synthetic_cifar
-from zosam_kernels.flat import FlatParams
+from zosam_kernels.flat import FlatParams, Layout
 from zosam_kernels.models import MODELS
-from zosam_kernels.optim.passes import extra_pass
+from zosam_kernels.optim.passes import ExtraPasses
 
 VARIANTS = {   # name: (zo_batch_fraction, autocast dtype)
     "fp32, full batch": (1.0, None),
@@ -39,7 +39,8 @@ VARIANTS = {   # name: (zo_batch_fraction, autocast dtype)
 
 
 def coefficients(model, flat, x, y, seeds, delta, fraction, dtype, device):
-    buffer = flat.buckets[0].buffer
+    buffer = flat.buffers[0]
+    extra_pass = ExtraPasses()
     n = math.ceil(fraction * len(x))
 
     def closure():
@@ -77,7 +78,7 @@ def main(argv=None):
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = MODELS[args.model]().to(device)
-    flat = FlatParams(list(model.parameters()))
+    flat = FlatParams(Layout(model.parameters()))
     x, y = next(synthetic_cifar(args.batch_size, seed=1))
     x, y = x.to(device), y.to(device)
     seeds = list(range(1000, 1000 + args.seeds))
@@ -95,7 +96,7 @@ def main(argv=None):
     rows = []
     for name, c in results.items():
         row = dict(variant=name, sign_agreement=float((c.sign() == ref.sign()).float().mean()),
-                   cosine=cosine(seeds_t, c, ref, flat.numel),
+                   cosine=cosine(seeds_t, c, ref, flat.layout.numel),
                    noise=float((c - ref).std() / ref.std()))
         rows.append(row)
         print(f"| {name} | {row['sign_agreement']:.2f} | {row['cosine']:.3f} | {row['noise']:.3f} |")

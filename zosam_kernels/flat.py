@@ -1,131 +1,18 @@
-"""Flat parameters: every parameter of one (device, dtype) as a view of one buffer.
+"""The layout of the direction stream, and flat parameters.
 
-With the whole model in one contiguous buffer, each fused op is one launch
-for the whole model, and the direction stream index of a weight is simply its
-position in the buffer (plus the sizes of the buckets before it).
+Layout: the order in which an optimizer sees its parameters, which is also
+the order of the direction stream: the trainable parameters (tied ones once,
+requires_grad=False ones left out) grouped by (device, dtype) into buckets,
+buckets in order of first appearance, parameters in their given order. Every
+per-weight quantity of an optimizer (masks, perturbation masks, Fisher sums,
+saved weights) is one flat buffer per bucket in this order, with a view per
+parameter.
+
+FlatParams: every parameter of a bucket becomes a view of one contiguous
+buffer, so each fused op is one launch for the whole model and the stream
+index of a weight is its position in the buffer plus the bucket's offset.
 """
 import torch
-
-from .masks import MaskSource, normalize_masks
-
-
-class Bucket:
-    """One contiguous buffer holding the parameters of one (device, dtype)."""
-
-    def __init__(self, params, stream_offset, masks):
-        self.params = params
-        self.stream_offset = stream_offset
-        p0 = params[0]
-        numels = [p.numel() for p in params]
-        self.numel = sum(numels)
-        self.buffer = torch.empty(self.numel, dtype=p0.dtype, device=p0.device)
-        self.views, self.starts = [], []
-        start = 0
-        with torch.no_grad():
-            for p, n in zip(params, numels):
-                self.starts.append(start)
-                view = self.buffer[start:start + n].view_as(p)
-                view.copy_(p)
-                p.data = view        # the parameter now lives in the buffer
-                if p.grad is not None:
-                    p.grad = p.grad.contiguous()
-                self.views.append(view)
-                start += n
-        self.mask = None
-        self.mask_views = {}
-        self.set_masks(masks)
-
-    @torch.no_grad()
-    def set_masks(self, masks):
-        """Write masks (id(param) -> bool tensor; absent = dense) into the flat
-        bool buffer, made on first need and kept after (a bucket never goes
-        back to unmasked, so the ops keep one signature)."""
-        if self.mask is None:
-            if not any(id(p) in masks for p in self.params):
-                return
-            self.mask = torch.empty(self.numel, dtype=torch.bool, device=self.buffer.device)
-            self.mask_views = {id(p): self.mask[s:s + p.numel()].view_as(p)
-                               for p, s in zip(self.params, self.starts)}
-        for p in self.params:
-            m = masks.get(id(p))
-            view = self.mask_views[id(p)]
-            if m is None:
-                view.fill_(True)
-            else:
-                view.copy_(m)
-
-
-class FlatParams:
-    """Rebinds `params` (unique, requires_grad) into one buffer per (device, dtype).
-
-    masks: mapping parameter -> bool tensor (see masks.normalize_masks); the
-    flat bool buffer of a bucket holds them, and `mask_of(p)` is a view into
-    it, so a topology change written into that view reaches the fused ops.
-    """
-
-    def __init__(self, params, masks=None):
-        self.source = MaskSource(masks)
-        masks = normalize_masks(params, masks)
-        self.buckets = []
-        offset = 0
-        for group in bucket_order(params):
-            bucket = Bucket(group, offset, masks)
-            self.buckets.append(bucket)
-            offset += bucket.numel
-        self.numel = offset
-        self.mask_params_()
-
-    @property
-    def params(self):
-        return [p for b in self.buckets for p in b.params]
-
-    @property
-    def has_mask(self):
-        return any(b.mask is not None for b in self.buckets)
-
-    def mask_of(self, p):
-        for b in self.buckets:
-            if id(p) in b.mask_views:
-                return b.mask_views[id(p)]
-        return None
-
-    def check_bound(self):
-        """Raise if a parameter was re-bound away from its buffer (e.g. model.to()
-        or model.half() after the optimizer was built), which the fused ops
-        would otherwise silently miss."""
-        for b in self.buckets:
-            for p, view in zip(b.params, b.views):
-                if p.data_ptr() != view.data_ptr() or p.shape != view.shape:
-                    raise RuntimeError(
-                        f"a parameter of shape {tuple(p.shape)} no longer lives in the optimizer's "
-                        "flat buffer: build the optimizer after moving or casting the model")
-
-    def refresh_masks_(self):
-        """Re-read a masking object whose topology changed (see masks.MaskSource)
-        into the flat mask buffers, and zero the newly pruned weights."""
-        if self.source.changed():
-            masks = normalize_masks(self.params, self.source.masks)
-            for b in self.buckets:
-                b.set_masks(masks)
-            self.mask_params_()
-
-    def observe_gradients(self):
-        self.source.observe_gradients()
-
-    @torch.no_grad()
-    def mask_params_(self):
-        for b in self.buckets:
-            if b.mask is not None:
-                b.buffer.mul_(b.mask)
-
-    @torch.no_grad()
-    def mask_grads_(self):
-        for b in self.buckets:
-            if b.mask is None:
-                continue
-            pairs = [(p.grad, b.mask_views[id(p)]) for p in b.params if p.grad is not None]
-            if pairs:
-                torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
 
 
 def unique_trainable(params):
@@ -138,21 +25,70 @@ def unique_trainable(params):
     return out
 
 
-def bucket_order(params):
-    """The trainable parameters grouped by (device, dtype), buckets in order of
-    first appearance, parameters in their given order: the layout of the flat
-    buffers and hence of the direction stream."""
-    groups = {}
-    for p in unique_trainable(params):
-        groups.setdefault((p.device, p.dtype), []).append(p)
-    return list(groups.values())
+class Layout:
+    """buckets: lists of parameters; offsets / numels: each bucket's first stream
+    index and size; params: all of them in stream order."""
+
+    def __init__(self, params):
+        groups = {}
+        for p in unique_trainable(params):
+            groups.setdefault((p.device, p.dtype), []).append(p)
+        self.buckets = list(groups.values())
+        self.params = [p for b in self.buckets for p in b]
+        self.numels = [sum(p.numel() for p in b) for b in self.buckets]
+        self.offsets = [sum(self.numels[:i]) for i in range(len(self.buckets))]
+        self.numel = sum(self.numels)
+
+    def param_offsets(self):
+        """The first stream index of every parameter, in stream order."""
+        out = []
+        for b, offset in zip(self.buckets, self.offsets):
+            for p in b:
+                out.append(offset)
+                offset += p.numel()
+        return out
+
+    def new_buffers(self, dtype, fill=None):
+        """One flat tensor per bucket, on the bucket's device (filled with `fill` if given)."""
+        make = torch.empty if fill is None else (lambda *a, **k: torch.full(*a, fill, **k))
+        return [make((n,), dtype=dtype, device=b[0].device) for b, n in zip(self.buckets, self.numels)]
+
+    def views(self, buffers):
+        """Per-parameter views of per-bucket buffers, in stream order (None for a None buffer)."""
+        return [v for b, buf in zip(self.buckets, buffers)
+                for v in (bucket_views(b, buf) if buf is not None else [None] * len(b))]
 
 
-def stream_offsets(params):
-    """id(param) -> index of its first element in the direction stream."""
-    offsets, offset = {}, 0
-    for group in bucket_order(params):
-        for p in group:
-            offsets[id(p)] = offset
-            offset += p.numel()
-    return offsets
+def bucket_views(bucket, buffer):
+    """Views of a bucket's flat buffer, one per parameter, of the parameters' shapes."""
+    out, start = [], 0
+    for p in bucket:
+        out.append(buffer[start:start + p.numel()].view(p.shape))
+        start += p.numel()
+    return out
+
+
+class FlatParams:
+    """Rebinds the layout's parameters into one buffer per bucket (`buffers`)."""
+
+    def __init__(self, layout):
+        self.layout = layout
+        self.buffers = [torch.empty(n, dtype=b[0].dtype, device=b[0].device)
+                        for b, n in zip(layout.buckets, layout.numels)]
+        self.views = layout.views(self.buffers)
+        with torch.no_grad():
+            for p, view in zip(layout.params, self.views):
+                view.copy_(p)
+                p.data = view        # the parameter now lives in the buffer
+                if p.grad is not None:
+                    p.grad = p.grad.contiguous()
+
+    def check_bound(self):
+        """Raise if a parameter was re-bound away from its buffer (model.to(),
+        model.half(), load_state_dict(assign=True) on the same Parameter objects),
+        which the fused ops would otherwise silently miss."""
+        for p, view in zip(self.layout.params, self.views):
+            if p.data_ptr() != view.data_ptr() or p.shape != view.shape:
+                raise RuntimeError(
+                    f"a parameter of shape {tuple(p.shape)} no longer lives in the optimizer's "
+                    "flat buffer: build the optimizer after moving or casting the model")

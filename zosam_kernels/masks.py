@@ -1,4 +1,4 @@
-"""Sparsity masks for optimized parameters: validation and per-tensor application.
+"""Sparsity masks of an optimizer's parameters, and the rankings that make masks.
 
 A mask is a bool tensor of its parameter's shape and device; False marks a
 pruned weight, which every optimizer of the package keeps exactly 0.
@@ -6,15 +6,17 @@ pruned weight, which every optimizer of the package keeps exactly 0.
 The `masks` argument of an optimizer is either a fixed mapping parameter ->
 bool tensor (read once), or a masking object (zosam_kernels.sparse) with
 `param_masks()` and an integer `version` that it bumps on every topology
-change; optimizers re-read such an object at the start of a step whenever its
-version moved, so drop-and-grow reaches them without a call from the user.
+change; the optimizer re-reads such an object at the start of a step whenever
+its version moved, so drop-and-grow reaches it without a call from the user.
 """
 import torch
 
+from .flat import bucket_views
+
 
 def normalize_masks(params, masks):
-    """Validate `masks` (a mapping parameter -> bool tensor, or None) against
-    `params` and return a dict keyed by id(param); unmasked parameters are dense."""
+    """Validate `masks` (a mapping parameter -> bool tensor, a masking object, or
+    None) against `params`; returns a dict id(param) -> mask of the masked ones."""
     if masks is None:
         return {}
     if hasattr(masks, "param_masks"):   # a sparse-training masking object
@@ -38,66 +40,105 @@ def normalize_masks(params, masks):
     return out
 
 
-class MaskSource:
-    """Tells whether a `masks` argument has changed since it was last read."""
+class Masks:
+    """The sparsity masks of an optimizer: one flat bool buffer per bucket of its
+    layout (flat.Layout), made on first need and kept after (a bucket never goes
+    back to unmasked, so the fused ops keep one signature), with a view per
+    parameter; unmasked parameters of a masked bucket read True.
 
-    def __init__(self, masks):
+    `buffers` is what the fused ops read (None: a dense bucket); `get(p)` is a
+    parameter's mask (None: dense)."""
+
+    def __init__(self, layout, masks):
         self.version = getattr(masks, "version", None)
         # a fixed mapping is read once and not kept: it may be large, and the caller owns it
-        self.masks = masks if self.version is not None else None
+        self.source = masks if self.version is not None else None
+        self.buffers, self._views = [], {}
+        self.changes = 0   # topology changes seen (refresh_), for what must follow them
+        self._write(layout, normalize_masks(layout.params, masks))
 
-    def changed(self):
-        """True once per change of a masking object's version (never for a fixed mapping)."""
-        version = getattr(self.masks, "version", None)
+    def relayout_(self, layout):
+        """Follow a new layout (parameters added to the optimizer): the masks of
+        known parameters are kept, new parameters are dense."""
+        kept = {id(p): self._views[id(p)].clone() for p in self.masked}
+        self.buffers, self._views = [], {}
+        self._write(layout, kept)
+
+    @torch.no_grad()
+    def _write(self, layout, by_id):
+        """Write the masks by_id (id(param) -> bool tensor; absent = dense) into the flat buffers."""
+        self.layout = layout
+        if not self.buffers:
+            self.buffers = [None] * len(layout.buckets)
+        for k, bucket in enumerate(layout.buckets):
+            if self.buffers[k] is None and any(id(p) in by_id for p in bucket):
+                self.buffers[k] = torch.empty(layout.numels[k], dtype=torch.bool, device=bucket[0].device)
+                self._views.update((id(p), v) for p, v in zip(bucket, bucket_views(bucket, self.buffers[k])))
+        for p in layout.params:
+            view = self._views.get(id(p))
+            if view is None:
+                continue
+            if id(p) in by_id:
+                view.copy_(by_id[id(p)])
+            else:
+                view.fill_(True)
+        self.masked = [p for p in layout.params if id(p) in by_id]
+        self._masked_ids = set(by_id)
+
+    def get(self, p):
+        """The mask of parameter p, a view of the flat buffer (None if p is dense)."""
+        return self._views[id(p)] if id(p) in self._masked_ids else None
+
+    def refresh_(self):
+        """Re-read a masking object whose version moved and zero the newly pruned
+        weights. Returns whether the masks changed (never for a fixed mapping)."""
+        version = getattr(self.source, "version", None)
         if version == self.version:
             return False
         self.version = version
+        self._write(self.layout, normalize_masks(self.layout.params, self.source))
+        self.mask_params_()
+        self.changes += 1
         return True
 
     def observe_gradients(self):
         """Show a masking object the dense gradients before they are masked, if it
         wants them (RigL's growth); a fixed mapping has nothing to observe."""
-        observe = getattr(self.masks, "observe_gradients", None)
+        observe = getattr(self.source, "observe_gradients", None)
         if observe is not None:
             observe()
 
-
-class ParamMasks:
-    """Masks applied tensor by tensor (the SAM family and the reference backend)."""
-
-    def __init__(self, params, masks):
-        self._all = list(params)
-        self.source = MaskSource(masks)
-        self._load(masks)
-
-    def _load(self, masks):
-        by_id = normalize_masks(self._all, masks)
-        self.params = [p for p in self._all if id(p) in by_id]
-        self.masks = [by_id[id(p)].clone() for p in self.params]
-        self._by_id = {id(p): m for p, m in zip(self.params, self.masks)}
-
-    def refresh_(self):
-        """Re-read a masking object whose topology changed, and zero the newly pruned weights."""
-        if self.source.changed():
-            self._load(self.source.masks)
-            self.mask_params_()
-
-    def __bool__(self):
-        return bool(self.params)
-
-    def get(self, p):
-        return self._by_id.get(id(p))
-
-    def observe_gradients(self):
-        self.source.observe_gradients()
-
     @torch.no_grad()
     def mask_params_(self):
-        if self.params:
-            torch._foreach_mul_([p.data for p in self.params], self.masks)
+        if self.masked:
+            torch._foreach_mul_([p.data for p in self.masked], [self._views[id(p)] for p in self.masked])
 
     @torch.no_grad()
     def mask_grads_(self):
-        pairs = [(p.grad, m) for p, m in zip(self.params, self.masks) if p.grad is not None]
+        pairs = [(p.grad, self._views[id(p)]) for p in self.masked if p.grad is not None]
         if pairs:
             torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+
+
+def keep_top(scores, count):
+    """A bool mask of scores' shape with the `count` largest scores set; ties go
+    to the lower flat index, so the choice is deterministic."""
+    order = torch.argsort(scores.reshape(-1), descending=True, stable=True)
+    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    mask[order[:count]] = True
+    return mask.view_as(scores)
+
+
+def keep_top_across(scores, count, eligible=None):
+    """keep_top over several tensors ranked as one: the `count` largest scores
+    among all of them (only where `eligible`, a list of bool tensors, is True),
+    returned as one bool mask per tensor, of its shape and on its device."""
+    if eligible is not None:
+        scores = [torch.where(e, s, -torch.inf) for s, e in zip(scores, eligible)]
+    device = scores[0].device
+    flat = keep_top(torch.cat([s.detach().reshape(-1).to(device) for s in scores]), count)
+    out, start = [], 0
+    for s in scores:
+        out.append(flat[start:start + s.numel()].view(s.shape).to(s.device))
+        start += s.numel()
+    return out

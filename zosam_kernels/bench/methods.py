@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from .. import ESAM, GSAM, SAM, SSAM, ZOSAM, ZOSSAM, LookSAM, ZOLookSAM
 from ..data import synthetic_cifar
-from ..masks import ParamMasks
+from ..flat import Layout
+from ..masks import Masks
 from ..models import MODELS
 from ..optim.base import SharpnessAwareOptimizer
 
@@ -39,10 +40,9 @@ METHODS = {
     "sgd": lambda params, args, masks: torch.optim.SGD(params, **BASE),
     "sam": lambda params, args, masks: SAM(params, torch.optim.SGD, rho=0.05, masks=masks, **BASE),
     "zosam": _zosam(),
-    "zosam-reference": _zosam(backend="reference"),
+    "zosam-unfused": _zosam(backend="unfused"),
     "zosam-frac": _zosam_fraction,
     "zosam-bf16": _zosam(zo_autocast=torch.bfloat16),
-    "zosam-infer": _zosam(zo_inference_mode=True),
     "esam": _family(ESAM, rho=0.05, beta=0.6, gamma=0.5),
     "looksam": _family(LookSAM, rho=0.05, k=5, alpha=0.7),
     "gsam": _family(GSAM, rho=0.05, alpha=0.02),
@@ -51,7 +51,7 @@ METHODS = {
     "zolooksam": _family(ZOLookSAM, rho=0.05, k=5),
     "zossam": _family(ZOSSAM, rho=0.05, sparsity=0.5),
 }
-DEFAULT_METHODS = ("sgd", "sam", "zosam", "zosam-reference", "zosam-frac")
+DEFAULT_METHODS = ("sgd", "sam", "zosam", "zosam-unfused", "zosam-frac")
 
 
 class PassCounter:
@@ -103,7 +103,7 @@ class Run:
         self.opt = METHODS[method](self.model.parameters(), args, masks)
         # plain torch optimizers get the masks applied around their step
         self.plain = not isinstance(self.opt, SharpnessAwareOptimizer)
-        self.masks = ParamMasks(list(self.model.parameters()), masks) if self.plain else None
+        self.masks = Masks(Layout(self.model.parameters()), masks) if self.plain else None
         if self.plain:
             self.masks.mask_params_()
         self.times = []

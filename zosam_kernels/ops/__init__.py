@@ -13,10 +13,9 @@ import torch
 
 from . import library  # noqa: F401  (registers torch.ops.zosam.*)
 from .library import HAS_CPU_EXTENSION
+from ..seeds import MAX_SEED, check_seed
 
 __all__ = ["gaussian", "add_directions_", "directions_sq_norm", "HAS_CPU_EXTENSION"]
-
-MAX_SEED = 2**63
 
 
 def gaussian(seed, numel, offset=0, device=None):
@@ -45,8 +44,7 @@ def directions_sq_norm(seeds, coefs, numel, mask=None, scale=None, scale_power=1
 
 
 def _check_stream_args(seed, numel, offset):
-    if not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
-        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    check_seed(seed)
     if not isinstance(numel, int) or numel < 0:
         raise ValueError(f"numel must be a non-negative int, got {numel!r}")
     if not isinstance(offset, int) or offset < 0 or offset + numel > MAX_SEED:

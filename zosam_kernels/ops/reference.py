@@ -10,6 +10,8 @@ the compiled extension is missing.
 import numpy as np
 import torch
 
+from ..seeds import check_seed
+
 PHILOX_M0 = np.uint64(0xD2511F53)
 PHILOX_M1 = np.uint64(0xCD9E8D57)
 PHILOX_W0 = np.uint64(0x9E3779B9)
@@ -62,7 +64,7 @@ def stream_counters(seed, numel, offset=0):
     """Philox integers for stream elements [offset, offset + numel):
     returns an (n_counters, 4) uint32 array and the index of the first
     element inside it."""
-    _check_seed(seed)
+    check_seed(seed)
     first = offset // 4
     last = (offset + numel - 1) // 4 if numel > 0 else first - 1
     q = np.arange(first, last + 1, dtype=np.uint64)
@@ -110,8 +112,3 @@ def add_directions(theta, seeds, coefs, mask=None, scale=None, scale_power=1, of
 def directions_sq_norm(seeds, coefs, numel, mask=None, scale=None, scale_power=1, offset=0):
     d = direction_sum(seeds, coefs, numel, mask, scale, scale_power, offset)
     return torch.dot(d, d)
-
-
-def _check_seed(seed):
-    if not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be a non-negative 63-bit int, got {seed}")

@@ -1,21 +1,27 @@
-"""Where ZO-SAM's directions live: regenerated inside fused ops over flat
-buffers (the fast path), or materialised tensor by tensor (the reference).
+"""The weights' walk along a step's random directions.
 
-Both apply the same update: for seeds s[lo:hi] of the step and coefficients c,
-    theta += (sum_k c[k] u(s[lo + k])) * mask * |saved theta| ** scale_power
-where scale_power (ASAM's |theta| scaling) is used only between save_() and
-release_(); both read the same direction stream, so they agree to rounding.
-An optional perturbation mask (set_perturbation_mask_, for ZOSSAM) restricts
-the directions further; gradients and weights stay under the sparse mask only.
+A direction u_i = u(seed_i) ⊙ M (M: the direction mask of the step) is never
+stored. During a ZO-SAM step the weights are
+
+    θ_now = θ + Σ_i net[i] · u_i            (⊙ |θ|^2 for ASAM's ε)
+
+and `Walk` keeps only `net`, m float32 numbers on the device. Moving to new
+coefficients is one pass over the weights that adds (target − net)·u, so the
+±δ moves of the estimate, the move to ε and the return to θ are all the same
+operation; a fault anywhere is undone by moving back to net = 0.
+
+Two backends add coefficient-weighted directions and take their norms, over
+the optimizer's flat parameter buffers (flat.FlatParams):
+  FusedDirections    one fused op per bucket (ops.add_directions_ / directions_sq_norm)
+  UnfusedDirections  each direction materialised tensor by tensor, plain torch ops
+They read the same stream at the same positions and agree to rounding.
 """
 import torch
 
 from .. import ops
-from ..flat import FlatParams, stream_offsets, unique_trainable
-from ..masks import ParamMasks
 
 
-def seeds_tensor(seeds, device):
+def _seeds_tensor(seeds, device):
     t = torch.tensor(seeds, dtype=torch.int64)
     if device.type == "cuda":
         # pinned + non_blocking: the copy is queued, the host does not wait for the GPU
@@ -23,145 +29,112 @@ def seeds_tensor(seeds, device):
     return t.to(device)
 
 
-class FlatDirections:
-    """One fused op per (device, dtype) bucket; no parameter-sized temporaries."""
+class FusedDirections:
+    """No parameter-sized temporaries: the directions are regenerated inside the ops."""
 
-    def __init__(self, params, masks):
-        self.flat = FlatParams(params, masks)
-        self.params = self.flat.params
-        self.device = self.params[0].device
-        self._saved = None
-        self._perturb = None
-        self._direction_masks = [b.mask for b in self.flat.buckets]
+    def __init__(self, flat):
+        self.flat = flat
 
-    def set_perturbation_mask_(self, mask):
-        """mask: a flat bool tensor over the stream (all buckets, in order), or None."""
-        self._perturb = mask
+    def prepare(self, seeds):
+        devices = {b.device for b in self.flat.buffers}
+        return {d: _seeds_tensor(seeds, d) for d in devices}
 
-    def begin(self, seeds):
-        self.flat.check_bound()
-        self._seeds = {b.buffer.device: seeds_tensor(seeds, b.buffer.device) for b in self.flat.buckets}
-        self._direction_masks = [self._direction_mask(i, b) for i, b in enumerate(self.flat.buckets)]
+    def add_(self, seeds, lo, hi, coefs, masks, scale, power):
+        for buf, offset, mask, s in zip(self.flat.buffers, self.flat.layout.offsets, masks, scale):
+            ops.add_directions_(buf, seeds[buf.device][lo:hi], coefs.to(buf.device), mask, s,
+                                power or 1, offset)
 
-    def _direction_mask(self, i, b):
-        """The sparse mask AND the perturbation mask, into a bool buffer kept between steps
-        (re-made each step, since either may have changed)."""
-        if self._perturb is None:
-            return b.mask
-        part = self._perturb[b.stream_offset:b.stream_offset + b.numel].to(b.buffer.device)
-        if b.mask is None:
-            return part
-        out = self._direction_masks[i]
-        if out is None or out is b.mask:
-            out = torch.empty_like(b.mask)
-        return torch.logical_and(part, b.mask, out=out)
-
-    def add_(self, lo, hi, coefs, scale_power=None):
-        for b, mask in zip(self.flat.buckets, self._direction_masks):
-            dev = b.buffer.device
-            ops.add_directions_(b.buffer, self._seeds[dev][lo:hi], coefs.to(dev), mask,
-                                self._scale(b, scale_power), scale_power or 1, b.stream_offset)
-
-    def sq_norm(self, coefs, scale_power=None):
-        total = None
-        for b, mask in zip(self.flat.buckets, self._direction_masks):
-            dev = b.buffer.device
-            n = ops.directions_sq_norm(self._seeds[dev], coefs.to(dev), b.numel, mask,
-                                       self._scale(b, scale_power), scale_power or 1, b.stream_offset)
-            total = n.to(self.device) if total is None else total + n.to(self.device)
+    def sq_norm(self, seeds, coefs, masks, scale, power):
+        total = 0
+        for buf, offset, mask, s in zip(self.flat.buffers, self.flat.layout.offsets, masks, scale):
+            total = total + ops.directions_sq_norm(seeds[buf.device], coefs.to(buf.device), buf.numel(),
+                                                   mask, s, power or 1, offset).to(coefs.device)
         return total
 
-    def _scale(self, bucket, scale_power):
-        return None if scale_power is None else self._saved[self.flat.buckets.index(bucket)]
 
-    def save_(self):
-        self._saved = [b.buffer.clone() for b in self.flat.buckets]
+class UnfusedDirections:
+    """The baseline the fused ops are measured against: each direction is
+    materialised per tensor (ops.gaussian) and combined with plain torch ops."""
 
+    def __init__(self, flat):
+        self.flat = flat
+        self.offsets = flat.layout.param_offsets()
+
+    def prepare(self, seeds):
+        return list(seeds)
+
+    def _directions(self, seeds, coefs, masks, scale, power):
+        layout = self.flat.layout
+        for p, offset, mask, s in zip(layout.params, self.offsets, layout.views(masks),
+                                      layout.views(scale)):
+            d = torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
+            for k, seed in enumerate(seeds):
+                d.add_(ops.gaussian(seed, p.numel(), offset, device=p.device) * coefs[k].to(p.device))
+            d = d.view_as(p)
+            if mask is not None:
+                d = d * mask
+            if power:
+                d = d * s.abs() ** power
+            yield p, d
+
+    @torch.no_grad()
+    def add_(self, seeds, lo, hi, coefs, masks, scale, power):
+        for p, d in self._directions(seeds[lo:hi], coefs, masks, scale, power):
+            p.add_(d)
+
+    @torch.no_grad()
+    def sq_norm(self, seeds, coefs, masks, scale, power):
+        return torch.stack([d.pow(2).sum().to(coefs.device)
+                            for _, d in self._directions(seeds, coefs, masks, scale, power)]).sum()
+
+
+class Walk:
+    """The weights' offset from θ on the directions of `seeds`, for one step.
+
+    masks: the direction mask per bucket (None: dense). saved: per-bucket buffers
+    that receive a copy of θ (needed for ASAM's |θ| scaling; then the return to θ
+    is that copy, exact)."""
+
+    def __init__(self, directions, seeds, masks, saved=None):
+        self.directions, self.masks, self.saved = directions, masks, saved
+        self.seeds = directions.prepare(seeds)
+        self.m = len(seeds)
+        buffers = directions.flat.buffers
+        self.device = buffers[0].device
+        self.net = torch.zeros(self.m, dtype=torch.float32, device=self.device)
+        self.power = 0   # net multiplies |θ| ** power (ASAM's ε: power 2)
+        if saved is not None:
+            torch._foreach_copy_(saved, buffers)
+
+    def _scale(self, power):
+        return self.saved if power else [None] * len(self.masks)
+
+    @torch.no_grad()
+    def move_(self, target, lo=0, power=0):
+        """To θ + Σ_{i ∈ [lo, lo + len(target))} target[i − lo]·u_i, the other
+        coefficients unchanged: one pass over the weights."""
+        if power != self.power:
+            if self.saved is None:
+                raise RuntimeError("a scaled move needs the saved weights (Walk(saved=...))")
+            self.restore_()
+            self.power = power
+        hi = lo + target.numel()
+        self.directions.add_(self.seeds, lo, hi, target - self.net[lo:hi], self.masks,
+                             self._scale(power), power)
+        self.net[lo:hi] = target
+
+    def sq_norm(self, coefs, power=0):
+        """‖Σ_i coefs[i]·u_i (⊙ |θ| ** power)‖² of the step's directions."""
+        if power and self.saved is None:
+            raise RuntimeError("a scaled norm needs the saved weights (Walk(saved=...))")
+        return self.directions.sq_norm(self.seeds, coefs, self.masks, self._scale(power), power)
+
+    @torch.no_grad()
     def restore_(self):
-        for b, s in zip(self.flat.buckets, self._saved):
-            b.buffer.copy_(s)
-
-    def release_(self):
-        self._saved = None
-
-    def refresh_masks_(self):
-        self.flat.refresh_masks_()
-
-    def mask_params_(self):
-        self.flat.mask_params_()
-
-    def observe_gradients(self):
-        self.flat.observe_gradients()
-
-    def mask_grads_(self):
-        self.flat.mask_grads_()
-
-
-class TensorDirections:
-    """The unfused baseline: each direction materialised per tensor, plain torch ops."""
-
-    def __init__(self, params, masks):
-        self.params = unique_trainable(params)
-        self.device = self.params[0].device
-        self.masks = ParamMasks(self.params, masks)
-        self.offsets = stream_offsets(self.params)
-        self._saved = None
-        self._perturb = None
-        self.mask_params_()
-
-    def set_perturbation_mask_(self, mask):
-        """mask: a flat bool tensor over the stream, or None."""
-        self._perturb = mask
-
-    def begin(self, seeds):
-        self._seeds = list(seeds)
-
-    def _direction(self, p, lo, hi, coefs, scale_power):
-        d = torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
-        for k, seed in enumerate(self._seeds[lo:hi]):
-            u = ops.gaussian(seed, p.numel(), self.offsets[id(p)], device=p.device)
-            d.add_(u * coefs[k].to(p.device))
-        d = d.view_as(p)
-        mask = self.masks.get(p)
-        if mask is not None:
-            d = d * mask
-        if self._perturb is not None:
-            start = self.offsets[id(p)]
-            d = d * self._perturb[start:start + p.numel()].view_as(p).to(p.device)
-        if scale_power is not None:
-            d = d * self._saved[id(p)].abs() ** scale_power
-        return d
-
-    @torch.no_grad()
-    def add_(self, lo, hi, coefs, scale_power=None):
-        for p in self.params:
-            p.add_(self._direction(p, lo, hi, coefs, scale_power))
-
-    @torch.no_grad()
-    def sq_norm(self, coefs, scale_power=None):
-        sq = [self._direction(p, 0, len(self._seeds), coefs, scale_power).pow(2).sum()
-              for p in self.params]
-        return torch.stack([s.to(self.device) for s in sq]).sum()
-
-    def save_(self):
-        self._saved = {id(p): p.detach().clone() for p in self.params}
-
-    @torch.no_grad()
-    def restore_(self):
-        for p in self.params:
-            p.copy_(self._saved[id(p)])
-
-    def release_(self):
-        self._saved = None
-
-    def refresh_masks_(self):
-        self.masks.refresh_()
-
-    def mask_params_(self):
-        self.masks.mask_params_()
-
-    def observe_gradients(self):
-        self.masks.observe_gradients()
-
-    def mask_grads_(self):
-        self.masks.mask_grads_()
+        """Back to θ: from the saved copy when there is one, else by moving to net = 0."""
+        if self.saved is not None:
+            torch._foreach_copy_(self.directions.flat.buffers, self.saved)
+            self.net.zero_()
+        else:
+            self.move_(torch.zeros_like(self.net))
+        self.power = 0

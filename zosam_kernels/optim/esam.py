@@ -26,10 +26,10 @@ the first backward covers about beta of the weights, the second gamma of the bat
 """
 import torch
 
+from ..seeds import check_seed, derived_seed
 from .base import check_nonnegative
-from .passes import check_takes_indices, extra_pass, gradient_pass
+from .passes import check_takes_indices, gradient_pass
 from .sam import SAM
-from .zosam import check_seed, direction_seed
 
 
 class ESAM(SAM):
@@ -52,7 +52,7 @@ class ESAM(SAM):
         self.last_perturbed, self.last_indices = [], None
 
     def _draw(self, n):
-        g = torch.Generator().manual_seed(direction_seed(self.seed, self.step_count, 0))
+        g = torch.Generator().manual_seed(derived_seed(self.seed, self.step_count, 0))
         return (torch.rand(n, generator=g) < self.beta).tolist()
 
     def _first_pass(self, closure, params, chosen):
@@ -71,12 +71,11 @@ class ESAM(SAM):
         return losses
 
     def step(self, closure=None):
-        self._check_closure(closure)
+        self._start(closure)
         select = self.gamma < 1
         if select:
             check_takes_indices(closure, "ESAM's data selection (gamma < 1)")
         params = self.params
-        self.masks.refresh_()
         chosen = self._draw(len(params))
         before = self._first_pass(closure, params, chosen)
         loss = before.mean() if before.dim() == 1 else before
@@ -91,7 +90,7 @@ class ESAM(SAM):
         indices = None
         with self._perturbed(params, perturbed, eps):
             if select:
-                after = extra_pass(closure, reduce=False)
+                after = self.extra(closure, reduce=False, name="selection_pass")
                 if after.shape != before.shape:
                     raise ValueError(f"closure returned {tuple(after.shape)} losses at theta + eps but "
                                      f"{tuple(before.shape)} at theta: ESAM needs one loss per sample")
@@ -100,7 +99,7 @@ class ESAM(SAM):
                 indices = torch.topk(after - before, k).indices
             losses["the second pass"] = gradient_pass(closure, params, freeze_batchnorm=True,
                                                       indices=indices)
-        self._finish(losses, self.masks)
+        self._finish(losses)
         self.last_perturbed, self.last_indices = chosen, indices
         return loss
 

@@ -64,5 +64,5 @@ class GSAM(SAM):
         with torch.no_grad():
             g_p = [p.grad for p in perturbed]
             torch._foreach_add_(g_p, orthogonal_part(g, g_p), alpha=-alpha)
-        self._finish({"the first pass": loss, "the second pass": loss_at_eps}, self.masks)
+        self._finish({"the first pass": loss, "the second pass": loss_at_eps})
         return loss

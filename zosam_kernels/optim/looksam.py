@@ -18,7 +18,7 @@ not its layer-wise variant). g_v lives in the optimizer state
 """
 import torch
 
-from .base import check_nonnegative
+from .base import check_nonnegative, check_positive_int
 from .passes import gradient_pass
 from .sam import SAM
 from .tensorlists import norm, orthogonal_part
@@ -33,8 +33,7 @@ class LookSAM(SAM):
 
     def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.05, k=5, alpha=0.7, masks=None,
                  check_finite=True, **base_kwargs):
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        check_positive_int("k", k)
         check_nonnegative("alpha", alpha)
         super().__init__(params, base_optimizer, rho, False, masks, check_finite, **base_kwargs)
         for group in self.param_groups:
@@ -50,7 +49,7 @@ class LookSAM(SAM):
                 loss_at_eps = gradient_pass(closure, params, freeze_batchnorm=True)
             self.masks.mask_grads_()   # g_v (and its norm) on the active weights only
             g_v = orthogonal_part([p.grad for p in perturbed], g)
-            if self._finish({"the first pass": loss, "the second pass": loss_at_eps}, self.masks):
+            if self._finish({"the first pass": loss, "the second pass": loss_at_eps}):
                 for p, v in zip(perturbed, g_v):
                     self.state[p]["looksam_g_v"] = v
             return loss
@@ -64,7 +63,7 @@ class LookSAM(SAM):
                 grads, g_v = [g for g, _ in pairs], [v for _, v in pairs]
                 scale = alpha * norm(grads) / (norm(g_v) + 1e-12)
                 torch._foreach_add_(grads, torch._foreach_mul(g_v, scale))
-        self._finish({"the gradient pass": loss}, self.masks)
+        self._finish({"the gradient pass": loss})
         return loss
 
     def _extra_state(self):

@@ -13,44 +13,26 @@ steps (at steps 0, T, 2T, ...):
   just-dropped included, as in the paper's Algorithm 2), with
   N = round(f(t) k), f(t) = drop_rate / 2 (1 + cos(pi t / total_steps)).
 
-Masks, scores and gradients are flat vectors over the parameters in the
-direction stream's order (flat.bucket_order). Random draws come from a
-generator seeded by (seed, step), so a resumed run draws the same.
+The mask and the Fisher sum are flat buffers per bucket of the optimizer's
+layout (flat.Layout), so the fused ops read the mask as it is. The Fisher sum
+is accumulated in place; a remake (every T steps) is the only time
+temporaries are made. Random draws come from a generator seeded by
+(seed, step), so a resumed run draws the same.
 """
 import math
 
 import torch
 
-from ..flat import bucket_order
-from .base import check_nonnegative
-from .zosam import check_seed, direction_seed
+from ..masks import keep_top_across
+from ..seeds import check_seed, derived_seed
+from .base import check_nonnegative, check_positive_int
 
 KINDS = ("fisher", "dynamic")
 
 
-def flatten(params, tensors, default=0.0):
-    """Concatenate per-parameter tensors (dict id(param) -> tensor; an absent
-    one is `default` everywhere) in stream order."""
-    out = []
-    for group in bucket_order(params):
-        for p in group:
-            t = tensors.get(id(p))
-            out.append(t.reshape(-1) if t is not None else torch.full((p.numel(),), default, device=p.device))
-    return torch.cat(out)
-
-
-def split(params, flat):
-    """The inverse of flatten: dict id(param) -> tensor of the parameter's shape (copies)."""
-    out, start = {}, 0
-    for group in bucket_order(params):
-        for p in group:
-            out[id(p)] = flat[start:start + p.numel()].view_as(p).clone()
-            start += p.numel()
-    return out
-
-
-class MaskRule:
-    """The hyperparameters of a perturbation mask and the rules that remake it."""
+class PerturbationMask:
+    """`buffers`: the mask in use, one flat bool tensor per bucket (None until the
+    first is made); `fisher`: the Fisher sum since the last remake (kind "fisher")."""
 
     def __init__(self, sparsity, kind, update_interval, drop_rate, total_steps, seed):
         check_nonnegative("sparsity", sparsity)
@@ -58,8 +40,7 @@ class MaskRule:
             raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
         if kind not in KINDS:
             raise ValueError(f"mask must be 'fisher' or 'dynamic', got {kind!r}")
-        if not isinstance(update_interval, int) or isinstance(update_interval, bool) or update_interval < 1:
-            raise ValueError(f"update_interval must be an int >= 1, got {update_interval!r}")
+        check_positive_int("update_interval", update_interval)
         check_nonnegative("drop_rate", drop_rate)
         if not drop_rate <= 1:
             raise ValueError(f"drop_rate must be in [0, 1], got {drop_rate!r}")
@@ -71,45 +52,89 @@ class MaskRule:
         check_seed(seed)
         self.sparsity, self.kind, self.update_interval = float(sparsity), kind, update_interval
         self.drop_rate, self.total_steps, self.seed = float(drop_rate), total_steps, seed
+        self.layout, self.buffers, self.fisher = None, None, None
+
+    def relayout_(self, layout):
+        """Follow the optimizer's layout; a new layout starts the mask afresh."""
+        self.layout, self.buffers, self.fisher = layout, None, None
+
+    def views(self):
+        """The mask per parameter (views of the flat buffers), in stream order."""
+        return self.layout.views(self.buffers)
 
     def due(self, step):
-        return step % self.update_interval == 0
+        return self.buffers is None or step % self.update_interval == 0
+
+    # ---- the rules; masks, scores and gradients are lists of per-bucket flat tensors
 
     def keep(self, active):
-        return round((1 - self.sparsity) * int(active.sum()))
+        return round((1 - self.sparsity) * sum(int(a.sum()) for a in active))
 
-    def _top(self, scores, eligible, k):
-        """Bool mask of the k largest scores among the eligible entries."""
-        out = torch.zeros_like(eligible)
-        if k > 0:
-            out[torch.topk(torch.where(eligible, scores, -math.inf), k).indices] = True
-        return out
-
-    def _uniform(self, step, like):
-        g = torch.Generator().manual_seed(direction_seed(self.seed, step, 1))
-        return torch.rand(like.numel(), generator=g).to(like.device)
+    def _uniform(self, step):
+        g = torch.Generator().manual_seed(derived_seed(self.seed, step, 1))
+        return [torch.rand(n, generator=g).to(b[0].device) for b, n in zip(self.layout.buckets,
+                                                                          self.layout.numels)]
 
     def random(self, step, active):
-        return self._top(self._uniform(step, active), active, self.keep(active))
-
-    def fisher(self, fisher, active):
-        return self._top(fisher, active, self.keep(active))
+        return keep_top_across(self._uniform(step), self.keep(active), active)
 
     def drop_rate_at(self, step):
         t = min(step, self.total_steps)
         return self.drop_rate / 2 * (1 + math.cos(math.pi * t / self.total_steps))
 
     def drop_and_grow(self, step, mask, grad, active):
-        mask = mask & active
-        n = min(round(self.drop_rate_at(step) * self.keep(active)), int(mask.sum()))
-        dropped = self._top(-grad.abs(), mask, n)
-        mask = mask & ~dropped
-        return mask | self._top(self._uniform(step, mask), active & ~mask, n)
+        mask = [m & a for m, a in zip(mask, active)]
+        n = min(round(self.drop_rate_at(step) * self.keep(active)), sum(int(m.sum()) for m in mask))
+        dropped = keep_top_across([-g.abs() for g in grad], n, mask)
+        mask = [m & ~d for m, d in zip(mask, dropped)]
+        grown = keep_top_across(self._uniform(step), n, [a & ~m for a, m in zip(active, mask)])
+        return [m | g for m, g in zip(mask, grown)]
 
-    def remake(self, step, mask, fisher, grad, active):
-        """The mask for this step, given the last one (None at first)."""
+    def remade(self, step, grads, active):
+        """The mask for `step` from the gradients of this step (per parameter, in
+        stream order; None: no gradient) and the active weights (per bucket);
+        new tensors, not installed."""
+        grad = self.layout.new_buffers(torch.float32, fill=0.0)
+        pairs = [(v, g) for v, g in zip(self.layout.views(grad), grads) if g is not None]
+        if pairs:
+            torch._foreach_copy_([v for v, _ in pairs], [g for _, g in pairs])
         if self.kind == "fisher":
-            return self.fisher(fisher, active)
-        if mask is None:
+            scores = [g * g if f is None else f + g * g
+                      for g, f in zip(grad, self.fisher or [None] * len(grad))]
+            return keep_top_across(scores, self.keep(active), active)
+        if self.buffers is None:
             return self.random(step, active)
-        return self.drop_and_grow(step, mask, grad, active)
+        return self.drop_and_grow(step, self.buffers, grad, active)
+
+    @torch.no_grad()
+    def commit_(self, mask, grads, remade):
+        """After a step that was taken: install the remade mask and restart the
+        Fisher sum, or add this step's g^2 to it (in place)."""
+        if remade:
+            self.buffers = mask
+            if self.kind == "fisher":
+                if self.fisher is None:
+                    self.fisher = [torch.zeros(m.shape, device=m.device) for m in mask]
+                else:
+                    torch._foreach_zero_(self.fisher)
+            return
+        if self.kind == "fisher":
+            pairs = [(f, g) for f, g in zip(self.layout.views(self.fisher), grads) if g is not None]
+            if pairs:
+                torch._foreach_addcmul_([f for f, _ in pairs], [g for _, g in pairs],
+                                        [g for _, g in pairs])
+
+    def state_dict(self):
+        return {"mask": self.buffers, "fisher": self.fisher}
+
+    def load_state_dict(self, state):
+        devices = [b[0].device for b in self.layout.buckets]
+        self.buffers, self.fisher = (
+            None if state.get(key) is None else [t.to(d, copy=True) for t, d in zip(state[key], devices)]
+            for key in ("mask", "fisher"))
+
+
+def active_weights(masks):
+    """The active (unpruned) weights per bucket, from an optimizer's Masks."""
+    return [m if m is not None else torch.ones(n, dtype=torch.bool, device=b[0].device)
+            for m, b, n in zip(masks.buffers, masks.layout.buckets, masks.layout.numels)]

@@ -10,7 +10,6 @@ import contextlib
 
 import torch
 
-from ..masks import ParamMasks
 from .base import SharpnessAwareOptimizer, check_nonnegative
 from .passes import gradient_pass, phase
 
@@ -27,9 +26,11 @@ class SAM(SharpnessAwareOptimizer):
                  masks=None, check_finite=True, **base_kwargs):
         check_nonnegative("rho", rho)
         defaults = dict(rho=rho, adaptive=bool(adaptive))
-        super().__init__(params, base_optimizer, defaults, base_kwargs, check_finite)
-        self.masks = ParamMasks(self.params, masks)
-        self.masks.mask_params_()
+        super().__init__(params, base_optimizer, defaults, base_kwargs, masks, check_finite)
+        self._saved = None   # theta, restored after the second pass (kept between steps)
+
+    def _relayout(self, layout):
+        super()._relayout(layout)
         self._saved = None
 
     @torch.no_grad()
@@ -65,17 +66,11 @@ class SAM(SharpnessAwareOptimizer):
             with torch.no_grad(), phase("restore"):
                 torch._foreach_copy_(params, self._saved)
 
-    def _check_closure(self, closure):
-        if closure is None:
-            raise ValueError(f"{type(self).__name__}.step needs a closure that runs the forward pass "
-                             "and returns the loss")
-
     def _pass_at_theta(self, closure):
         """The first gradient pass (at theta; it moves BatchNorm statistics), its
         gradients masked. Returns the parameters and the loss."""
-        self._check_closure(closure)
+        self._start(closure)
         params = self.params
-        self.masks.refresh_()
         loss = gradient_pass(closure, params)
         self.masks.mask_grads_()
         return params, loss
@@ -84,5 +79,5 @@ class SAM(SharpnessAwareOptimizer):
         params, loss = self._pass_at_theta(closure)
         with self._perturbed(params, *self._perturbation()):
             loss_at_eps = gradient_pass(closure, params, freeze_batchnorm=True)
-        self._finish({"the first pass": loss, "the second pass": loss_at_eps}, self.masks)
+        self._finish({"the first pass": loss, "the second pass": loss_at_eps})
         return loss

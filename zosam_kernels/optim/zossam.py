@@ -10,14 +10,14 @@ gradient's norm, which a zeroth-order estimate on the mask does not see), so
 grad L(theta + eps) of its update: the Fisher sums those, SSAM-D drops by
 them, and the mask of step t (t = T, 2T, ...) is made from step t - 1's;
 step 0's mask is random (both kinds). The restriction costs nothing in the
-fused ops (one more flat bool buffer read, ANDed with the sparse mask); the
-gradients and weights stay under the sparse mask only. Mask and Fisher sum
-live in the optimizer state ("ssam_mask", "ssam_fisher"); the Fisher sum is a
-parameter-sized buffer (mask="dynamic" keeps none).
+fused ops: they read the perturbation mask instead of the sparse one (it is
+kept within the active weights); the gradients and weights stay under the
+sparse mask only. The Fisher sum is a parameter-sized buffer, accumulated in
+place (mask="dynamic" keeps none).
 """
 import torch
 
-from .perturbation_mask import MaskRule, flatten, split
+from .perturbation_mask import PerturbationMask, active_weights
 from .zosam import ZOSAM
 
 
@@ -31,58 +31,47 @@ class ZOSSAM(ZOSAM):
     def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.05, sparsity=0.5, mask="fisher",
                  update_interval=1950, drop_rate=0.5, total_steps=None, delta=1e-3, n_dirs=1, seed=0,
                  masks=None, adaptive=False, backend="fused", check_finite=True, **base_kwargs):
-        self.rule = MaskRule(sparsity, mask, update_interval, drop_rate, total_steps, seed)
+        self.perturbation_mask = PerturbationMask(sparsity, mask, update_interval, drop_rate,
+                                                  total_steps, seed)
         super().__init__(params, base_optimizer, rho, delta, n_dirs, seed, masks, adaptive, backend,
                          check_finite, **base_kwargs)
-        self._mask = None   # the flat perturbation mask in use; None: read it from the state
+        self.perturbation_mask.relayout_(self.layout)
+        self._topology = self.masks.changes   # the topology the perturbation mask lies within
 
-    def _active(self):
-        """The flat sparse-training mask (True: an unpruned weight)."""
-        dirs = self.directions
-        mask_of = dirs.flat.mask_of if hasattr(dirs, "flat") else dirs.masks.get
-        masks = {id(p): mask_of(p) for p in dirs.params}
-        return flatten(dirs.params, {k: m for k, m in masks.items() if m is not None}, default=True)
+    def _relayout(self, layout):
+        super()._relayout(layout)
+        self.perturbation_mask.relayout_(layout)
 
-    def _stored(self, key):
-        params = self.directions.params
-        found = {id(p): self.state[p][key] for p in params if key in self.state.get(p, {})}
-        return flatten(params, found) if len(found) == len(params) else None
+    def _direction_masks(self):
+        """The perturbation mask, made at the first step (random) and kept among
+        the active weights when the sparse topology changes."""
+        pm = self.perturbation_mask
+        if pm.buffers is None:   # installed by _finish if the step is taken
+            self._first_mask = pm.random(self.step_count, active_weights(self.masks))
+            return self._first_mask
+        if self._topology != self.masks.changes:   # perturbed weights that were pruned leave it
+            for b, a in zip(pm.buffers, active_weights(self.masks)):
+                b.logical_and_(a)
+            self._topology = self.masks.changes
+        return pm.buffers
 
-    def step(self, closure=None):
-        self.directions.refresh_masks_()
-        if self._mask is None:
-            stored = self._stored("ssam_mask")
-            self._mask = (self.rule.random(self.step_count, self._active()) if stored is None
-                          else stored.bool())
-        self.directions.set_perturbation_mask_(self._mask)
-        return super().step(closure)
-
-    @torch.no_grad()
-    def _finish(self, losses, masks):
-        """The base step, then (if it was taken) the mask of the next step from this step's gradient."""
-        params = self.directions.params
-        grad = flatten(params, {id(p): p.grad for p in params if p.grad is not None})
-        grad = grad * self._active()
-        fisher = None
-        if self.rule.kind == "fisher":
-            fisher = self._stored("ssam_fisher")
-            fisher = grad * grad if fisher is None else fisher + grad * grad
-        mask = self._mask
-        if self.rule.due(self.step_count + 1):
-            mask = self.rule.remake(self.step_count + 1, mask, fisher, grad, self._active())
-            if fisher is not None:
-                fisher = torch.zeros_like(fisher)
-        if not super()._finish(losses, masks):
+    def _finish(self, losses):
+        """The base step, then (if it was taken) this step's gradient into the
+        Fisher sum, or into the mask of the next step when that one is due."""
+        if not super()._finish(losses):
             return False
-        per_param = split(params, mask)
-        fisher = split(params, fisher) if fisher is not None else {}
-        for p in params:
-            self.state[p]["ssam_mask"] = per_param[id(p)]
-            if fisher:
-                self.state[p]["ssam_fisher"] = fisher[id(p)]
-        self._mask = mask
+        pm = self.perturbation_mask
+        if pm.buffers is None:
+            pm.commit_(self._first_mask, [], remade=True)
+        grads = [p.grad for p in self.params]
+        remade = pm.due(self.step_count)
+        mask = pm.remade(self.step_count, grads, active_weights(self.masks)) if remade else pm.buffers
+        pm.commit_(mask, grads, remade)
         return True
+
+    def _extra_state(self):
+        return super()._extra_state() | {"perturbation_mask": self.perturbation_mask.state_dict()}
 
     def _load_extra_state(self, extra):
         super()._load_extra_state(extra)
-        self._mask = None
+        self.perturbation_mask.load_state_dict(extra.get("perturbation_mask", {}))

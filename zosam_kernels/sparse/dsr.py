@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .masking import keep_top
+from ..masks import keep_top
 from .schedule import Schedule, check_fraction
 
 

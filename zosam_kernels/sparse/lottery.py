@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .masking import keep_top
+from ..masks import keep_top_across
 from .schedule import check_fraction
 
 
@@ -50,13 +50,8 @@ class LotteryTicket:
         masking = self.masking
         active = {n: int(m.sum()) for n, m in masking.masks.items()}
         keep = sum(active.values()) - math.floor(self.prune_fraction * sum(active.values()))
-        scores = torch.cat([torch.where(masking.masks[n], p.detach().abs(), -math.inf).reshape(-1).cpu()
-                            for n, p in masking.params.items()])
-        flat = keep_top(scores, keep)
-        new, start = {}, 0
-        for n, p in masking.params.items():
-            new[n] = flat[start:start + p.numel()].view_as(p).to(p.device)
-            start += p.numel()
+        new = dict(zip(masking.names, keep_top_across([p.detach().abs() for p in masking.params.values()],
+                                                       keep, list(masking.masks.values()))))
         for n, t in masking.model.state_dict().items():
             t.copy_(self.saved[n])
         masking.update_(new)

@@ -31,6 +31,7 @@ the gradients; after it, zero pruned weights and their state.
 import torch
 from torch import nn
 
+from ..masks import keep_top, keep_top_across
 from ..optim.base import SharpnessAwareOptimizer
 from .densities import check_density, layer_counts
 
@@ -197,19 +198,5 @@ class Masking:
         if scope == "layerwise":
             masks = {n: keep_top(s, self.counts[n]) for n, s in scores.items()}
         else:
-            flat = keep_top(torch.cat([s.reshape(-1).float().cpu() for s in scores.values()]),
-                            sum(self.counts.values()))
-            masks, start = {}, 0
-            for n, p in self.params.items():
-                masks[n] = flat[start:start + p.numel()].view_as(p).to(p.device)
-                start += p.numel()
+            masks = dict(zip(scores, keep_top_across(list(scores.values()), sum(self.counts.values()))))
         self.update_(masks)
-
-
-def keep_top(scores, count):
-    """A bool mask of scores' shape with the `count` largest scores set; ties go
-    to the lower flat index, so the choice is deterministic."""
-    order = torch.argsort(scores.reshape(-1), descending=True, stable=True)
-    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    mask[order[:count]] = True
-    return mask.view_as(scores)

@@ -5,10 +5,9 @@ gradient of exactly the gradient passes whose update needs it.
 """
 import math
 
+from ..optim.base import check_positive_int
 
-def check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
 
 
 def check_fraction(name, value, low_open=False):

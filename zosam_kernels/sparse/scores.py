@@ -30,7 +30,8 @@ import torch
 from torch.func import functional_call
 
 from .densities import check_density
-from .masking import keep_top, prunable_weights
+from ..masks import keep_top_across
+from .masking import prunable_weights
 
 METHODS = ("magnitude", "random", "snip", "grasp", "synflow")
 KEEP = {"magnitude": "largest", "random": "largest", "snip": "largest", "grasp": "smallest",
@@ -145,12 +146,8 @@ def _synflow(model, names, batches, density, iterations, input_shape):
         grads = torch.autograd.grad(out.sum(), list(masked.values()))
         scores = {n: (g * m).abs().detach() for (n, m), g in zip(masked.items(), grads)}
         if k < iterations:
-            flat = keep_top(torch.cat([s.reshape(-1) for s in scores.values()]),
-                            round(density ** (k / iterations) * total))
-            start = 0
-            for n, t in theta.items():
-                masks[n] = flat[start:start + t.numel()].view_as(t)
-                start += t.numel()
+            masks = dict(zip(scores, keep_top_across(list(scores.values()),
+                                                     round(density ** (k / iterations) * total))))
     return {n: s.to(weights[n].dtype) for n, s in scores.items()}
 
 
