@@ -61,10 +61,12 @@ class Layout {
   int64_t n_chunks_;
 };
 
-// acc[4t + r] = (or +=) coef * normal r of counter q0 + t, for t < nq. This
-// is the loop that must vectorise (check with -fopt-info-vec-optimized).
-template <bool kAssign>
-void accumulate_stream(float* __restrict acc, int64_t seed, float coef, uint64_t q0, int nq) {
+// acc[4t + r] = (or +=) coef * normal r of counter q0 + t, for t < nq, and
+// with kBase the same into acc_b with coef_b (the normals made once). This is
+// the loop that must vectorise (check with -fopt-info-vec-optimized).
+template <bool kAssign, bool kBase = false>
+void accumulate_stream(float* __restrict acc, int64_t seed, float coef, uint64_t q0, int nq,
+                       float* __restrict acc_b = nullptr, float coef_b = 0.0f) {
   uint32_t k0, k1;
   stream::seed_key(uint64_t(seed), k0, k1);
   const uint32_t lo0 = uint32_t(q0);
@@ -85,21 +87,38 @@ void accumulate_stream(float* __restrict acc, int64_t seed, float coef, uint64_t
       acc[4 * t + 1] = coef * n1;
       acc[4 * t + 2] = coef * n2;
       acc[4 * t + 3] = coef * n3;
+      if constexpr (kBase) {
+        acc_b[4 * t + 0] = coef_b * n0;
+        acc_b[4 * t + 1] = coef_b * n1;
+        acc_b[4 * t + 2] = coef_b * n2;
+        acc_b[4 * t + 3] = coef_b * n3;
+      }
     } else {
       acc[4 * t + 0] += coef * n0;
       acc[4 * t + 1] += coef * n1;
       acc[4 * t + 2] += coef * n2;
       acc[4 * t + 3] += coef * n3;
+      if constexpr (kBase) {
+        acc_b[4 * t + 0] += coef_b * n0;
+        acc_b[4 * t + 1] += coef_b * n1;
+        acc_b[4 * t + 2] += coef_b * n2;
+        acc_b[4 * t + 3] += coef_b * n3;
+      }
     }
   }
 }
 
 // acc = sum_k coefs[k] * u(seeds[k]) over the chunk's counters, in float32
-// and in k order (the first stream assigns, so acc needs no zeroing).
-void chunk_direction_sum(float* acc, const Directions& dirs, const Chunk& ch) {
-  accumulate_stream<true>(acc, dirs.seeds[0], dirs.coefs[0], ch.q0, ch.nq);
-  for (int64_t k = 1; k < dirs.k; ++k)
-    accumulate_stream<false>(acc, dirs.seeds[k], dirs.coefs[k], ch.q0, ch.nq);
+// and in k order (the first stream assigns, so acc needs no zeroing); with
+// kBase also acc_b = sum_k base[k] * u(seeds[k]), rounded the same way.
+template <bool kBase>
+void chunk_direction_sum(float* acc, float* acc_b, const Directions& dirs, const Chunk& ch) {
+  const float b0 = kBase ? dirs.base[0] : 0.0f;
+  accumulate_stream<true, kBase>(acc, dirs.seeds[0], dirs.coefs[0], ch.q0, ch.nq, acc_b, b0);
+  for (int64_t k = 1; k < dirs.k; ++k) {
+    const float bk = kBase ? dirs.base[k] : 0.0f;
+    accumulate_stream<false, kBase>(acc, dirs.seeds[k], dirs.coefs[k], ch.q0, ch.nq, acc_b, bk);
+  }
 }
 
 // d * |scale| ** kPow for kPow in {0 (no scale), 1, 2}.
@@ -116,16 +135,23 @@ inline float select_bits(uint8_t keep, float a, float b) {
   return stream::bits_float((stream::float_bits(a) & m) | (stream::float_bits(b) & ~m));
 }
 
-// Calls f(has_mask, scale_power) with both as compile-time constants, so the
-// hot loops carry no per-element branches on the optional arguments.
+// Calls f(has_mask, scale_power, has_base) with all three as compile-time
+// constants, so the hot loops carry no per-element branches on the optional
+// arguments.
 template <class F>
 void dispatch_variant(const Directions& dirs, F&& f) {
   const int pow = dirs.scale == nullptr ? 0 : dirs.scale_power;
+  auto with_base = [&](auto has_mask, auto pow_c) {
+    if (dirs.base != nullptr)
+      f(has_mask, pow_c, std::true_type{});
+    else
+      f(has_mask, pow_c, std::false_type{});
+  };
   auto with_mask = [&](auto has_mask) {
     switch (pow) {
-      case 0: f(has_mask, std::integral_constant<int, 0>{}); break;
-      case 1: f(has_mask, std::integral_constant<int, 1>{}); break;
-      default: f(has_mask, std::integral_constant<int, 2>{}); break;
+      case 0: with_base(has_mask, std::integral_constant<int, 0>{}); break;
+      case 1: with_base(has_mask, std::integral_constant<int, 1>{}); break;
+      default: with_base(has_mask, std::integral_constant<int, 2>{}); break;
     }
   };
   if (dirs.mask != nullptr)
@@ -134,15 +160,16 @@ void dispatch_variant(const Directions& dirs, F&& f) {
     with_mask(std::false_type{});
 }
 
-// Runs body(chunk, acc) for every chunk, chunks spread over the OpenMP team.
-// The accumulator lives on each thread's stack: no allocation per call.
+// Runs body(chunk, acc, acc_b) for every chunk, chunks spread over the OpenMP
+// team. The accumulators live on each thread's stack: no allocation per call.
 template <class Body>
 void for_each_chunk(const Layout& layout, Body&& body) {
   const int64_t n_chunks = layout.n_chunks();
 #pragma omp parallel for schedule(static) if (n_chunks > 1)
   for (int64_t c = 0; c < n_chunks; ++c) {
     alignas(64) float acc[kChunkElems];
-    body(layout.chunk(c), acc);
+    alignas(64) float acc_b[kChunkElems];
+    body(layout.chunk(c), acc, acc_b);
   }
 }
 
@@ -150,7 +177,7 @@ void for_each_chunk(const Layout& layout, Body&& body) {
 
 void fill_gaussian(float* out, int64_t n, int64_t seed, int64_t offset) {
   const Layout layout(n, offset);
-  for_each_chunk(layout, [&](const Chunk& ch, float* acc) {
+  for_each_chunk(layout, [&](const Chunk& ch, float* acc, float*) {
     // 1.0f * normal is exact, so this is the stream itself. Chunks that
     // cover whole counters inside [0, n) (all but the first and last) are
     // generated in place; the others go through acc and are clipped.
@@ -166,21 +193,25 @@ void fill_gaussian(float* out, int64_t n, int64_t seed, int64_t offset) {
 
 void add_directions(float* theta, const Directions& dirs) {
   const Layout layout(dirs.n, dirs.offset);
-  dispatch_variant(dirs, [&](auto has_mask, auto pow) {
+  dispatch_variant(dirs, [&](auto has_mask, auto pow, auto has_base) {
     constexpr bool kMask = decltype(has_mask)::value;
     constexpr int kPow = decltype(pow)::value;
+    constexpr bool kBase = decltype(has_base)::value;
     const uint8_t* mask = dirs.mask;
     const float* scale = dirs.scale;
-    for_each_chunk(layout, [&](const Chunk& ch, float* acc) {
-      chunk_direction_sum(acc, dirs, ch);
+    for_each_chunk(layout, [&](const Chunk& ch, float* acc, float* acc_b) {
+      chunk_direction_sum<kBase>(acc, acc_b, dirs, ch);
       const float* a = acc + ch.acc_first;
+      const float* b = acc_b + ch.acc_first;
       const int64_t begin = ch.begin;
       const int64_t len = ch.end - ch.begin;
 #pragma omp simd
       for (int64_t t = 0; t < len; ++t) {
         const int64_t i = begin + t;
         const float old = theta[i];
-        const float updated = old + apply_scale<kPow>(a[t], scale, i);
+        float from = old;
+        if constexpr (kBase) from = old - apply_scale<kPow>(b[t], scale, i);
+        const float updated = from + apply_scale<kPow>(a[t], scale, i);
         if constexpr (kMask) {
           // A select, not a multiply by 0: masked-out entries keep their
           // bits even where d is not finite or old is -0. On the bits
@@ -197,13 +228,13 @@ void add_directions(float* theta, const Directions& dirs) {
 double directions_sq_norm(const Directions& dirs) {
   const Layout layout(dirs.n, dirs.offset);
   std::vector<double> partial(size_t(layout.n_chunks()));
-  dispatch_variant(dirs, [&](auto has_mask, auto pow) {
+  dispatch_variant(dirs, [&](auto has_mask, auto pow, auto) {
     constexpr bool kMask = decltype(has_mask)::value;
     constexpr int kPow = decltype(pow)::value;
     const uint8_t* mask = dirs.mask;
     const float* scale = dirs.scale;
-    for_each_chunk(layout, [&](const Chunk& ch, float* acc) {
-      chunk_direction_sum(acc, dirs, ch);
+    for_each_chunk(layout, [&](const Chunk& ch, float* acc, float* acc_b) {
+      chunk_direction_sum<false>(acc, acc_b, dirs, ch);
       float* __restrict a = acc + ch.acc_first;
       const int64_t begin = ch.begin;
       const int64_t len = ch.end - ch.begin;

@@ -66,7 +66,7 @@ Directions make_directions(const SeedsCoefs& sc, int64_t n,
                            const std::optional<at::Tensor>& scale,
                            int64_t scale_power, int64_t offset) {
   check_stream_range(offset, n);
-  Directions d{sc.seeds.data(), sc.coefs.data(), int64_t(sc.seeds.size()),
+  Directions d{sc.seeds.data(), sc.coefs.data(), nullptr, int64_t(sc.seeds.size()),
                nullptr, nullptr, 1, offset, n};
   if (mask.has_value()) {
     const at::Tensor& m = *mask;
@@ -108,10 +108,20 @@ void fill_gaussian_cpu(const at::Tensor& out, int64_t seed, int64_t offset) {
 void add_directions_cpu(const at::Tensor& theta, const at::Tensor& seeds,
                         const at::Tensor& coefs, const std::optional<at::Tensor>& mask,
                         const std::optional<at::Tensor>& scale, int64_t scale_power,
-                        int64_t offset) {
+                        int64_t offset, const std::optional<at::Tensor>& base) {
   check_float_buffer(theta, "theta");
   const SeedsCoefs sc = read_seeds_coefs(seeds, coefs);
-  const Directions d = make_directions(sc, theta.numel(), mask, scale, scale_power, offset);
+  Directions d = make_directions(sc, theta.numel(), mask, scale, scale_power, offset);
+  std::vector<float> base_coefs;
+  if (base.has_value()) {
+    const at::Tensor& b = *base;
+    check_cpu(b, "base");
+    TORCH_CHECK(b.scalar_type() == at::kFloat && b.dim() == 1 && b.numel() == coefs.numel(),
+                "zosam: base must be a 1-D float32 tensor of coefs' length");
+    const at::Tensor bc = b.contiguous();
+    base_coefs.assign(bc.data_ptr<float>(), bc.data_ptr<float>() + bc.numel());
+    d.base = base_coefs.data();
+  }
   add_directions(theta.data_ptr<float>(), d);
 }
 

@@ -3,9 +3,11 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import zosam_kernels as zk
 from test_zosam import make_problem, random_masks
+from zosam_kernels import sparse
 
 OPTIMIZERS = {
     "zosam": lambda params, **kw: zk.ZOSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9,
@@ -165,6 +167,150 @@ def test_resume_reproduces_uninterrupted_run_bitwise(name, tmp_path):
     run(3, model, opt, x, y)
     for a, b in zip(straight, model.parameters()):
         assert torch.equal(a, b.detach())
+
+
+class MaskingState:
+    """What a user saves of a sparse.Masking (it has no state_dict): its masks, its
+    version and its generator (SET grows at random from it)."""
+
+    def __init__(self, masking):
+        self.masking = masking
+
+    def state_dict(self):
+        m = self.masking
+        return {"masks": {n: t.clone() for n, t in m.masks.items()}, "version": m.version,
+                "generator": m.generator.get_state()}
+
+    def load_state_dict(self, state):
+        m = self.masking
+        m.masks = {n: t.clone() for n, t in state["masks"].items()}
+        m.version = state["version"]
+        m.generator.set_state(state["generator"])
+
+
+def _with_fixed_masks(make):
+    def build(model):
+        return make(model.parameters(), masks=random_masks(model, 0.5, 7)), {}
+    return build
+
+
+def _zosam_with_schedule(schedule):
+    """ZOSAM on a sparse.Masking whose topology a drop-and-grow schedule changes every 2 steps."""
+    def build(model):
+        masking = sparse.Masking(model, 0.5, seed=3)
+        opt = masking.attach(zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9,
+                                      n_dirs=2, masks=masking))
+        return opt, {"masking": MaskingState(masking), "schedule": schedule(masking)}
+    return build
+
+
+def _gsam_with_lr_scheduler(model):
+    opt = zk.GSAM(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9, alpha=0.3, rho_min=0.01,
+                  masks=random_masks(model, 0.5, 7))
+    return opt, {"lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=8)}
+
+
+def _sharpness(opt):
+    return opt.state_dict()["sharpness"]
+
+
+# name: (build(model) -> (optimizer, {name: stateful object stepped after each step}),
+#        per-sample closure, steps, interrupted after, what makes the interruption meaningful)
+RESUMABLE = {
+    # B (the batch size the ZO passes slice from) is learnt at step 0: a resumed run must not relearn it
+    "zosam-zo-batch-fraction": (
+        _with_fixed_masks(lambda params, **kw: zk.ZOSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9,
+                                                        n_dirs=2, zo_batch_fraction=0.5, **kw)),
+        True, 6, 3, lambda opt, extra: _sharpness(opt)["extra_passes"]["batch_size"] == 16),
+    "zosam-zo-autocast": (
+        _with_fixed_masks(lambda params, **kw: zk.ZOSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9,
+                                                        n_dirs=2, zo_autocast=torch.bfloat16, **kw)),
+        False, 6, 3, lambda opt, extra: True),
+    # topology changed at 2, next change at 4 (RigL: from the dense gradient of step 4)
+    "zosam-rigl": (
+        _zosam_with_schedule(lambda masking: sparse.RigL(masking, total_steps=8, update_interval=2)),
+        False, 6, 3, lambda opt, extra: extra["masking"]["version"] == 1),
+    "zosam-set": (
+        _zosam_with_schedule(lambda masking: sparse.SET(masking, update_interval=2)),
+        False, 6, 3, lambda opt, extra: extra["masking"]["version"] == 1),
+    # SSAM remakes at steps 0, 2, 4: cut after 4 steps, the Fisher sum holds step 3's g^2
+    "ssam-fisher-remake": (
+        _with_fixed_masks(lambda params, **kw: zk.SSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9,
+                                                       update_interval=2, **kw)),
+        False, 6, 4, lambda opt, extra: any(
+            f.abs().sum() > 0 for f in _sharpness(opt)["perturbation_mask"]["fisher"])),
+    # ZOSSAM remakes after steps 1, 3, 5: cut after 3 steps, the Fisher sum holds step 2's g^2
+    "zossam-fisher-remake-adaptive": (
+        _with_fixed_masks(lambda params, **kw: zk.ZOSSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9,
+                                                         n_dirs=2, update_interval=2, adaptive=True,
+                                                         **kw)),
+        False, 6, 3, lambda opt, extra: any(
+            f.abs().sum() > 0 for f in _sharpness(opt)["perturbation_mask"]["fisher"])),
+    # k = 3: full steps 0, 3, 6; cut after 4 steps, inside the phase that step 3 began
+    "looksam-mid-phase": (
+        _with_fixed_masks(lambda params, **kw: zk.LookSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9,
+                                                          k=3, **kw)),
+        False, 7, 4, lambda opt, extra: opt.step_count % opt.k == 1),
+    "zolooksam-mid-phase": (
+        _with_fixed_masks(lambda params, **kw: zk.ZOLookSAM(params, torch.optim.SGD, lr=0.05,
+                                                            momentum=0.9, k=3, n_dirs=2, **kw)),
+        False, 7, 4, lambda opt, extra: opt.step_count % opt.k == 1),
+    # rho follows the scheduled lr
+    "gsam-lr-scheduler": (_gsam_with_lr_scheduler, False, 6, 3,
+                          lambda opt, extra: opt.param_groups[0]["lr"] < 0.05),
+}
+
+
+def _closure(model, x, y, per_sample):
+    if not per_sample:
+        return lambda: F.cross_entropy(model(x), y)
+
+    def closure(indices=None):
+        idx = slice(None) if indices is None else indices
+        return F.cross_entropy(model(x[idx]), y[idx], reduction="none")
+    return closure
+
+
+@pytest.mark.parametrize("name", list(RESUMABLE))
+def test_resume_with_stateful_options_reproduces_uninterrupted_run_bitwise(name, tmp_path):
+    """Every option that carries state across steps, interrupted where that state matters;
+    the masking, drop-and-grow schedule and LR scheduler saved and restored with it."""
+    build, per_sample, steps, cut, meaningful = RESUMABLE[name]
+
+    def run(n, model, opt, extra, x, y):
+        closure = _closure(model, x, y, per_sample)
+        for _ in range(n):
+            opt.step(closure)
+            for obj in extra.values():
+                if hasattr(obj, "step"):
+                    obj.step()
+
+    model, x, y = make_problem(7, batchnorm=True)
+    opt, extra = build(model)
+    run(steps, model, opt, extra, x, y)
+    straight = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model, x, y = make_problem(7, batchnorm=True)
+    opt, extra = build(model)
+    run(cut, model, opt, extra, x, y)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                **{k: v.state_dict() for k, v in extra.items()}}, tmp_path / "ckpt.pt")
+    assert meaningful(opt, {k: v.state_dict() for k, v in extra.items()}), "the cut tests nothing"
+
+    model, _, _ = make_problem(99, batchnorm=True)       # other weights, overwritten below
+    opt, extra = build(model)
+    ckpt = torch.load(tmp_path / "ckpt.pt")
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    for k, obj in extra.items():
+        obj.load_state_dict(ckpt[k])
+    run(steps - cut, model, opt, extra, x, y)
+    resumed = model.state_dict()
+    assert resumed.keys() == straight.keys()
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
+    if "masking" in extra:   # the topology changed after the cut too, and identically
+        assert extra["masking"].masking.version > ckpt["masking"]["version"]
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
@@ -337,6 +483,42 @@ def test_fused_step_allocates_no_parameter_sized_temporary():
     ref = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.01, n_dirs=2, backend="unfused")
     ref.step(closure)
     assert largest_allocation_outside_backward(lambda: ref.step(closure)) >= param_bytes
+
+
+MEMORY = {
+    # fisher / dynamic perturbation masks, remade every 100 steps: the measured step is not a remake
+    "zossam-fisher": lambda params, model: zk.ZOSSAM(params, torch.optim.SGD, lr=0.01, n_dirs=2,
+                                                     update_interval=100),
+    "zossam-dynamic": lambda params, model: zk.ZOSSAM(params, torch.optim.SGD, lr=0.01, n_dirs=2,
+                                                      mask="dynamic", update_interval=100,
+                                                      total_steps=1000),
+    # θ's copy for |θ| is made at the first step and kept
+    "zosam-adaptive": lambda params, model: zk.ZOSAM(params, torch.optim.SGD, lr=0.01, n_dirs=2,
+                                                     adaptive=True),
+    "zosam-zo-batch-fraction": lambda params, model: zk.ZOSAM(params, torch.optim.SGD, lr=0.01,
+                                                              n_dirs=2, zo_batch_fraction=0.5),
+    "zosam-masked": lambda params, model: zk.ZOSAM(params, torch.optim.SGD, lr=0.01, n_dirs=2,
+                                                   masks=random_masks(model, 0.5, 0)),
+}
+
+
+@pytest.mark.parametrize("name", list(MEMORY))
+def test_fused_options_allocate_no_parameter_sized_temporary(name):
+    """As test_fused_step_allocates_no_parameter_sized_temporary, for the options that
+    keep per-weight state or change the passes: after a warm-up step (which may allocate
+    what is kept between steps), no step allocates anything near a parameter's size."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1000, 1000), torch.nn.Tanh(), torch.nn.Linear(1000, 2))
+    x, y = torch.randn(2, 1000), torch.randint(0, 2, (2,))
+
+    def closure(indices=None):
+        idx = slice(None) if indices is None else indices
+        return F.cross_entropy(model(x[idx]), y[idx], reduction="none")
+    param_bytes = model[0].weight.numel() * 4
+
+    opt = MEMORY[name](model.parameters(), model)
+    opt.step(closure)
+    assert largest_allocation_outside_backward(lambda: opt.step(closure)) < param_bytes / 50
 
 
 def test_parameters_moved_after_construction_are_reported():

@@ -2,10 +2,13 @@
 assumed, and the memory columns see SAM's extra parameter-sized buffer."""
 import csv
 import json
+import re
+import sys
 
 import pytest
 
 from zosam_kernels.bench import benchmark
+from zosam_kernels.bench.cli import parse
 
 
 def test_bench_counts_passes_and_writes_json_and_csv(tmp_path, capsys):
@@ -27,15 +30,20 @@ def test_bench_counts_passes_and_writes_json_and_csv(tmp_path, capsys):
     assert abs(buffers["zosam"] - 1) < 0.01 and buffers["zosam-unfused"] < 1.01
     peak = {r["method"]: r["peak_mem_bytes"] for r in rows}
     assert all(v > 0 for v in peak.values())
-    assert "zosam" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "zosam" in out and "× SAM" in out
     benchmark(argv)
     lines = list(csv.DictReader(rows_csv.open()))
     assert len(lines) == 10 and lines[0]["method"] == "sgd" and float(lines[-1]["step_ms"]) > 0
 
 
-def test_bench_profile_writes_traces_with_named_phases(tmp_path):
+def test_bench_profile_writes_traces_with_named_phases(tmp_path, capfd):
     benchmark(["--model", "resnet20", "--batch-size", "4", "--steps", "1", "--warmup", "1",
                "--device", "cpu", "--methods", "sam,zosam", "--profile", str(tmp_path)])
+    # stderr holds our progress bar and nothing else: none of the profiler's own
+    # lines (Kineto's profiler_start/stop, c10's [W...] warnings), which C++ writes to fd 2
+    err = capfd.readouterr().err
+    assert all(line.startswith("\rtiming [") for line in err.splitlines() if line), err
     for method in ("sam", "zosam"):
         trace = (tmp_path / f"{method}.json").read_text()
         for phase in ("grad_pass", "perturb", "restore", "base_step"):
@@ -71,14 +79,38 @@ def test_bench_sam_family_rows_count_their_passes():
                       "ssam-d": (2, 2), "zolooksam": (1, 1), "zossam": (5, 1)}
 
 
-def test_bench_plot_writes_a_png_or_says_what_it_needs(tmp_path, capsys):
+def test_bench_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")  # without it: the test below
     argv = ["--model", "resnet20", "--batch-size", "2", "--steps", "1", "--warmup", "0",
             "--device", "cpu", "--methods", "sgd,sam", "--plot", str(tmp_path / "b.png")]
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        with pytest.raises(SystemExit, match="--plot needs matplotlib"):
-            benchmark(argv)
-        return
     benchmark(argv)
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_plot_without_matplotlib_is_refused_when_parsed(monkeypatch, capsys):
+    # None in sys.modules: matplotlib counts as absent, installed or not
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SystemExit) as exc:
+        parse(["--device", "cpu", "--plot", "b.png"])  # parse alone: before any benchmarking
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--plot needs matplotlib" in err and "pip install matplotlib" in err
+    assert parse(["--device", "cpu"]).plot is None  # without --plot, matplotlib is not needed
+
+
+def test_bench_help_shows_every_default_and_explains_the_ratios(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "100")  # argparse wraps to the terminal's width
+    with pytest.raises(SystemExit) as exc:
+        parse(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    options, epilog = out.split("\noptions:\n")[1].split("\n\ncolumns:\n")
+    # one entry per option, each starting on a line indented by two; wrapped lines joined
+    entries = [" ".join(e.split()) for e in re.split(r"\n(?=  -)", options)]
+    assert entries[0].startswith("-h, --help") and len(entries) > 10
+    assert all("(default: " in e for e in entries[1:]), entries
+    assert "--batch-size BATCH_SIZE images per step (default: 128)" in entries
+    assert any(e.startswith("--model") and e.endswith("(default: resnet32)") for e in entries)
+    # the epilog keeps its line breaks: one column per line
+    assert "\n  × SAM     SAM's mean step time / this method's: > 1 means faster than SAM\n" in epilog
+    assert "\n  × SGD     SGD's mean step time / this method's: > 1 means faster than SGD\n" in epilog

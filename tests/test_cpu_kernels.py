@@ -214,6 +214,38 @@ def test_add_directions(k, n, offset, with_mask, scale_power):
 @pytest.mark.parametrize("with_mask", [False, True])
 @pytest.mark.parametrize("offset", OP_OFFSETS)
 @pytest.mark.parametrize("n", OP_SIZES)
+@pytest.mark.parametrize("k", [1, 3])
+def test_add_directions_with_base_takes_back_the_move_that_applied_it(k, n, offset, with_mask,
+                                                                     scale_power):
+    """theta = (theta - b) + d: b is the very float32 d that a move with coefs = base
+    added, and each operation rounds to float32, so a move from a to b equals
+    float32 ((theta0 + d_a) - d_a) + d_b bit for bit."""
+    seeds, a, mask, scale, power = make_inputs(k, n, with_mask, scale_power, salt=3)
+    g = torch.Generator().manual_seed(7919 * n + k)
+    b = torch.randn(k, generator=g)
+    theta0 = torch.randn(n, generator=g)
+
+    def d_of(coefs):   # the kernel's own float32 d, unmasked: 0 + d is exact
+        return ops.add_directions_(torch.zeros(n), seeds, coefs, None, scale, power, offset)
+
+    theta = theta0.clone()
+    ops.add_directions_(theta, seeds, a, mask, scale, power, offset)
+    ops.add_directions_(theta, seeds, b, mask, scale, power, offset, base=a)
+    d_a, d_b = d_of(a), d_of(b)
+    want = (theta0 + d_a) - d_a + d_b
+    if mask is not None:
+        want = torch.where(mask, want, theta0)
+    assert torch.equal(theta.view(torch.int32), want.view(torch.int32))
+    moved = reference.add_directions(theta0, seeds, a, mask, scale, power, offset)
+    ref = reference.add_directions(moved, seeds, b, mask, scale, power, offset, base=a)
+    atol = element_atol(a.abs() + b.abs(), scale, power) * 2
+    torch.testing.assert_close(theta, ref, rtol=1e-6, atol=atol)
+
+
+@pytest.mark.parametrize("scale_power", SCALES)
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("offset", OP_OFFSETS)
+@pytest.mark.parametrize("n", OP_SIZES)
 @pytest.mark.parametrize("k", K_VALUES)
 def test_directions_sq_norm(k, n, offset, with_mask, scale_power):
     seeds, coefs, mask, scale, power = make_inputs(k, n, with_mask, scale_power, salt=2)

@@ -202,6 +202,34 @@ def test_add_directions_matches_reference(numel, offset, K, with_mask, scale_pow
         assert torch.equal(theta.cpu()[off], theta0[off])  # exactly unchanged
 
 
+@pytest.mark.parametrize("scale_power", [None, 2])
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("K", [1, 3])
+@pytest.mark.parametrize("numel,offset", OP_CASES)
+def test_add_directions_with_base_takes_back_the_move_that_applied_it(numel, offset, K, with_mask,
+                                                                     scale_power):
+    """theta = (theta - b) + d with b the very float32 d that a move with coefs =
+    base added: a move from a to b equals float32 ((theta0 + d_a) - d_a) + d_b."""
+    theta0, seeds, a, kw = _op_inputs(numel, K, with_mask, scale_power, numel + 31 * K)
+    b = torch.randn(K, generator=torch.Generator().manual_seed(numel + K))
+    d_seeds, d_a, d_kw = _to_device(seeds, a, kw)
+    d_b = b.to(DEVICE)
+    unmasked = dict(d_kw, mask=None)
+
+    def d_of(coefs):   # the kernel's own float32 d: 0 + d is exact
+        out = torch.zeros(numel, device=DEVICE)
+        add_directions_(out, d_seeds, coefs, offset=offset, **unmasked)
+        return out
+
+    theta = theta0.to(DEVICE, copy=True)
+    add_directions_(theta, d_seeds, d_a, offset=offset, **d_kw)
+    add_directions_(theta, d_seeds, d_b, offset=offset, base=d_a, **d_kw)
+    want = (theta0.to(DEVICE) + d_of(d_a)) - d_of(d_a) + d_of(d_b)
+    if with_mask:
+        want = torch.where(d_kw["mask"], want, theta0.to(DEVICE))
+    assert torch.equal(theta.view(torch.int32), want.view(torch.int32))
+
+
 @pytest.mark.parametrize("scale_power", [None, 1, 2])
 @pytest.mark.parametrize("with_mask", [False, True])
 @pytest.mark.parametrize("K", [1, 2, 5])

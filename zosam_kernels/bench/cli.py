@@ -9,6 +9,7 @@ hooks on the model, not assumed), the step's peak memory, and what the
 optimizer keeps between steps.
 """
 import argparse
+import importlib.util
 import statistics
 import sys
 
@@ -19,14 +20,34 @@ from .methods import DEFAULT_METHODS, METHODS, Run
 from ..models import MODELS
 
 
+EPILOG = """\
+columns:
+  step ms   mean step time (means, not medians: LookSAM-style methods pay a
+            full step every k steps); img/s = batch size / mean step time
+  × SAM     SAM's mean step time / this method's: > 1 means faster than SAM
+  × SGD     SGD's mean step time / this method's: > 1 means faster than SGD
+            ('-' when that method is not among --methods)
+  fwd, bwd  forward and backward passes per step, counted with hooks
+  fwd·B     forward passes weighted by the share of the batch they saw
+  peak MB   the step's peak memory; opt MB: what the optimizer keeps between
+            steps; buffers: that in parameter-sized units"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default in --help, and the epilog's line breaks kept."""
+
+
 def parse(argv):
-    p = argparse.ArgumentParser(prog="zosam-bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="resnet32", choices=sorted(MODELS))
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p = argparse.ArgumentParser(prog="zosam-bench", description=__doc__.split("\n\n")[0],
+                                epilog=EPILOG, formatter_class=_HelpFormatter)
+    # every option has a help string: the formatter adds the default only to those
+    p.add_argument("--model", default="resnet32", choices=sorted(MODELS), help="network to train")
+    p.add_argument("--batch-size", type=int, default=128, help="images per step")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device; cuda when one is available")
     p.add_argument("--steps", type=int, default=None,
-                   help="timed steps per method (CPU 10, GPU 50: multiples of LookSAM's k = 5)")
-    p.add_argument("--warmup", type=int, default=2)
+                   help="timed steps per method; None: CPU 10, GPU 50 (multiples of LookSAM's k = 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per method first")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated, from: {', '.join(METHODS)}")
     p.add_argument("--n-dirs", type=int, default=1, help="ZO-SAM directions per step")
@@ -35,10 +56,11 @@ def parse(argv):
     p.add_argument("--sparsity", type=float, default=0.0,
                    help="random static mask on conv/linear weights, for every method")
     p.add_argument("--bf16", action="store_true", help="every forward pass under bf16 autocast")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--csv", default=None, help="append one row per method here")
-    p.add_argument("--plot", default=None, help="bar chart of images/s (PNG; needs matplotlib)")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="bar chart of images/s (needs matplotlib)")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="write a torch.profiler trace per method and print per-phase times")
     args = p.parse_args(argv)
@@ -57,6 +79,9 @@ def parse(argv):
     args.steps = args.steps or (50 if args.device.startswith("cuda") else 10)
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be >= 1 and --warmup >= 0")
+    # found now, not after the whole benchmark has run; imported only by report.plot
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        p.error("--plot needs matplotlib, which is not installed: pip install matplotlib")
     return args
 
 

@@ -1,7 +1,11 @@
 """What zosam-bench measures about one step: its time, its peak memory, the
 memory the optimizer keeps between steps, and a per-phase profile."""
+import contextlib
 import os
+import sys
+import tempfile
 import time
+import warnings
 
 import torch
 
@@ -66,6 +70,34 @@ def live_bytes(run):
     return _storage_bytes(model + grads + [run.x, run.y]) + optimizer_bytes(run)
 
 
+@contextlib.contextmanager
+def quiet_profiler():
+    """Keep the torch profiler's own chatter off stderr while it runs: Kineto's
+    profiler_start/stop lines and c10's warnings are written by C++ straight to
+    file descriptor 2, so fd 2 itself goes to a temporary file (swallowing
+    Python logging to stderr too); Python warnings are silenced as well, as
+    they bypass fd 2 where sys.stderr was replaced (pytest's capsys). Should
+    the body raise, what was held back is written out, so a failure keeps its
+    diagnostics. Single-threaded use only: fd 2 is the whole process's."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        failed = True
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                os.dup2(sink.fileno(), 2)
+                yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                sink.seek(0)
+                os.write(2, sink.read())
+
+
 def step_peak_bytes(run, device):
     """Peak memory of one step: the run's live tensors at its start plus the
     most that the step allocated on top of them (activations, temporaries).
@@ -79,8 +111,8 @@ def step_peak_bytes(run, device):
         run.step()
         torch.cuda.synchronize(device)
         return start + torch.cuda.max_memory_allocated(device) - base
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                profile_memory=True) as prof:
+    with quiet_profiler(), torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         run.step()
     # the raw allocation events, in time order: their running sum is the live total
     results = getattr(prof.profiler, "kineto_results", None)
@@ -102,13 +134,14 @@ def profile(run, device, directory, steps=3):
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
-        for _ in range(steps):
-            run.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
     os.makedirs(directory, exist_ok=True)
-    prof.export_chrome_trace(os.path.join(directory, f"{run.method}.json"))
+    with quiet_profiler():
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(steps):
+                run.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        prof.export_chrome_trace(os.path.join(directory, f"{run.method}.json"))
     phases = {}
     for e in prof.key_averages():
         if e.key in PHASES:

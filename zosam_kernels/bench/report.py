@@ -26,7 +26,7 @@ def _ratio(v):
 
 def table(header, results, phases=None):
     lines = [header,
-             f"{'method':<17}{'step ms':>9}{'img/s':>8}{'x SAM':>7}{'x SGD':>7}{'fwd':>5}{'fwd·B':>7}"
+             f"{'method':<17}{'step ms':>9}{'img/s':>8}{'× SAM':>7}{'× SGD':>7}{'fwd':>5}{'fwd·B':>7}"
              f"{'bwd':>5}{'peak MB':>9}{'opt MB':>9}{'buffers':>8}"]
     for r in results:
         lines.append(f"{r['method']:<17}{r['step_ms']:9.1f}{r['images_per_s']:8.1f}{_ratio(r['vs_sam'])}"

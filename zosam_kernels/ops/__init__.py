@@ -1,8 +1,11 @@
 """The direction stream and the two fused ops over a flat fp32 buffer.
 
     gaussian(seed, numel, offset=0, device=None)  -> u(seed)[offset : offset + numel]
-    add_directions_(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0)
+    add_directions_(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0, base=None)
         theta += (sum_k coefs[k] * u(seeds[k])) * mask * |scale| ** scale_power
+        with base: theta = (theta - b) + d, b the same sum with base for coefs, the
+        subtraction rounded first; a move from coefficients `base` to `coefs` so
+        takes back the earlier move with the very d it added (exact where float32 allows)
     directions_sq_norm(seeds, coefs, numel, mask=None, scale=None, scale_power=1, offset=0)
         -> || (sum_k coefs[k] * u(seeds[k])) * mask * |scale| ** scale_power ||^2
 
@@ -25,12 +28,16 @@ def gaussian(seed, numel, offset=0, device=None):
     return out
 
 
-def add_directions_(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0):
+def add_directions_(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0, base=None):
     if not torch.is_tensor(theta) or theta.dtype != torch.float32 or not theta.is_contiguous():
         raise TypeError(f"theta must be a contiguous float32 tensor, got "
                         f"{getattr(theta, 'dtype', type(theta).__name__)}")
     _check_op_args(theta.numel(), theta.device, seeds, coefs, mask, scale, scale_power, offset)
-    torch.ops.zosam.add_directions_(theta, seeds, coefs, mask, scale, scale_power, offset)
+    if base is not None and (not torch.is_tensor(base) or base.dtype != torch.float32
+                             or base.shape != coefs.shape or base.device != coefs.device):
+        raise TypeError(f"base must be a float32 tensor of coefs' shape {tuple(coefs.shape)} on "
+                        f"{coefs.device}")
+    torch.ops.zosam.add_directions_(theta, seeds, coefs, mask, scale, scale_power, offset, base)
     return theta
 
 

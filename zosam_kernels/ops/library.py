@@ -7,7 +7,8 @@ Schemas live here; implementations register per dispatch key:
   Meta  shape-only fakes, so torch.compile can trace through a step.
 Semantics, for local index i and stream index j = offset + i:
   d[i] = (sum_k coefs[k] * u(seeds[k])[j]) * mask[i] * |scale[i]| ** scale_power
-  add_directions_:    theta[i] += d[i]
+  b[i] = the same with base[k] for coefs[k]
+  add_directions_:    theta[i] = (theta[i] - b[i]) + d[i]   (theta[i] + d[i] without base)
   directions_sq_norm: sum_i d[i] ** 2            (a 0-dim float32 tensor)
   fill_gaussian_:     out[i] = u(seed)[j]
 """
@@ -23,7 +24,7 @@ torch.library.define(
 torch.library.define(
     "zosam::add_directions_",
     "(Tensor(a!) theta, Tensor seeds, Tensor coefs, Tensor? mask=None, "
-    "Tensor? scale=None, int scale_power=1, int offset=0) -> ()")
+    "Tensor? scale=None, int scale_power=1, int offset=0, Tensor? base=None) -> ()")
 torch.library.define(
     "zosam::directions_sq_norm",
     "(Tensor seeds, Tensor coefs, int numel, Tensor? mask=None, "
@@ -36,7 +37,7 @@ def _(out, seed, offset=0):
 
 
 @torch.library.register_fake("zosam::add_directions_")
-def _(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0):
+def _(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0, base=None):
     return None
 
 
@@ -66,8 +67,9 @@ if not HAS_CPU_EXTENSION:
         out.copy_(reference.gaussian(seed, out.numel(), offset).reshape(out.shape))
 
     @torch.library.impl("zosam::add_directions_", "CPU")
-    def _(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0):
-        theta.copy_(reference.add_directions(theta, seeds, coefs, mask, scale, scale_power, offset))
+    def _(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0, base=None):
+        theta.copy_(reference.add_directions(theta, seeds, coefs, mask, scale, scale_power, offset,
+                                             base))
 
     @torch.library.impl("zosam::directions_sq_norm", "CPU")
     def _(seeds, coefs, numel, mask=None, scale=None, scale_power=1, offset=0):

@@ -102,10 +102,14 @@ def direction_sum(seeds, coefs, numel, mask=None, scale=None, scale_power=1, off
     return d
 
 
-def add_directions(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0):
-    """theta + d, computed in float64, returned in theta's dtype and device."""
-    d = direction_sum(seeds, coefs, theta.numel(), mask, scale, scale_power, offset)
-    out = theta.reshape(-1).cpu().to(torch.float64) + d
+def add_directions(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0, base=None):
+    """theta + d in float64, rounded to theta's dtype; with base, (theta - b)
+    rounded to theta's dtype first (the kernels round there too)."""
+    out = theta.reshape(-1).cpu().to(torch.float64)
+    if base is not None:
+        b = direction_sum(seeds, base, theta.numel(), mask, scale, scale_power, offset)
+        out = (out - b).to(theta.dtype).to(torch.float64)
+    out = out + direction_sum(seeds, coefs, theta.numel(), mask, scale, scale_power, offset)
     return out.to(theta.dtype).to(theta.device).reshape(theta.shape)
 
 

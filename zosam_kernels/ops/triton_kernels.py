@@ -55,18 +55,34 @@ def _local_index(n, start, BLOCK_Q: tl.constexpr):
 
 
 @triton.jit
-def _direction_tile(seeds_ptr, coefs_ptr, mask_ptr, scale_ptr, n, K, q_first, start,
+def _scaled(d, s, HAS_SCALE: tl.constexpr, SCALE_POWER: tl.constexpr):
+    """d * |s| ** SCALE_POWER (d itself without a scale)."""
+    if HAS_SCALE:
+        if SCALE_POWER == 1:
+            d = d * tl.abs(s)
+        else:
+            d = d * (s * s)
+    return d
+
+
+@triton.jit
+def _direction_tile(seeds_ptr, coefs_ptr, base_ptr, mask_ptr, scale_ptr, n, K, q_first, start,
                     HAS_MASK: tl.constexpr, HAS_SCALE: tl.constexpr,
-                    SCALE_POWER: tl.constexpr, BLOCK_Q: tl.constexpr):
+                    SCALE_POWER: tl.constexpr, HAS_BASE: tl.constexpr, BLOCK_Q: tl.constexpr):
     """d = (sum_k coefs[k] u(seeds[k])) * |scale| ** SCALE_POWER on this
-    program's tile, its local indices i, and `keep` = in range and mask[i].
-    d is only meaningful where keep is true."""
+    program's tile, b the same with base[k] for coefs[k] (0 without base; the
+    normals are made once for both), its local indices i, and `keep` = in range
+    and mask[i]. d and b are only meaningful where keep is true."""
     q_local, r, i, keep = _local_index(n, start, BLOCK_Q)
     q = q_local + q_first
     acc0 = tl.zeros([BLOCK_Q], dtype=tl.float32)
     acc1 = tl.zeros([BLOCK_Q], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK_Q], dtype=tl.float32)
     acc3 = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    bac0 = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    bac1 = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    bac2 = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    bac3 = tl.zeros([BLOCK_Q], dtype=tl.float32)
     for k in range(K):
         seed = tl.load(seeds_ptr + k)
         c = tl.load(coefs_ptr + k)
@@ -75,16 +91,18 @@ def _direction_tile(seeds_ptr, coefs_ptr, mask_ptr, scale_ptr, n, K, q_first, st
         acc1 += c * n1
         acc2 += c * n2
         acc3 += c * n3
-    d = _interleave(acc0, acc1, acc2, acc3, r)
+        if HAS_BASE:
+            cb = tl.load(base_ptr + k)
+            bac0 += cb * n0
+            bac1 += cb * n1
+            bac2 += cb * n2
+            bac3 += cb * n3
     if HAS_MASK:
         keep = keep & (tl.load(mask_ptr + i, mask=keep, other=0) != 0)
-    if HAS_SCALE:
-        s = tl.load(scale_ptr + i, mask=keep, other=0.0)
-        if SCALE_POWER == 1:
-            d = d * tl.abs(s)
-        else:
-            d = d * (s * s)
-    return d, i, keep
+    s = tl.load(scale_ptr + i, mask=keep, other=0.0) if HAS_SCALE else 0.0
+    d = _scaled(_interleave(acc0, acc1, acc2, acc3, r), s, HAS_SCALE, SCALE_POWER)
+    b = _scaled(_interleave(bac0, bac1, bac2, bac3, r), s, HAS_SCALE, SCALE_POWER)
+    return d, b, i, keep
 
 
 @triton.jit(do_not_specialize=["seed"])  # seeds change every call: no recompiles on value
@@ -95,14 +113,18 @@ def _fill_gaussian_kernel(out_ptr, n, seed, q_first, start, BLOCK_Q: tl.constexp
 
 
 @triton.jit
-def _add_directions_kernel(theta_ptr, seeds_ptr, coefs_ptr, mask_ptr, scale_ptr,
+def _add_directions_kernel(theta_ptr, seeds_ptr, coefs_ptr, base_ptr, mask_ptr, scale_ptr,
                            n, K, q_first, start,
                            HAS_MASK: tl.constexpr, HAS_SCALE: tl.constexpr,
-                           SCALE_POWER: tl.constexpr, BLOCK_Q: tl.constexpr):
-    d, i, keep = _direction_tile(seeds_ptr, coefs_ptr, mask_ptr, scale_ptr, n, K, q_first,
-                                 start, HAS_MASK, HAS_SCALE, SCALE_POWER, BLOCK_Q)
+                           SCALE_POWER: tl.constexpr, HAS_BASE: tl.constexpr,
+                           BLOCK_Q: tl.constexpr):
+    d, b, i, keep = _direction_tile(seeds_ptr, coefs_ptr, base_ptr, mask_ptr, scale_ptr, n, K,
+                                    q_first, start, HAS_MASK, HAS_SCALE, SCALE_POWER, HAS_BASE,
+                                    BLOCK_Q)
     # Masked-out elements are neither read nor written: they stay bit-exact.
     theta = tl.load(theta_ptr + i, mask=keep, other=0.0)
+    if HAS_BASE:
+        theta = theta - b   # rounded here, before d is added: the earlier move taken back
     tl.store(theta_ptr + i, theta + d, mask=keep)
 
 
@@ -111,8 +133,9 @@ def _sq_norm_partials_kernel(partials_ptr, seeds_ptr, coefs_ptr, mask_ptr, scale
                              n, K, q_first, start,
                              HAS_MASK: tl.constexpr, HAS_SCALE: tl.constexpr,
                              SCALE_POWER: tl.constexpr, BLOCK_Q: tl.constexpr):
-    d, i, keep = _direction_tile(seeds_ptr, coefs_ptr, mask_ptr, scale_ptr, n, K, q_first,
-                                 start, HAS_MASK, HAS_SCALE, SCALE_POWER, BLOCK_Q)
+    d, _, i, keep = _direction_tile(seeds_ptr, coefs_ptr, None, mask_ptr, scale_ptr, n, K,
+                                    q_first, start, HAS_MASK, HAS_SCALE, SCALE_POWER, False,
+                                    BLOCK_Q)
     d = tl.where(keep, d, 0.0)
     tl.store(partials_ptr + tl.program_id(0), tl.sum(tl.sum(d * d, axis=1), axis=0))
 
@@ -147,17 +170,19 @@ def fill_gaussian_(out, seed, offset=0):
                                     BLOCK_Q=BLOCK_Q, **_LAUNCH_OPTIONS)
 
 
-def add_directions_(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0):
-    """theta[i] += (sum_k coefs[k] u(seeds[k])[offset + i]) * mask[i] * |scale[i]| ** scale_power,
-    in one launch; seeds (int64) and coefs (float32) stay on the device."""
+def add_directions_(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0, base=None):
+    """theta[i] = (theta[i] - b[i]) + d[i], d[i] = (sum_k coefs[k] u(seeds[k])[offset + i]) * mask[i]
+    * |scale[i]| ** scale_power and b[i] the same with base (0 without), in one
+    launch; seeds (int64), coefs and base (float32) stay on the device."""
     n = theta.numel()
     if n == 0:
         return
     grid, q_first, start = _geometry(n, offset)
     with _on_device(theta):
         _add_directions_kernel[grid](
-            theta, seeds, coefs, n=n, K=seeds.numel(), q_first=q_first, start=start,
-            BLOCK_Q=BLOCK_Q, **_mask_and_scale(mask, scale, scale_power), **_LAUNCH_OPTIONS)
+            theta, seeds, coefs, base, n=n, K=seeds.numel(), q_first=q_first, start=start,
+            HAS_BASE=base is not None, BLOCK_Q=BLOCK_Q, **_mask_and_scale(mask, scale, scale_power),
+            **_LAUNCH_OPTIONS)
 
 
 def directions_sq_norm(seeds, coefs, numel, mask=None, scale=None, scale_power=1, offset=0):

@@ -5,10 +5,13 @@ stored. During a ZO-SAM step the weights are
 
     θ_now = θ + Σ_i net[i] · u_i            (⊙ |θ|^2 for ASAM's ε)
 
-and `Walk` keeps only `net`, m float32 numbers on the device. Moving to new
-coefficients is one pass over the weights that adds (target − net)·u, so the
-±δ moves of the estimate, the move to ε and the return to θ are all the same
-operation; a fault anywhere is undone by moving back to net = 0.
+and `Walk` keeps only `net`, m float32 numbers on the device. Moving from net
+to target coefficients is one pass over the weights, θ ← (θ − Σ net·u) + Σ
+target·u: the first term is the very float32 d the last move added, so it
+takes that move back exactly wherever float32 can, and rounding errors do not
+pile up over steps (benchmarks/restore_drift.py). The ±δ moves of the
+estimate, the move to ε and the return to θ are all this one operation; a
+fault anywhere is undone by moving back to net = 0.
 
 Two backends add coefficient-weighted directions and take their norms, over
 the optimizer's flat parameter buffers (flat.FlatParams):
@@ -39,10 +42,10 @@ class FusedDirections:
         devices = {b.device for b in self.flat.buffers}
         return {d: _seeds_tensor(seeds, d) for d in devices}
 
-    def add_(self, seeds, lo, hi, coefs, masks, scale, power):
+    def move_(self, seeds, lo, hi, base, coefs, masks, scale, power):
         for buf, offset, mask, s in zip(self.flat.buffers, self.flat.layout.offsets, masks, scale):
             ops.add_directions_(buf, seeds[buf.device][lo:hi], coefs.to(buf.device), mask, s,
-                                power or 1, offset)
+                                power or 1, offset, base.to(buf.device))
 
     def sq_norm(self, seeds, coefs, masks, scale, power):
         total = 0
@@ -78,9 +81,10 @@ class UnfusedDirections:
             yield p, d
 
     @torch.no_grad()
-    def add_(self, seeds, lo, hi, coefs, masks, scale, power):
-        for p, d in self._directions(seeds[lo:hi], coefs, masks, scale, power):
-            p.add_(d)
+    def move_(self, seeds, lo, hi, base, coefs, masks, scale, power):
+        take_back = self._directions(seeds[lo:hi], base, masks, scale, power)
+        for (p, b), (_, d) in zip(take_back, self._directions(seeds[lo:hi], coefs, masks, scale, power)):
+            p.sub_(b).add_(d)
 
     @torch.no_grad()
     def sq_norm(self, seeds, coefs, masks, scale, power):
@@ -119,8 +123,8 @@ class Walk:
             self.restore_()
             self.power = power
         hi = lo + target.numel()
-        self.directions.add_(self.seeds, lo, hi, target - self.net[lo:hi], self.masks,
-                             self._scale(power), power)
+        self.directions.move_(self.seeds, lo, hi, self.net[lo:hi], target, self.masks,
+                              self._scale(power), power)
         self.net[lo:hi] = target
 
     def sq_norm(self, coefs, power=0):
