@@ -138,3 +138,28 @@ def active_weights(masks):
     """The active (unpruned) weights per bucket, from an optimizer's Masks."""
     return [m if m is not None else torch.ones(n, dtype=torch.bool, device=b[0].device)
             for m, b, n in zip(masks.buffers, masks.layout.buckets, masks.layout.numels)]
+
+
+class PerturbationMasked:
+    """Mixed into an optimizer of the shared base (before it in the bases) that
+    sets `perturbation_mask`: the mask follows the optimizer's layout, is
+    remade from a step's gradients when due, and lives in its state_dict."""
+
+    def _relayout(self, layout):
+        super()._relayout(layout)
+        self.perturbation_mask.relayout_(layout)
+
+    def _mask_for_step(self, step, grads):
+        """(mask, remade): the mask of `step`, remade from `grads` (new tensors,
+        installed by commit_ once the step is taken) when due, else the one in use."""
+        pm = self.perturbation_mask
+        if pm.due(step):
+            return pm.remade(step, grads, active_weights(self.masks)), True
+        return pm.buffers, False
+
+    def _extra_state(self):
+        return super()._extra_state() | {"perturbation_mask": self.perturbation_mask.state_dict()}
+
+    def _load_extra_state(self, extra):
+        super()._load_extra_state(extra)
+        self.perturbation_mask.load_state_dict(extra.get("perturbation_mask", {}))

@@ -17,11 +17,11 @@ cheaper to apply; the paper's savings assume sparse kernels).
 import torch
 
 from .passes import gradient_pass
-from .perturbation_mask import PerturbationMask, active_weights
+from .perturbation_mask import PerturbationMask, PerturbationMasked
 from .sam import SAM
 
 
-class SSAM(SAM):
+class SSAM(PerturbationMasked, SAM):
     """SSAM(params, base_optimizer=torch.optim.SGD, rho=0.1, sparsity=0.5, mask="fisher",
     update_interval=1950, drop_rate=0.5, total_steps=None, seed=0, masks=None, check_finite=True,
     **base_kwargs)
@@ -41,16 +41,10 @@ class SSAM(SAM):
         super().__init__(params, base_optimizer, rho, False, masks, check_finite, **base_kwargs)
         self.perturbation_mask.relayout_(self.layout)
 
-    def _relayout(self, layout):
-        super()._relayout(layout)
-        self.perturbation_mask.relayout_(layout)
-
     def step(self, closure=None):
         params, loss = self._pass_at_theta(closure)
-        pm = self.perturbation_mask
         grads = [p.grad for p in params]
-        remade = pm.due(self.step_count)
-        mask = pm.remade(self.step_count, grads, active_weights(self.masks)) if remade else pm.buffers
+        mask, remade = self._mask_for_step(self.step_count, grads)
         with torch.no_grad():
             perturbed, eps = self._perturbation()
             by_param = dict(zip(map(id, params), self.layout.views(mask)))
@@ -58,12 +52,5 @@ class SSAM(SAM):
         with self._perturbed(params, perturbed, eps):
             loss_at_eps = gradient_pass(closure, params, freeze_batchnorm=True)
         if self._finish({"the first pass": loss, "the second pass": loss_at_eps}):
-            pm.commit_(mask, grads, remade)
+            self.perturbation_mask.commit_(mask, grads, remade)
         return loss
-
-    def _extra_state(self):
-        return super()._extra_state() | {"perturbation_mask": self.perturbation_mask.state_dict()}
-
-    def _load_extra_state(self, extra):
-        super()._load_extra_state(extra)
-        self.perturbation_mask.load_state_dict(extra.get("perturbation_mask", {}))

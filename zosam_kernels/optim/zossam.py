@@ -17,11 +17,11 @@ place (mask="dynamic" keeps none).
 """
 import torch
 
-from .perturbation_mask import PerturbationMask, active_weights
+from .perturbation_mask import PerturbationMask, PerturbationMasked, active_weights
 from .zosam import ZOSAM
 
 
-class ZOSSAM(ZOSAM):
+class ZOSSAM(PerturbationMasked, ZOSAM):
     """ZOSSAM(params, base_optimizer=torch.optim.SGD, rho=0.05, sparsity=0.5, mask="fisher",
     update_interval=1950, drop_rate=0.5, total_steps=None, delta=1e-3, n_dirs=1, seed=0, masks=None,
     adaptive=False, backend="fused", check_finite=True, **base_kwargs)
@@ -37,10 +37,6 @@ class ZOSSAM(ZOSAM):
                          check_finite, **base_kwargs)
         self.perturbation_mask.relayout_(self.layout)
         self._topology = self.masks.changes   # the topology the perturbation mask lies within
-
-    def _relayout(self, layout):
-        super()._relayout(layout)
-        self.perturbation_mask.relayout_(layout)
 
     def _direction_masks(self):
         """The perturbation mask, made at the first step (random) and kept among
@@ -64,14 +60,6 @@ class ZOSSAM(ZOSAM):
         if pm.buffers is None:
             pm.commit_(self._first_mask, [], remade=True)
         grads = [p.grad for p in self.params]
-        remade = pm.due(self.step_count)
-        mask = pm.remade(self.step_count, grads, active_weights(self.masks)) if remade else pm.buffers
+        mask, remade = self._mask_for_step(self.step_count, grads)
         pm.commit_(mask, grads, remade)
         return True
-
-    def _extra_state(self):
-        return super()._extra_state() | {"perturbation_mask": self.perturbation_mask.state_dict()}
-
-    def _load_extra_state(self, extra):
-        super()._load_extra_state(extra)
-        self.perturbation_mask.load_state_dict(extra.get("perturbation_mask", {}))
