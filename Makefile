@@ -13,7 +13,7 @@ STAMP := $(VENV)/.zosam-installed
 $(STAMP): setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)" numpy ninja setuptools wheel pytest pytest-benchmark "triton>=3.0"
+	$(PY) -m pip install -q "$(TORCH)" numpy ninja setuptools wheel pytest pytest-benchmark matplotlib "triton>=3.0"
 	$(PY) -m pip install -q --no-build-isolation -e .
 	touch $(STAMP)
 

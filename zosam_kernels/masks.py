@@ -110,14 +110,21 @@ class Masks:
 
     @torch.no_grad()
     def mask_params_(self):
-        if self.masked:
-            torch._foreach_mul_([p.data for p in self.masked], [self._views[id(p)] for p in self.masked])
+        for p in self.masked:
+            zero_pruned_(p.data, self._views[id(p)])
 
     @torch.no_grad()
     def mask_grads_(self):
-        pairs = [(p.grad, self._views[id(p)]) for p in self.masked if p.grad is not None]
-        if pairs:
-            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+        for p in self.masked:
+            if p.grad is not None:
+                zero_pruned_(p.grad, self._views[id(p)])
+
+
+def zero_pruned_(t, mask):
+    """t = t where mask else 0, in place. Not t.mul_(mask): a float-by-bool product
+    makes a float copy of the mask, a parameter-sized temporary, on the CPU. (A
+    0-dim CPU zero is a scalar to a CUDA kernel too.)"""
+    torch.where(mask, t, torch.zeros((), dtype=t.dtype), out=t)
 
 
 def keep_top(scores, count):

@@ -41,8 +41,26 @@ class SharpnessAwareOptimizer(torch.optim.Optimizer):
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
-        if hasattr(self, "layout"):   # after construction: the new parameters join the layout
-            self._relayout(Layout(p for g in self.param_groups for p in g["params"]))
+        if not hasattr(self, "layout"):   # construction: __init__ lays the parameters out
+            return
+        try:
+            self._check_group(self.param_groups[-1])
+        except Exception:
+            self.param_groups.pop()   # refused: the optimizer stays as it was
+            raise
+        self._relayout(Layout(p for g in self.param_groups for p in g["params"]))
+
+    def _group_defaults(self, **values):
+        """Hyperparameters a subclass keeps per group: set in every group, and in the
+        defaults, from which a group added later takes them."""
+        self.defaults.update(values)
+        for group in self.param_groups:
+            for name, value in values.items():
+                group.setdefault(name, value)
+            self._check_group(group)
+
+    def _check_group(self, group):
+        """Complete and validate a param group; raise to refuse it. Subclasses add checks."""
 
     def _relayout(self, layout):
         """Follow a new layout: subclasses rebuild what depends on it."""

@@ -37,14 +37,14 @@ class GSAM(SAM):
         if lr_max is not None:
             check_nonnegative("lr_max", lr_max)
         super().__init__(params, base_optimizer, rho, adaptive, masks, check_finite, **base_kwargs)
-        for group in self.param_groups:
-            group.setdefault("alpha", alpha)
-            group.setdefault("rho_min", rho_min)
-            group.setdefault("lr_min", lr_min)
-            group.setdefault("lr_max", group["lr"] if lr_max is None else lr_max)
-            if rho_min is not None and not group["lr_max"] > group["lr_min"]:
-                raise ValueError(f"lr_max must exceed lr_min for rho to follow the learning rate, "
-                                 f"got lr_max={group['lr_max']!r}, lr_min={group['lr_min']!r}")
+        self._group_defaults(alpha=alpha, rho_min=rho_min, lr_min=lr_min, lr_max=lr_max)
+
+    def _check_group(self, group):
+        if group["lr_max"] is None:   # rho follows the group's own learning rate from where it starts
+            group["lr_max"] = group["lr"]
+        if group["rho_min"] is not None and not group["lr_max"] > group["lr_min"]:
+            raise ValueError(f"lr_max must exceed lr_min for rho to follow the learning rate, "
+                             f"got lr_max={group['lr_max']!r}, lr_min={group['lr_min']!r}")
 
     def _rho(self, group):
         rho, rho_min = group["rho"], group["rho_min"]

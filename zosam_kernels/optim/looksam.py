@@ -36,8 +36,7 @@ class LookSAM(SAM):
         check_positive_int("k", k)
         check_nonnegative("alpha", alpha)
         super().__init__(params, base_optimizer, rho, False, masks, check_finite, **base_kwargs)
-        for group in self.param_groups:
-            group.setdefault("alpha", alpha)
+        self._group_defaults(alpha=alpha)
         self.k = k
 
     def step(self, closure=None):

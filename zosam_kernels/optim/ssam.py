@@ -16,6 +16,7 @@ cheaper to apply; the paper's savings assume sparse kernels).
 """
 import torch
 
+from ..masks import zero_pruned_
 from .passes import gradient_pass
 from .perturbation_mask import PerturbationMask, PerturbationMasked
 from .sam import SAM
@@ -48,7 +49,8 @@ class SSAM(PerturbationMasked, SAM):
         with torch.no_grad():
             perturbed, eps = self._perturbation()
             by_param = dict(zip(map(id, params), self.layout.views(mask)))
-            torch._foreach_mul_(eps, [by_param[id(p)] for p in perturbed])
+            for e, p in zip(eps, perturbed):
+                zero_pruned_(e, by_param[id(p)])
         with self._perturbed(params, perturbed, eps):
             loss_at_eps = gradient_pass(closure, params, freeze_batchnorm=True)
         if self._finish({"the first pass": loss, "the second pass": loss_at_eps}):

@@ -62,6 +62,8 @@ class ZOSAM(SharpnessAwareOptimizer):
         self.n_dirs, self.seed, self.backend = n_dirs, seed, backend
         self.extra = ExtraPasses(zo_batch_fraction, zo_autocast, name="zo",
                                  device_type=self.params[0].device.type)
+        for group in self.param_groups:
+            self._check_group(group)
         self._flatten()
         self.last_seeds, self.last_coefficients, self.last_eps = [], None, None
 
@@ -69,12 +71,14 @@ class ZOSAM(SharpnessAwareOptimizer):
         super()._relayout(layout)
         self._flatten()
 
-    def _flatten(self):
-        """The layout's parameters into flat buffers, and the directions over them."""
-        for p in self.params:
-            if p.dtype != torch.float32:
+    def _check_group(self, group):
+        for p in group["params"]:
+            if p.requires_grad and p.dtype != torch.float32:
                 raise TypeError(f"params: ZOSAM perturbs float32 parameters, got {p.dtype} (shape "
                                 f"{tuple(p.shape)}); {_WHY_FLOAT32.get(p.dtype, _WHY_FLOAT32[None])}")
+
+    def _flatten(self):
+        """The layout's parameters into flat buffers, and the directions over them."""
         self.flat = FlatParams(self.layout)
         self.directions = BACKENDS[self.backend](self.flat)
         self._saved = None   # θ, for the adaptive ε (one parameter-sized copy, kept between steps)

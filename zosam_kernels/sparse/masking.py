@@ -31,7 +31,7 @@ the gradients; after it, zero pruned weights and their state.
 import torch
 from torch import nn
 
-from ..masks import keep_top, keep_top_across
+from ..masks import keep_top, keep_top_across, zero_pruned_
 from ..optim.base import SharpnessAwareOptimizer
 from .densities import check_density, layer_counts
 
@@ -114,7 +114,7 @@ class Masking:
         with torch.no_grad():
             for n, p in self.params.items():
                 if p.grad is not None:
-                    p.grad.mul_(self.masks[n])
+                    zero_pruned_(p.grad, self.masks[n])
 
     def observe_gradients(self):
         """Keep the dense gradient of this gradient pass if a schedule asked for it."""
@@ -140,11 +140,11 @@ class Masking:
             self._mul_weight_and_state(p, self.masks[n])
 
     def _mul_weight_and_state(self, p, keep):
-        p.mul_(keep)
+        zero_pruned_(p.data, keep)
         for opt in self.optimizers:
             for value in opt.state.get(p, {}).values():
                 if torch.is_tensor(value) and value.shape == p.shape:
-                    value.mul_(keep)
+                    zero_pruned_(value, keep)
 
     @torch.no_grad()
     def update_(self, masks):
