@@ -5,8 +5,10 @@
 // Triton's uint32 -> uniform conversion, then Box-Muller on the pairs
 // (u0, u1) and (u2, u3), both the cos and the sin outputs used.
 //
-// Everything here is inline and branch-free so that a loop over counters
-// marked `#pragma omp simd` vectorises completely. That is why log and
+// Everything here is forced inline and branch-free so that a loop over counters
+// marked `#pragma omp simd` vectorises completely (a call left out of line
+// "clobbers memory" and the loop stays scalar: gcc's inliner gave up on
+// normals4 once the loop also wrote a second accumulator, 3.5x slower). That is why log and
 // sin/cos are our own: glibc's logf/sinf/cosf only get vector variants under
 // -ffast-math, which we refuse (results must be reproducible). The Philox
 // integers and the uniforms are bit-identical to Triton and to
@@ -22,6 +24,12 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__GNUC__)
+#define ZOSAM_INLINE inline __attribute__((always_inline))
+#else
+#define ZOSAM_INLINE inline
+#endif
+
 namespace zosam {
 namespace stream {
 
@@ -36,13 +44,13 @@ constexpr float kUniformScale = 4.6566127342e-10f;
 constexpr float kTwoPi = 6.283185307179586f;
 constexpr float kU1Floor = 1e-7f;
 
-inline uint32_t float_bits(float x) {
+ZOSAM_INLINE uint32_t float_bits(float x) {
   uint32_t b;
   std::memcpy(&b, &x, sizeof b);  // compiles to a register move, vectorises
   return b;
 }
 
-inline float bits_float(uint32_t b) {
+ZOSAM_INLINE float bits_float(uint32_t b) {
   float x;
   std::memcpy(&x, &b, sizeof x);
   return x;
@@ -63,7 +71,7 @@ using PhiloxWord = uint64_t;
 using PhiloxWord = uint32_t;
 #endif
 
-inline void philox_round(PhiloxWord& c0, PhiloxWord& c1, PhiloxWord& c2, PhiloxWord& c3,
+ZOSAM_INLINE void philox_round(PhiloxWord& c0, PhiloxWord& c1, PhiloxWord& c2, PhiloxWord& c3,
                          uint32_t k0, uint32_t k1) {
   constexpr uint64_t kLow = 0xFFFFFFFFu;
   const uint64_t p0 = uint64_t(kPhiloxM0) * (uint64_t(c0) & kLow);  // exact: < 2**64
@@ -78,7 +86,7 @@ inline void philox_round(PhiloxWord& c0, PhiloxWord& c1, PhiloxWord& c2, PhiloxW
   c3 = n3;
 }
 
-inline void philox4x32_10(uint32_t& w0, uint32_t& w1, uint32_t& w2, uint32_t& w3,
+ZOSAM_INLINE void philox4x32_10(uint32_t& w0, uint32_t& w1, uint32_t& w2, uint32_t& w3,
                           uint32_t k0, uint32_t k1) {
   static_assert(kPhiloxRounds == 10, "the rounds below are unrolled by hand");
   PhiloxWord c0 = w0, c1 = w1, c2 = w2, c3 = w3;
@@ -101,7 +109,7 @@ inline void philox4x32_10(uint32_t& w0, uint32_t& w1, uint32_t& w2, uint32_t& w3
 // Triton's conversion: bitcast to int32, ~x for negatives, scale. x ^ (x >> 31)
 // is that ~x without a branch (the shift is arithmetic: all ones iff x < 0).
 // One int->float cast and one float32 product: the same bits everywhere.
-inline float uint32_to_uniform(uint32_t bits) {
+ZOSAM_INLINE float uint32_to_uniform(uint32_t bits) {
   int32_t x = int32_t(bits);
   x ^= x >> 31;
   return float(x) * kUniformScale;
@@ -112,7 +120,7 @@ inline float uint32_to_uniform(uint32_t bits) {
 // degree-9 polynomial in f = m - 1, and e * log(2) split in two so that the
 // big part adds exactly. Relative error about 1 ulp; in particular accurate
 // near x = 1, where r = sqrt(-2 log u1) is small and relative error matters.
-inline float log_positive(float x) {
+ZOSAM_INLINE float log_positive(float x) {
   const uint32_t b = float_bits(x);
   int32_t e = int32_t(b >> 23) - 126;                     // x = m * 2**e
   const float m = bits_float((b & 0x007FFFFFu) | 0x3F000000u);  // m in [0.5, 1)
@@ -149,7 +157,7 @@ inline float log_positive(float x) {
 // worth counting); minimax polynomials on [-pi/4, pi/4] (Cephes sinf/cosf);
 // then the quadrant j & 3 swaps and negates, selected by integer masks
 // rather than branches.
-inline void sincos_angle(float x, float& sin_out, float& cos_out) {
+ZOSAM_INLINE void sincos_angle(float x, float& sin_out, float& cos_out) {
   const int32_t j = int32_t(x * 0.63661977236758134f + 0.5f);  // round(x / (pi/2)), x >= 0
   const float fj = float(j);
   float y = x - fj * 1.5703125f;
@@ -176,7 +184,7 @@ inline void sincos_angle(float x, float& sin_out, float& cos_out) {
   cos_out = bits_float(((bs & swap) | (bc & ~swap)) ^ cos_neg);
 }
 
-inline void box_muller(float u1, float u2, float& n_cos, float& n_sin) {
+ZOSAM_INLINE void box_muller(float u1, float u2, float& n_cos, float& n_sin) {
   // max(1e-7, u1), so log(0) never happens. Done on the bits (u1 >= +0, and
   // non-negative floats order like their bit patterns) because gcc 12 turns
   // the float max into control flow here and then refuses to vectorise.
@@ -190,7 +198,7 @@ inline void box_muller(float u1, float u2, float& n_cos, float& n_sin) {
 }
 
 // The four normals of counter q = (q_hi, q_lo) of the stream with key (k0, k1).
-inline void normals4(uint32_t q_lo, uint32_t q_hi, uint32_t k0, uint32_t k1,
+ZOSAM_INLINE void normals4(uint32_t q_lo, uint32_t q_hi, uint32_t k0, uint32_t k1,
                      float& n0, float& n1, float& n2, float& n3) {
   uint32_t c0 = q_lo, c1 = q_hi, c2 = 0, c3 = 0;
   philox4x32_10(c0, c1, c2, c3, k0, k1);
@@ -199,7 +207,7 @@ inline void normals4(uint32_t q_lo, uint32_t q_hi, uint32_t k0, uint32_t k1,
 }
 
 // Philox key of a seed: non-negative 63-bit, split into its two 32-bit words.
-inline void seed_key(uint64_t seed, uint32_t& k0, uint32_t& k1) {
+ZOSAM_INLINE void seed_key(uint64_t seed, uint32_t& k0, uint32_t& k1) {
   k0 = uint32_t(seed);
   k1 = uint32_t(seed >> 32);
 }
