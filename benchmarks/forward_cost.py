@@ -5,7 +5,11 @@ that bounds ZO-SAM's speed-up over SAM at 2 / (1 + 2r) (benchmarks/RESULTS.md).
 
 Interleaved, median of --reps: a forward under no_grad, under inference_mode,
 the optimizers' extra pass (no_grad plus the hooks that freeze BatchNorm
-statistics), and a forward + backward.
+statistics), and a forward + backward; then whole steps: SGD, ZOSAM, and
+ZOSAM's passes by hand (two extra passes, a forward + backward, the SGD step,
+no perturbation), so that what the optimizer adds to its passes is
+t(ZOSAM) - t(by hand), and what a pass costs inside a step is
+r_step = (t(by hand) - t(SGD)) / (2 t(SGD)).
 """
 import argparse
 import statistics
@@ -14,6 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from zosam_kernels import ZOSAM
 from zosam_kernels.data import synthetic_cifar
 from zosam_kernels.models import MODELS
 from zosam_kernels.optim.passes import ExtraPasses
@@ -41,11 +46,31 @@ def main(argv=None):
             closure()
 
     def forward_backward():
+        model.zero_grad(set_to_none=True)   # as in a step: backward makes the gradients, adds to none
         closure().backward()
 
+    # every whole step trains with lr 0, so all of them see the same weights
+    sgd = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    zosam = ZOSAM(model.parameters(), torch.optim.SGD, lr=0.0, momentum=0.9)
+    extra = ExtraPasses()
+
+    def sgd_step():
+        forward_backward()
+        sgd.step()
+
+    def by_hand():
+        extra(closure)
+        extra(closure)
+        sgd_step()
+
+    def zosam_step():
+        zosam.zero_grad()   # not needed (ZOSAM drops the gradients itself): as SGD's loop does
+        zosam.step(closure)
+
     cases = {"no_grad forward": no_grad, "inference_mode forward": inference_mode,
-             "extra_pass (no_grad + BatchNorm hooks)": lambda: ExtraPasses()(closure),
-             "forward + backward": forward_backward}
+             "extra_pass (no_grad + BatchNorm hooks)": lambda: extra(closure),
+             "forward + backward": forward_backward,
+             "step: SGD": sgd_step, "step: ZOSAM's passes by hand": by_hand, "step: ZOSAM": zosam_step}
     times = {name: [] for name in cases}
     for f in cases.values():
         f()
@@ -58,7 +83,10 @@ def main(argv=None):
     print(f"{args.model}, batch {args.batch_size}, cpu, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, median of {args.reps}")
     for name, ms in med.items():
-        print(f"{name:<40}{ms:8.1f} ms   r = {ms / med['forward + backward']:.2f}")
+        print(f"{name:<40}{ms:8.1f} ms   / forward + backward = {ms / med['forward + backward']:.2f}")
+    sgd_ms, hand_ms, zo_ms = (med[f"step: {k}"] for k in ("SGD", "ZOSAM's passes by hand", "ZOSAM"))
+    print(f"r_step = {(hand_ms - sgd_ms) / (2 * sgd_ms):.2f}; ZOSAM - by hand = {zo_ms - hand_ms:.1f} ms "
+          f"({(zo_ms - hand_ms) / zo_ms:.1%} of the step)")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ mkdir -p "$OUT"
 pip install -q --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
 python -m pytest tests -q -x > "$OUT/tests.log" 2>&1; echo "pytest rc=$?" >> "$OUT/tests.log"
 python benchmarks/kernels.py --json "$OUT/kernels.json" > "$OUT/kernels.log" 2>&1
-python -m zosam_kernels.bench --methods sgd,sam,zosam,zosam-reference,zosam-frac,zosam-bf16 \
+python -m zosam_kernels.bench --methods sgd,sam,zosam,zosam-unfused,zosam-frac,zosam-bf16 \
   --json "$OUT/bench_resnet32.json" --profile "$OUT/profile" > "$OUT/bench.log" 2>&1
 python -m zosam_kernels.bench --model resnet32_wide --methods sgd,sam,zosam,zosam-frac \
   --json "$OUT/bench_wide.json" > "$OUT/bench_wide.log" 2>&1
