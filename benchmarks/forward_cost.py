@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from zosam_kernels import ZOSAM
 from zosam_kernels.data import synthetic_cifar
 from zosam_kernels.models import MODELS
-from zosam_kernels.optim.passes import ExtraPasses
+from zosam_kernels.optim.passes import Passes
 
 
 def main(argv=None):
@@ -52,15 +52,15 @@ def main(argv=None):
     # every whole step trains with lr 0, so all of them see the same weights
     sgd = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
     zosam = ZOSAM(model.parameters(), torch.optim.SGD, lr=0.0, momentum=0.9)
-    extra = ExtraPasses()
+    extra = Passes()
 
     def sgd_step():
         forward_backward()
         sgd.step()
 
     def by_hand():
-        extra(closure)
-        extra(closure)
+        extra.extra(closure)
+        extra.extra(closure)
         sgd_step()
 
     def zosam_step():
@@ -68,7 +68,7 @@ def main(argv=None):
         zosam.step(closure)
 
     cases = {"no_grad forward": no_grad, "inference_mode forward": inference_mode,
-             "extra_pass (no_grad + BatchNorm hooks)": lambda: extra(closure),
+             "extra_pass (no_grad + BatchNorm hooks)": lambda: extra.extra(closure),
              "forward + backward": forward_backward,
              "step: SGD": sgd_step, "step: ZOSAM's passes by hand": by_hand, "step: ZOSAM": zosam_step}
     times = {name: [] for name in cases}

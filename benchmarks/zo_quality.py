@@ -26,7 +26,7 @@ from zosam_kernels import ops
 from zosam_kernels.data import synthetic_cifar
 from zosam_kernels.flat import FlatParams, Layout
 from zosam_kernels.models import MODELS
-from zosam_kernels.optim.passes import ExtraPasses
+from zosam_kernels.optim.passes import Passes
 
 VARIANTS = {   # name: (zo_batch_fraction, autocast dtype)
     "fp32, full batch": (1.0, None),
@@ -40,7 +40,7 @@ VARIANTS = {   # name: (zo_batch_fraction, autocast dtype)
 
 def coefficients(model, flat, x, y, seeds, delta, fraction, dtype, device):
     buffer = flat.buffers[0]
-    extra_pass = ExtraPasses()
+    extra_pass = Passes()
     n = math.ceil(fraction * len(x))
 
     def closure():
@@ -52,9 +52,9 @@ def coefficients(model, flat, x, y, seeds, delta, fraction, dtype, device):
     for s in seeds:
         seed = torch.tensor([s], device=device)
         ops.add_directions_(buffer, seed, torch.tensor([delta], device=device))
-        plus = extra_pass(closure)
+        plus = extra_pass.extra(closure)
         ops.add_directions_(buffer, seed, torch.tensor([-2 * delta], device=device))
-        minus = extra_pass(closure)
+        minus = extra_pass.extra(closure)
         ops.add_directions_(buffer, seed, torch.tensor([delta], device=device))
         coefs.append(((plus - minus) / (2 * delta)).float())
     return torch.stack(coefs)

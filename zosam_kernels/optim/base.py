@@ -3,7 +3,16 @@ wraps a base optimizer, shares its param_groups and its state (so LR
 schedulers, state_dict and load_state_dict see one optimizer), owns the
 layout of the parameters (flat.Layout), their sparsity masks and the policy
 of extra passes, and finishes every step the same way: a finiteness guard,
-the sparse masks, the base step.
+the sparse masks, clipping, the base step.
+
+Every optimizer also takes these options of the training loop (keyword
+arguments, taken out before the rest goes to the base optimizer):
+grad_scaler (a torch.amp.GradScaler for fp16 autocast: the optimizer scales
+the gradient pass's loss, unscales once, skips the step on an overflow and
+updates the scale; call opt.step(closure), not scaler.step), max_grad_norm
+(clip the gradient's global norm after unscaling, before the base step),
+micro_batches (passes.Passes) and common_random_numbers (passes.Passes; on by
+default for the methods whose passes compare losses: ZO-SAM's family, ESAM).
 """
 import warnings
 
@@ -11,12 +20,23 @@ import torch
 
 from ..flat import Layout
 from ..masks import Masks
-from .passes import ExtraPasses, phase
+from .passes import Passes, phase
+
+
+LOOP_OPTIONS = ("grad_scaler", "max_grad_norm", "micro_batches", "common_random_numbers")
 
 
 class SharpnessAwareOptimizer(torch.optim.Optimizer):
+    compares_losses = False   # whether passes of a step compare losses: then common random numbers by default
+    # GradScaler.step(opt, closure) then calls our step, which says how to use a scaler here
+    _step_supports_amp_scaling = True
 
     def __init__(self, params, base_optimizer, defaults, base_kwargs, masks=None, check_finite=True):
+        loop = {name: base_kwargs.pop(name) for name in LOOP_OPTIONS if name in base_kwargs}
+        self.max_grad_norm = loop.pop("max_grad_norm", None)
+        if self.max_grad_norm is not None:
+            check_positive("max_grad_norm", self.max_grad_norm)
+        loop.setdefault("common_random_numbers", self.compares_losses)
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
             raise TypeError(f"base_optimizer must be a torch.optim.Optimizer subclass (e.g. "
                             f"torch.optim.SGD), got {base_optimizer!r}")
@@ -32,7 +52,12 @@ class SharpnessAwareOptimizer(torch.optim.Optimizer):
             raise ValueError("params has no parameter that requires grad")
         self.masks = Masks(self.layout, masks)
         self.masks.mask_params_()
-        self.extra = ExtraPasses()   # how extra passes run (ZOSAM sets its options)
+        self._loop = loop
+        self.passes = self._new_passes()   # how the closure is evaluated (ZOSAM adds its options)
+
+    def _new_passes(self, **options):
+        devices = {p.device for p in self.params}
+        return Passes(devices=devices, **self._loop, **options)
 
     @property
     def params(self):
@@ -79,38 +104,60 @@ class SharpnessAwareOptimizer(torch.optim.Optimizer):
         if closure is None:
             raise ValueError(f"{type(self).__name__}.step needs a closure that runs the forward pass "
                              "and returns the loss")
-        self.extra.check(closure)
+        if hasattr(self, "found_inf"):   # set by GradScaler.step around its call of ours
+            raise RuntimeError(f"GradScaler.step(optimizer, closure) cannot drive {type(self).__name__}, "
+                               "which runs its own backward: give the scaler to the optimizer "
+                               f"({type(self).__name__}(..., grad_scaler=scaler)) and call "
+                               "optimizer.step(closure); it scales, unscales, skips and updates itself")
+        self.passes.check(closure)
+        self.passes.begin_step()
         self.masks.refresh_()
 
     def _finish(self, losses):
         """The base step and the step count, unless a loss of this step was not
-        finite (then nothing changes). Returns whether the step was taken.
-
-        The check costs one host-device synchronisation; check_finite=False removes it."""
-        if self.check_finite:
-            finite = torch.stack([torch.isfinite(l).all() for l in losses.values()])
-            if not bool(finite.all()):
-                bad = [name for name, ok in zip(losses, finite.tolist()) if not ok]
-                warnings.warn(f"{type(self).__name__}: non-finite loss in {', '.join(bad)}; the step "
-                              "was skipped, weights and optimizer state are as before it",
-                              RuntimeWarning, stacklevel=3)
-                for p in self.params:
-                    p.grad = None
-                return False
+        finite, or the unscaled gradients were not (then nothing changes but
+        the grad scaler's scale). Returns whether the step was taken."""
+        grads_finite = self.passes.unscale_(self.base_optimizer)   # None without a grad scaler
+        if not self._all_finite(losses, grads_finite):
+            for p in self.params:
+                p.grad = None
+            self.passes.update_scale()
+            return False
         self.masks.observe_gradients()   # a masking object may keep the dense gradient (RigL)
         with phase("base_step"):
             self.masks.mask_grads_()
+            if self.max_grad_norm is not None:   # the norm of the gradient that is applied
+                torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
             self.base_optimizer.step()
             self.masks.mask_params_()
+        self.passes.update_scale()
         self.step_count += 1
         return True
 
+    def _all_finite(self, losses, grads_finite):
+        """Every loss finite (check_finite) and the unscaled gradients finite (with
+        a grad scaler). One host-device synchronisation; none with
+        check_finite=False and no grad scaler. A non-finite loss is warned
+        about; an overflow of fp16 gradients is the grad scaler's business."""
+        if not self.check_finite:
+            return grads_finite is None or bool(grads_finite)
+        flags = [torch.isfinite(loss).all() for loss in losses.values()]
+        if grads_finite is not None:
+            flags.append(grads_finite.to(flags[0].device))
+        flags = torch.stack(flags).tolist()
+        bad = [name for name, ok in zip(losses, flags) if not ok]
+        if bad:
+            warnings.warn(f"{type(self).__name__}: non-finite loss in {', '.join(bad)}; the step "
+                          "was skipped, weights and optimizer state are as before it",
+                          RuntimeWarning, stacklevel=4)
+        return all(flags)
+
     def _extra_state(self):
-        return {"step_count": self.step_count, "extra_passes": self.extra.state_dict()}
+        return {"step_count": self.step_count, "extra_passes": self.passes.state_dict()}
 
     def _load_extra_state(self, extra):
         self.step_count = int(extra.get("step_count", 0))
-        self.extra.load_state_dict(extra.get("extra_passes", {}))
+        self.passes.load_state_dict(extra.get("extra_passes", {}))
 
     def state_dict(self):
         sd = super().state_dict()
@@ -132,6 +179,11 @@ class SharpnessAwareOptimizer(torch.optim.Optimizer):
 def check_nonnegative(name, value):
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
         raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+
+
+def check_positive(name, value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
 def check_positive_int(name, value):

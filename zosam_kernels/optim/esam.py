@@ -28,7 +28,7 @@ import torch
 
 from ..seeds import check_seed, derived_seed
 from .base import check_nonnegative
-from .passes import check_takes_indices, gradient_pass
+from .passes import check_takes_indices
 from .sam import SAM
 
 
@@ -39,6 +39,8 @@ class ESAM(SAM):
     Defaults beta = 0.6, gamma = 0.5 and rho = 0.05: the ESAM authors' CIFAR runs.
     `last_perturbed` (list of bool, one per parameter) and `last_indices` (the
     selected samples, None when gamma = 1) tell what the last step used."""
+
+    compares_losses = True   # the selection ranks losses after − before: common random numbers by default
 
     def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.05, beta=0.6, gamma=0.5, seed=0,
                  masks=None, adaptive=False, check_finite=True, **base_kwargs):
@@ -61,7 +63,7 @@ class ESAM(SAM):
         for p in left_out:
             p.requires_grad_(False)
         try:
-            losses = gradient_pass(closure, params, reduce=False)
+            losses = self.passes.gradient(closure, params, reduce=False)
         finally:
             for p in left_out:
                 p.requires_grad_(True)
@@ -90,15 +92,15 @@ class ESAM(SAM):
         indices = None
         with self._perturbed(params, perturbed, eps):
             if select:
-                after = self.extra(closure, reduce=False, name="selection_pass")
+                after = self.passes.extra(closure, reduce=False, name="selection_pass")
                 if after.shape != before.shape:
                     raise ValueError(f"closure returned {tuple(after.shape)} losses at theta + eps but "
                                      f"{tuple(before.shape)} at theta: ESAM needs one loss per sample")
                 losses["the selection pass"] = after
                 k = max(1, int(self.gamma * before.numel()))
                 indices = torch.topk(after - before, k).indices
-            losses["the second pass"] = gradient_pass(closure, params, freeze_batchnorm=True,
-                                                      indices=indices)
+            losses["the second pass"] = self.passes.gradient(closure, params, freeze_batchnorm=True,
+                                                             indices=indices, replay=True)
         self._finish(losses)
         self.last_perturbed, self.last_indices = chosen, indices
         return loss

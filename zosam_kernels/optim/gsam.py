@@ -16,7 +16,6 @@ products are over the whole model. Keeps g: one parameter-sized set of tensors.
 import torch
 
 from .base import check_nonnegative
-from .passes import gradient_pass
 from .sam import SAM
 from .tensorlists import orthogonal_part
 
@@ -60,7 +59,7 @@ class GSAM(SAM):
         perturbed, eps = self._perturbation()
         g = [p.grad for p in perturbed]   # kept: the next pass gives the params fresh .grad tensors
         with self._perturbed(params, perturbed, eps):
-            loss_at_eps = gradient_pass(closure, params, freeze_batchnorm=True)
+            loss_at_eps = self.passes.gradient(closure, params, freeze_batchnorm=True)
         with torch.no_grad():
             g_p = [p.grad for p in perturbed]
             torch._foreach_add_(g_p, orthogonal_part(g, g_p), alpha=-alpha)

@@ -19,7 +19,6 @@ not its layer-wise variant). g_v lives in the optimizer state
 import torch
 
 from .base import check_nonnegative, check_positive_int
-from .passes import gradient_pass
 from .sam import SAM
 from .tensorlists import norm, orthogonal_part
 
@@ -45,7 +44,7 @@ class LookSAM(SAM):
             perturbed, eps = self._perturbation()
             g = [p.grad for p in perturbed]   # kept: the next pass gives the params fresh .grad tensors
             with self._perturbed(params, perturbed, eps):
-                loss_at_eps = gradient_pass(closure, params, freeze_batchnorm=True)
+                loss_at_eps = self.passes.gradient(closure, params, freeze_batchnorm=True)
             self.masks.mask_grads_()   # g_v (and its norm) on the active weights only
             g_v = orthogonal_part([p.grad for p in perturbed], g)
             if self._finish({"the first pass": loss, "the second pass": loss_at_eps}):

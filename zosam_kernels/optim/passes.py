@@ -90,36 +90,69 @@ def evaluate(closure, indices=None):
     return closure() if indices is None else closure(indices)
 
 
-class ExtraPasses:
-    """How an optimizer runs its extra passes: the loss evaluations that are only
-    compared with each other (ZO-SAM's 2m zeroth-order passes, ESAM's selection
-    pass). They never build a graph nor move BatchNorm statistics; two options
-    make them cheaper, off by default:
+class Passes:
+    """How an optimizer evaluates its closure in a step: the gradient passes
+    (autograd on, backward through the loss) and the extra passes (the loss
+    evaluations that are only compared with each other: ZO-SAM's 2m zeroth-order
+    passes, ESAM's selection pass; never a graph, never a BatchNorm statistic).
 
+    Options of the whole loop (every optimizer takes them):
+    common_random_numbers: every pass of a step that `replay`s starts from the
+    random state the step started with (torch's CPU generator and those of the
+    CUDA devices in `devices`), so dropout, drop-path and random augmentation
+    inside the closure draw the same numbers in each: L(θ + δu) − L(θ − δu)
+    then measures δu, not two draws of the noise. The gradient pass replays too,
+    so ε is the ascent direction of the very loss whose gradient is taken, and
+    after the step the generators have advanced by one closure call, as SGD's.
+    micro_batches=k: each pass runs the closure on k strided parts of its batch
+    (part j: samples j, j + k, ...), summing, with 1/k of a pass's activation
+    memory; the closure must take `indices` and return per-sample losses.
+    grad_scaler: a torch.amp.GradScaler; gradient passes backpropagate the
+    scaled loss, `unscale_` takes the scale back off before clipping.
+
+    Options of the extra passes (ZO-SAM sets them; `name` prefixes their errors):
     batch_fraction < 1: run them on the first ceil(fraction * B) samples of the
     batch (a shuffled loader makes those a random subset). The closure must then
     take `indices` and return per-sample losses; B is their count in the last
     gradient pass (`observe_batch`), kept in the state so a resumed run slices
     as the uninterrupted one; until B is known, the whole batch is used.
     autocast=torch.bfloat16 (or float16): run them under autocast; the weights
-    stay float32, so a small perturbation still moves them.
-    `name` is the option prefix in error messages; `device_type` the autocast's."""
+    stay float32, so a small perturbation still moves them."""
 
-    def __init__(self, batch_fraction=1.0, autocast=None, name="zo", device_type="cpu"):
+    def __init__(self, batch_fraction=1.0, autocast=None, name="zo", devices=(),
+                 common_random_numbers=False, micro_batches=1, grad_scaler=None):
         if not isinstance(batch_fraction, (int, float)) or isinstance(batch_fraction, bool) \
                 or not 0 < batch_fraction <= 1:
             raise ValueError(f"{name}_batch_fraction must be a number in (0, 1], got {batch_fraction!r}")
         if autocast not in (None, torch.bfloat16, torch.float16):
             raise ValueError(f"{name}_autocast must be None, torch.bfloat16 or torch.float16, "
                              f"got {autocast!r}")
+        if not isinstance(micro_batches, int) or isinstance(micro_batches, bool) or micro_batches < 1:
+            raise ValueError(f"micro_batches must be an int >= 1, got {micro_batches!r}")
+        if grad_scaler is not None and not isinstance(grad_scaler, torch.amp.GradScaler):
+            raise TypeError(f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
+        devices = {torch.device(d) for d in devices}
         self.batch_fraction, self.autocast, self.name = float(batch_fraction), autocast, name
-        self.device_type = device_type
+        self.device_type = next(iter(sorted(d.type for d in devices if d.type != "cpu")), "cpu")
+        self.micro_batches, self.grad_scaler = micro_batches, grad_scaler
+        self.random = RandomState(devices) if common_random_numbers else None
         self.batch_size = None
 
     def check(self, closure):
         """Raise now, before any pass, if the closure cannot give what these passes need."""
         if self.batch_fraction < 1:
             check_takes_indices(closure, f"{self.name}_batch_fraction={self.batch_fraction}")
+        if self.micro_batches > 1:
+            check_takes_indices(closure, f"micro_batches={self.micro_batches}")
+
+    def begin_step(self):
+        """Called once at the start of a step, before any pass."""
+        if self.random is not None:
+            self.random.save()
+
+    def _replay(self):
+        if self.random is not None:
+            self.random.restore()
 
     def _subset(self):
         if self.batch_fraction == 1 or self.batch_size is None:
@@ -132,14 +165,107 @@ class ExtraPasses:
                              f"{self.name}_batch_fraction={self.batch_fraction}: their count is B")
         return returned
 
-    def __call__(self, closure, reduce=True, name="extra_pass"):
-        """The loss (reduce=False: what the closure returned, e.g. per-sample losses), detached."""
+    def extra(self, closure, reduce=True, name="extra_pass"):
+        """An extra pass: the loss (reduce=False: what the closure returned, e.g.
+        per-sample losses), detached. It replays the step's random state."""
         precision = (contextlib.nullcontext() if self.autocast is None
                      else torch.autocast(self.device_type, dtype=self.autocast))
+        self._replay()
         with torch.no_grad(), frozen_batchnorm(), phase(name), precision:
-            returned = _no_backward_inside(closure, self._subset())
-            mean = mean_loss(self._per_sample(returned))
+            parts = [_no_backward_inside(closure, idx) for idx in self._parts(self._subset())]
+            returned = self._per_sample(self._joined(parts))
+            mean = mean_loss(returned)
         return (mean if reduce else returned).detach()
+
+    def gradient(self, closure, params, freeze_batchnorm=False, indices=None, reduce=True, replay=False):
+        """A gradient pass: drop the gradients, evaluate the closure with autograd
+        and backpropagate the mean loss (scaled, with a grad_scaler), micro-batch
+        by micro-batch. Returns the mean loss (reduce=False: what the closure
+        returned, e.g. per-sample losses), detached. replay: start from the
+        step's random state (with common_random_numbers).
+
+        Dropped rather than zeroed: backward makes a fresh gradient tensor either
+        way, and with no .grad to add it to, autograd keeps that tensor as is."""
+        for p in params:
+            p.grad = None
+        if replay:
+            self._replay()
+        ctx = frozen_batchnorm() if freeze_batchnorm else contextlib.nullcontext()
+        parts = self._parts(indices)
+        returned = []
+        with torch.enable_grad(), ctx, phase("grad_pass"):
+            for idx in parts:
+                part = evaluate(closure, idx)
+                # one part: the mean, as one pass; several: their sums, divided by the count below
+                loss = mean_loss(part) if len(parts) == 1 else self._micro_batch(part).sum()
+                if not returned and any(p.grad is not None for p in params):
+                    raise RuntimeError(_CALLS_BACKWARD)
+                if not loss.requires_grad:
+                    raise RuntimeError("closure returned a loss that does not require grad in the "
+                                       "gradient pass; does the model have trainable parameters, and is "
+                                       "the closure free of torch.no_grad()?")
+                (loss if self.grad_scaler is None else self.grad_scaler.scale(loss)).backward()
+                returned.append(part.detach())
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            raise RuntimeError("no parameter of the optimizer received a gradient: the model computes "
+                               "with other tensors than the ones given to the optimizer (after "
+                               "model.load_state_dict(..., assign=True), or model.to() to another "
+                               "device, build the optimizer anew, or load with assign=False)")
+        returned = self._joined(returned)
+        if len(parts) > 1:
+            torch._foreach_div_(grads, returned.numel())
+        return mean_loss(returned) if reduce else returned
+
+    def _parts(self, indices):
+        """The micro-batches of `indices` (None: the whole batch): k strided parts,
+        so none needs the batch size."""
+        k = self.micro_batches
+        if k == 1:
+            return [indices]
+        if indices is None:
+            return [slice(j, None, k) for j in range(k)]
+        if isinstance(indices, slice):
+            return [slice((indices.start or 0) + j, indices.stop, k) for j in range(k)]
+        return [indices[j::k] for j in range(k)]
+
+    def _micro_batch(self, returned):
+        if not (torch.is_tensor(returned) and returned.dim() == 1):
+            got = tuple(returned.shape) if torch.is_tensor(returned) else type(returned).__name__
+            raise ValueError(f"closure must return per-sample losses (a 1-D tensor) with "
+                             f"micro_batches={self.micro_batches}, got {got}")
+        if returned.numel() == 0:
+            raise ValueError(f"micro_batches={self.micro_batches} exceeds the number of samples in a "
+                             "pass: a micro-batch came back empty")
+        return returned
+
+    def _joined(self, parts):
+        """What the closure returned for the whole batch, from its micro-batches:
+        per-sample losses interleaved back into batch order."""
+        if len(parts) == 1:
+            return parts[0]
+        parts = [self._micro_batch(p) for p in parts]
+        out = parts[0].new_empty(sum(p.numel() for p in parts))
+        for j, p in enumerate(parts):
+            out[j::len(parts)] = p
+        return out
+
+    def unscale_(self, optimizer):
+        """Take the grad_scaler's scale off the gradients (once per step, before
+        clipping); returns whether they are finite, as a 0-dim device tensor
+        (None without an enabled scaler)."""
+        if self.grad_scaler is None or not self.grad_scaler.is_enabled():
+            return None
+        self.grad_scaler.unscale_(optimizer)
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norms = torch._foreach_norm(grads)
+        return torch.stack([n.to(norms[0].device) for n in norms]).isfinite().all()
+
+    def update_scale(self):
+        """The grad_scaler's once-per-step update: the scale backs off after an
+        overflow found by `unscale_`, and grows after a run of finite steps."""
+        if self.grad_scaler is not None and self.grad_scaler.is_enabled():
+            self.grad_scaler.update()
 
     def observe_batch(self, returned):
         """Learn B from what the closure returned in a whole-batch gradient pass
@@ -152,6 +278,26 @@ class ExtraPasses:
 
     def load_state_dict(self, state):
         self.batch_size = state.get("batch_size")
+
+
+class RandomState:
+    """Saves and restores the state of torch's CPU generator and of the given
+    CUDA devices' generators: 5 kB for the CPU, 16 bytes per CUDA device, no
+    host-device synchronisation."""
+
+    def __init__(self, devices):
+        self.cuda = sorted({d.index if d.index is not None else torch.cuda.current_device()
+                            for d in devices if d.type == "cuda"})
+        self.saved = None
+
+    def save(self):
+        self.saved = (torch.get_rng_state(), [torch.cuda.get_rng_state(i) for i in self.cuda])
+
+    def restore(self):
+        cpu, cuda = self.saved
+        torch.set_rng_state(cpu)
+        for i, state in zip(self.cuda, cuda):
+            torch.cuda.set_rng_state(state, i)
 
 
 def _no_backward_inside(closure, indices):
@@ -168,30 +314,3 @@ def _no_backward_inside(closure, indices):
 _CALLS_BACKWARD = ("closure must not call backward(): it runs the forward pass and returns the loss; "
                    "the optimizer calls backward itself, once per step, and evaluates the closure "
                    "without autograd where its method needs only the loss")
-
-
-def gradient_pass(closure, params, freeze_batchnorm=False, indices=None, reduce=True):
-    """Drop the gradients, evaluate the closure with autograd, and backpropagate
-    the mean loss; reduce=False returns what the closure returned, detached.
-
-    Dropped rather than zeroed: backward makes a fresh gradient tensor either
-    way, and with no .grad to add it to, autograd keeps that tensor as is."""
-    for p in params:
-        p.grad = None
-    ctx = frozen_batchnorm() if freeze_batchnorm else contextlib.nullcontext()
-    with torch.enable_grad(), ctx, phase("grad_pass"):
-        returned = evaluate(closure, indices)
-        loss = mean_loss(returned)
-        if any(p.grad is not None for p in params):
-            raise RuntimeError(_CALLS_BACKWARD)
-        if not loss.requires_grad:
-            raise RuntimeError("closure returned a loss that does not require grad in the gradient "
-                               "pass; does the model have trainable parameters, and is the closure "
-                               "free of torch.no_grad()?")
-        loss.backward()
-    if not any(p.grad is not None for p in params):
-        raise RuntimeError("no parameter of the optimizer received a gradient: the model computes "
-                           "with other tensors than the ones given to the optimizer (after "
-                           "model.load_state_dict(..., assign=True), or model.to() to another "
-                           "device, build the optimizer anew, or load with assign=False)")
-    return (loss if reduce else returned).detach()

@@ -11,7 +11,7 @@ import contextlib
 import torch
 
 from .base import SharpnessAwareOptimizer, check_nonnegative
-from .passes import gradient_pass, phase
+from .passes import phase
 
 
 class SAM(SharpnessAwareOptimizer):
@@ -71,13 +71,13 @@ class SAM(SharpnessAwareOptimizer):
         gradients masked. Returns the parameters and the loss."""
         self._start(closure)
         params = self.params
-        loss = gradient_pass(closure, params)
+        loss = self.passes.gradient(closure, params)
         self.masks.mask_grads_()
         return params, loss
 
     def step(self, closure=None):
         params, loss = self._pass_at_theta(closure)
         with self._perturbed(params, *self._perturbation()):
-            loss_at_eps = gradient_pass(closure, params, freeze_batchnorm=True)
+            loss_at_eps = self.passes.gradient(closure, params, freeze_batchnorm=True)
         self._finish({"the first pass": loss, "the second pass": loss_at_eps})
         return loss

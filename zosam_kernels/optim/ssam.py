@@ -17,7 +17,6 @@ cheaper to apply; the paper's savings assume sparse kernels).
 import torch
 
 from ..masks import zero_pruned_
-from .passes import gradient_pass
 from .perturbation_mask import PerturbationMask, PerturbationMasked
 from .sam import SAM
 
@@ -52,7 +51,7 @@ class SSAM(PerturbationMasked, SAM):
             for e, p in zip(eps, perturbed):
                 zero_pruned_(e, by_param[id(p)])
         with self._perturbed(params, perturbed, eps):
-            loss_at_eps = gradient_pass(closure, params, freeze_batchnorm=True)
+            loss_at_eps = self.passes.gradient(closure, params, freeze_batchnorm=True)
         if self._finish({"the first pass": loss, "the second pass": loss_at_eps}):
             self.perturbation_mask.commit_(mask, grads, remade)
         return loss

@@ -17,7 +17,6 @@ in-between step is the loss at theta + eps (no pass at theta happens).
 import torch
 
 from .base import check_positive_int
-from .passes import gradient_pass
 from .zosam import ZOSAM
 
 
@@ -43,7 +42,7 @@ class ZOLookSAM(ZOSAM):
         self._start(closure)
         with self._perturbed(self.last_seeds) as walk:
             walk.move_(self.last_eps, power=2 if self._hyper("adaptive") else 0)
-            loss = gradient_pass(closure, self.params)
+            loss = self.passes.gradient(closure, self.params)
         self._finish({"the gradient pass": loss})
         return loss
 

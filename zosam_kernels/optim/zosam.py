@@ -19,7 +19,7 @@ from ..flat import FlatParams
 from ..seeds import check_seed, derived_seed
 from .base import SharpnessAwareOptimizer, check_nonnegative, check_positive_int
 from .directions import FusedDirections, UnfusedDirections, Walk
-from .passes import ExtraPasses, gradient_pass, mean_loss, phase
+from .passes import mean_loss, phase
 
 BACKENDS = {"fused": FusedDirections, "unfused": UnfusedDirections}
 
@@ -36,9 +36,11 @@ class ZOSAM(SharpnessAwareOptimizer):
     T² when adaptive) tell what the last step taken used.
 
     zo_batch_fraction and zo_autocast make the zeroth-order passes cheaper
-    (passes.ExtraPasses): on a leading fraction of the batch (the closure then
+    (passes.Passes): on a leading fraction of the batch (the closure then
     takes `indices` and returns per-sample losses), under autocast.
     backend="unfused" materialises each direction per tensor (the baseline)."""
+
+    compares_losses = True   # L(θ + δu) − L(θ − δu): common random numbers by default
 
     def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.05, delta=1e-3, n_dirs=1,
                  seed=0, masks=None, adaptive=False, backend="fused", check_finite=True,
@@ -60,8 +62,7 @@ class ZOSAM(SharpnessAwareOptimizer):
         defaults = dict(rho=rho, delta=delta, adaptive=bool(adaptive))
         super().__init__(params, base_optimizer, defaults, base_kwargs, masks, check_finite)
         self.n_dirs, self.seed, self.backend = n_dirs, seed, backend
-        self.extra = ExtraPasses(zo_batch_fraction, zo_autocast, name="zo",
-                                 device_type=self.params[0].device.type)
+        self.passes = self._new_passes(batch_fraction=zo_batch_fraction, autocast=zo_autocast, name="zo")
         for group in self.param_groups:
             self._check_group(group)
         self._flatten()
@@ -93,10 +94,10 @@ class ZOSAM(SharpnessAwareOptimizer):
             coefs = (plus - minus) / (2 * delta)
             eps = self._eps(walk, coefs, rho)
             walk.move_(eps, power=2 if self._hyper("adaptive") else 0)   # θ + ε; the last −δu rides along
-            returned = gradient_pass(closure, self.params, reduce=False)
+            returned = self.passes.gradient(closure, self.params, reduce=False, replay=True)
         if self._finish({"the +delta passes": plus, "the -delta passes": minus,
                          "the gradient pass": mean_loss(returned)}):
-            self.extra.observe_batch(returned)
+            self.passes.observe_batch(returned)
             self.last_seeds, self.last_coefficients, self.last_eps = seeds, coefs, eps
         return (plus.mean() + minus.mean()) / 2
 
@@ -134,10 +135,10 @@ class ZOSAM(SharpnessAwareOptimizer):
         for i in range(walk.m):
             with phase("perturb"):
                 walk.move_(up if i else up[1:], lo=max(i - 1, 0))
-            plus.append(self.extra(closure, name="zo_forward"))
+            plus.append(self.passes.extra(closure, name="zo_forward"))
             with phase("perturb"):
                 walk.move_(down, lo=i)
-            minus.append(self.extra(closure, name="zo_forward"))
+            minus.append(self.passes.extra(closure, name="zo_forward"))
         return (torch.stack(plus).float().to(walk.device), torch.stack(minus).float().to(walk.device))
 
     def _eps(self, walk, coefs, rho):
