@@ -1,13 +1,47 @@
 """The masking object: which weights of a model are active, kept in force
 across every optimizer of the package and plain torch optimizers.
 
-Prunable weights are the weights of Conv and Linear layers (biases and norm
-parameters stay dense); `dense_first` / `dense_last` keep the first / last of
-them dense. With init="random" the initial topology is random with the layer
-budget of `distribution` (see densities.py), the start of the dynamic methods,
-which change it through `update_`; with init="dense" every weight stays active
-until `prune_by_scores_` (pruning at initialisation, scores.py) keeps the budget,
-so the scores see the dense model and kept weights keep their values.
+Which weights are masked. By default, the weight matrices and kernels that a
+sparse-training paper prunes, i.e. the parameters that multiply the inputs of
+a layer (`PRUNABLE`, `prunable_weights`):
+
+    Linear (and its subclasses: MultiheadAttention's out_proj, timm's fused qkv)  weight
+    Conv1d/2d/3d, ConvTranspose1d/2d/3d                                          weight
+    MultiheadAttention  in_proj_weight, or q/k/v_proj_weight when kdim/vdim differ
+    RNN, LSTM, GRU (and their cells)  weight_ih*, weight_hh*, weight_hr* (LSTM projection)
+
+Everything else stays dense: biases and norm parameters (1-D, few, and a bias
+has no input connection to prune), embeddings, position embeddings and
+cls/register tokens (vectors looked up or added, not connections between the
+units of two layers), MultiheadAttention's bias_k/bias_v, and the parameters of
+layer types not in the table. Frozen parameters (requires_grad=False) are neither masked
+nor counted. A parameter is named as in model.named_parameters(), and a weight
+shared by several layers is masked once.
+
+The choice can be changed by name: `exclude` (names or fnmatch patterns,
+matched against the weights masked by default) keeps weights dense, `include`
+masks more trainable parameters of at least 2 dimensions (e.g. an embedding);
+a pattern that matches nothing, an included parameter that is 1-D or frozen,
+or a name both included and kept dense is an error. `dense_first` /
+`dense_last` keep the first / last weight of the default set (the input and
+output layers; not of all parameters, since a module's own parameters, such as
+a ViT's cls token, come before its children's in model order) dense, whatever
+`exclude` says.
+
+What is left dense is listed: `dense_params()` gives every trainable parameter
+that is not masked (name -> parameter; p.numel() counts it). `density()` is
+the fraction active of the masked weights, the ones the budget is spent on;
+`density(of="all")` the fraction active of all trainable parameters, the
+dense ones counting as active.
+
+With init="random" the initial topology is random with the layer budget of
+`distribution` (see densities.py; every masked tensor is one layer, so a fused
+(3E, E) in_proj_weight or qkv gets the ERK budget of its own shape, not that of
+three (E, E) layers), the start
+of the dynamic methods, which change it through `update_`; with init="dense"
+every weight stays active until `prune_by_scores_` (pruning at initialisation,
+scores.py) keeps the budget, so the scores see the dense model and kept weights
+keep their values.
 
 Protocol with the optimizers of the package (masks=masking, see masks.py):
 `param_masks()` and `version`, bumped on every topology change, so the
@@ -28,6 +62,8 @@ weight's shape) of pruned and of grown weights, so grown weights start from
 that the package's optimizers do not need: before the step, observe and mask
 the gradients; after it, zero pruned weights and their state.
 """
+from fnmatch import fnmatchcase
+
 import torch
 from torch import nn
 
@@ -35,38 +71,83 @@ from ..masks import keep_top, keep_top_across, zero_pruned_
 from ..optim.base import SharpnessAwareOptimizer
 from .densities import check_density, layer_counts
 
-PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# layer types -> fnmatch patterns of the names, inside the layer, of the weights masked by default
+PRUNABLE = {
+    (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
+     nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d): ("weight",),
+    nn.MultiheadAttention: ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"),
+    (nn.RNNBase, nn.RNNCellBase): ("weight_ih*", "weight_hh*", "weight_hr*"),
+}
 
 
 def prunable_weights(model):
-    """name -> weight of every Conv/Linear layer, in model.named_modules() order."""
-    return {f"{name}.weight" if name else "weight": m.weight for name, m in model.named_modules()
-            if isinstance(m, PRUNABLE) and m.weight.requires_grad}
+    """name -> trainable weight masked by default (PRUNABLE), named and ordered as in
+    model.named_parameters()."""
+    ids = {id(p) for m in model.modules() for types, patterns in PRUNABLE.items() if isinstance(m, types)
+           for n, p in m.named_parameters(recurse=False) if any(fnmatchcase(n, pat) for pat in patterns)}
+    # named_parameters lists a weight shared by several layers once, under its first name
+    return {n: p for n, p in model.named_parameters() if id(p) in ids and p.requires_grad}
+
+
+def _matches(argument, patterns, names, where):
+    """The names among `names` that the patterns (a parameter name or fnmatch pattern, or
+    a list of them) match; a pattern that matches none of them is an error."""
+    patterns = [patterns] if isinstance(patterns, str) else patterns
+    if not isinstance(patterns, (list, tuple, set, frozenset)) \
+            or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"{argument} must be a parameter name or glob pattern, or a list of them, "
+                        f"got {patterns!r}")
+    matched = {}
+    for pattern in patterns:
+        hits = [n for n in names if fnmatchcase(n, pattern)]
+        if not hits:
+            raise ValueError(f"{argument}: {pattern!r} matches none of {where}")
+        matched.update(dict.fromkeys(hits))
+    return list(matched)
+
+
+def _masked_weights(model, include, exclude, dense_first, dense_last):
+    """name -> parameter that a Masking with these arguments masks, in model order."""
+    default = prunable_weights(model)
+    params = dict(model.named_parameters())
+    dense = set(_matches("exclude", exclude, default,
+                         "the weights masked by default (sparse.prunable_weights(model))"))
+    order = list(default)
+    if dense_first and order:
+        dense.add(order[0])
+    if dense_last and order:
+        dense.add(order[-1])
+    included = _matches("include", include, params, "the model's parameters (model.named_parameters())")
+    bad = {"not trainable (requires_grad=False)": [n for n in included if not params[n].requires_grad],
+           "not at least 2-D": [n for n in included if params[n].dim() < 2],
+           "also kept dense by exclude, dense_first or dense_last": [n for n in included if n in dense]}
+    for why, names in bad.items():
+        if names:
+            raise ValueError(f"include: {names} {'is' if len(names) == 1 else 'are'} {why}")
+    return {n: p for n, p in params.items() if (n in default and n not in dense) or n in included}
 
 
 class Masking:
     """Masking(model, density, distribution="erk", dense_first=False, dense_last=False,
-    init="random", seed=0)
+    init="random", seed=0, include=(), exclude=())
 
-    density: fraction of the prunable weights kept (over those not kept dense
-    by dense_first / dense_last); the number kept is exact (round(density · n)).
+    density: fraction of the masked weights kept (see the module's docstring for
+    which weights are masked); the number kept is exact (round(density · n)).
+    include / exclude: parameter names or fnmatch patterns (or lists of them) of
+    model.named_parameters() to mask in addition to / keep dense out of the default set.
     """
 
     def __init__(self, model, density, distribution="erk", dense_first=False, dense_last=False,
-                 init="random", seed=0):
+                 init="random", seed=0, include=(), exclude=()):
         check_density(density)
         if init not in ("random", "dense"):
             raise ValueError(f"init must be 'random' or 'dense', got {init!r}")
         self.model = model
-        params = prunable_weights(model)
-        names = list(params)
-        if dense_first and names:
-            names = names[1:]
-        if dense_last and names:
-            names = names[:-1]
-        if not names:
-            raise ValueError("model has no prunable (Conv/Linear) weight left to mask")
-        self.params = {n: params[n] for n in names}
+        self.params = _masked_weights(model, include, exclude, dense_first, dense_last)
+        if not self.params:
+            raise ValueError("model has no weight left to mask (see sparse.prunable_weights(model), "
+                             "include=, exclude=, dense_first, dense_last)")
+        names = list(self.params)
         self.target_density = density
         self.distribution = distribution
         self.counts = dict(zip(names, layer_counts([p.shape for p in self.params.values()],
@@ -92,9 +173,22 @@ class Masking:
     def param_masks(self):
         return {self.params[n]: m for n, m in self.masks.items()}
 
-    def density(self):
-        """Fraction of the masked weights that are active."""
-        return sum(int(m.sum()) for m in self.masks.values()) / sum(m.numel() for m in self.masks.values())
+    def density(self, of="masked"):
+        """Fraction active of the masked weights (of="masked"), or of every trainable
+        parameter of the model, the ones left dense counting as active (of="all")."""
+        if of not in ("masked", "all"):
+            raise ValueError(f"of must be 'masked' or 'all', got {of!r}")
+        active = sum(int(m.sum()) for m in self.masks.values())
+        total = sum(m.numel() for m in self.masks.values())
+        if of == "all":
+            dense = sum(p.numel() for p in self.dense_params().values())
+            active, total = active + dense, total + dense
+        return active / total
+
+    def dense_params(self):
+        """name -> trainable parameter of the model that is not masked, in model order."""
+        masked = {id(p) for p in self.params.values()}
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in masked}
 
     def layer_densities(self):
         return {n: int(m.sum()) / m.numel() for n, m in self.masks.items()}

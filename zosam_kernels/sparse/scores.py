@@ -7,9 +7,10 @@
     grasp      −θ ⊙ Hg (Wang et al. 2020): g the gradient of loss_fn(outputs / T, targets)
                with temperature T = 200, Hg its Hessian-gradient product by double backward,
                on `samples_per_class` = 10 samples of every class found in `batches`
-               (the first ones met); g and H are taken over all Conv/Linear weights, biases
-               and norm parameters held fixed, as in the public code. The weights with the
-               highest scores are removed,
+               (the first ones met); g and H are taken over the weights masked by default
+               (prunable_weights: the public code's Conv/Linear weights, and attention
+               projections) and any other scored weight, biases and norm parameters held
+               fixed. The weights with the highest scores are removed,
                i.e. `keep="smallest"` (the `KEEP` table). The public code splits its sample
                into two halves and sums their gradients and products, which scales the
                scores by a constant and leaves the ranking as here.
@@ -28,6 +29,7 @@ import copy
 
 import torch
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .densities import check_density
 from ..masks import keep_top_across
@@ -40,14 +42,15 @@ KEEP = {"magnitude": "largest", "random": "largest", "snip": "largest", "grasp":
 
 def score(method, model, loss_fn=None, batches=None, names=None, *, density=None, iterations=100,
           temperature=200.0, samples_per_class=10, input_shape=None, seed=0):
-    """name -> score tensor for the prunable weights of `model` (or the weights `names`)."""
+    """name -> score tensor for the weights masked by default of `model` (prunable_weights),
+    or for its parameters `names` (a Masking's names, with its include=)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    weights = prunable_weights(model)
-    names = list(weights) if names is None else list(names)
+    weights = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    names = list(prunable_weights(model)) if names is None else list(names)
     unknown = [n for n in names if n not in weights]
     if unknown:
-        raise ValueError(f"names: {unknown} are not prunable weights of the model")
+        raise ValueError(f"names: {unknown} are not trainable parameters of the model")
     if method == "magnitude":
         return {n: weights[n].detach().abs().clone() for n in names}
     if method == "random":
@@ -64,7 +67,7 @@ def score(method, model, loss_fn=None, batches=None, names=None, *, density=None
 
 def _copy(model):
     copied = copy.deepcopy(model)
-    return copied, prunable_weights(copied)
+    return copied, dict(copied.named_parameters())
 
 
 def _snip(model, names, loss_fn, batches):
@@ -108,15 +111,19 @@ def _grasp(model, names, loss_fn, batches, temperature, samples_per_class):
         raise ValueError(f"temperature must be positive, got {temperature!r}")
     x, y = class_balanced(batches, samples_per_class)
     model, weights = _copy(model)
-    params = list(weights.values())
+    over = list(dict.fromkeys([*prunable_weights(model), *names]))
+    params = [weights[n] for n in over]
 
     def loss():
-        return loss_fn(model(x) / temperature, y)
+        # Hg differentiates the backward: of scaled_dot_product_attention's kernels (attention
+        # layers), only the math one has a double backward
+        with sdpa_kernel(SDPBackend.MATH):
+            return loss_fn(model(x) / temperature, y)
 
     g = [t.detach() for t in torch.autograd.grad(loss(), params)]
     grads = torch.autograd.grad(loss(), params, create_graph=True)
     hg = torch.autograd.grad(sum((a * b).sum() for a, b in zip(grads, g)), params)
-    scores = {n: (-p * h).detach() for n, p, h in zip(weights, params, hg)}
+    scores = {n: (-p * h).detach() for n, p, h in zip(over, params, hg)}
     return {n: scores[n] for n in names}
 
 
