@@ -50,3 +50,17 @@ def test_tl_randn_variant_adds_one_normal_per_element():
     z = theta.cpu() / 0.5
     assert abs(z.mean()) < 0.1 and abs(z.std() - 1) < 0.05
     assert len(torch.unique(z)) == 5000     # a fresh normal for every element
+
+
+def test_crn_noise_reports_both_settings(tmp_path, monkeypatch):
+    out = tmp_path / "crn.json"
+    run_script("crn_noise.py", ["--draws", "4", "--dropout", "0.5", "--json", str(out)], monkeypatch)
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["dropout"], r["crn"]) for r in rows] == [(0.5, True), (0.5, False)]
+    assert all(r["std"] > 0 and 0 <= r["agree"] <= 1 for r in rows)
+
+
+def test_forward_cost_times_passes_and_steps(monkeypatch, capsys):
+    run_script("forward_cost.py", ["--model", "resnet20", "--batch-size", "4", "--reps", "1"], monkeypatch)
+    out = capsys.readouterr().out
+    assert "step: ZOSAM's passes by hand" in out and "r_step =" in out

@@ -23,6 +23,11 @@ def _zosam(**kw):
     return make
 
 
+def _zosam_scaler(params, args, masks):
+    """ZO-SAM with a GradScaler (no autocast: what the scaler itself costs)."""
+    return _zosam(grad_scaler=torch.amp.GradScaler(params[0].device.type))(params, args, masks)
+
+
 def _zosam_fraction(params, args, masks):
     return _zosam(zo_batch_fraction=args.zo_batch_fraction)(params, args, masks)
 
@@ -43,6 +48,11 @@ METHODS = {
     "zosam-unfused": _zosam(backend="unfused"),
     "zosam-frac": _zosam_fraction,
     "zosam-bf16": _zosam(zo_autocast=torch.bfloat16),
+    # the loop's options, one at a time (README, "In your training loop"): what each costs
+    "zosam-no-crn": _zosam(common_random_numbers=False),
+    "zosam-clip": _zosam(max_grad_norm=1.0),
+    "zosam-scaler": _zosam_scaler,
+    "zosam-micro4": _zosam(micro_batches=4),
     "esam": _family(ESAM, rho=0.05, beta=0.6, gamma=0.5),
     "looksam": _family(LookSAM, rho=0.05, k=5, alpha=0.7),
     "gsam": _family(GSAM, rho=0.05, alpha=0.02),
@@ -100,7 +110,7 @@ class Run:
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16
                          else contextlib.nullcontext())
         self.counter = PassCounter(self.model, args.batch_size)
-        self.opt = METHODS[method](self.model.parameters(), args, masks)
+        self.opt = METHODS[method](list(self.model.parameters()), args, masks)
         # plain torch optimizers get the masks applied around their step
         self.plain = not isinstance(self.opt, SharpnessAwareOptimizer)
         self.masks = Masks(Layout(self.model.parameters()), masks) if self.plain else None
