@@ -2,6 +2,7 @@
 (common random numbers), fp16 with a GradScaler, gradient clipping and
 micro-batches, each against an independent computation."""
 import copy
+import math
 
 import pytest
 import torch
@@ -317,3 +318,27 @@ def test_micro_batches_refuse_what_cannot_be_split():
         opt.step(lambda: closure().mean())
     with pytest.raises(ValueError, match="per-sample"):
         opt.step(lambda indices=None: closure(indices).mean())
+
+
+# ------------------------------------------------------------- the example
+
+def load_example():
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "training_loop.py"
+    spec = importlib.util.spec_from_file_location("training_loop_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")   # CPU autocast notes
+@pytest.mark.parametrize("argv", [
+    ["--model", "vit_tiny", "--precision", "bf16", "--density", "0.1"],
+    ["--model", "resnet20", "--precision", "fp16", "--micro-batches", "2", "--density", "1"],
+], ids=["vit-bf16-sparse", "resnet-fp16-micro"])
+def test_example_training_loop_runs(argv, capsys):
+    loss = load_example().main(argv + ["--steps", "2", "--batch-size", "8", "--log-every", "1"])
+    assert math.isfinite(loss) and loss > 0
+    out = capsys.readouterr().out
+    assert out.count("step ") == 2
