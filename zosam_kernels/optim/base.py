@@ -11,8 +11,10 @@ grad_scaler (a torch.amp.GradScaler for fp16 autocast: the optimizer scales
 the gradient pass's loss, unscales once, skips the step on an overflow and
 updates the scale; call opt.step(closure), not scaler.step), max_grad_norm
 (clip the gradient's global norm after unscaling, before the base step),
-micro_batches (passes.Passes) and common_random_numbers (passes.Passes; on by
-default for the methods whose passes compare losses: ZO-SAM's family, ESAM).
+micro_batches (passes.Passes), common_random_numbers (passes.Passes; on by
+default for the methods whose passes compare losses: ZO-SAM's family, ESAM)
+and process_group (replicas.Replicas: the ranks of a DDP run, by default the
+default group when torch.distributed is initialised).
 """
 import warnings
 
@@ -21,9 +23,10 @@ import torch
 from ..flat import Layout
 from ..masks import Masks
 from .passes import Passes, phase
+from .replicas import Replicas
 
 
-LOOP_OPTIONS = ("grad_scaler", "max_grad_norm", "micro_batches", "common_random_numbers")
+LOOP_OPTIONS = ("grad_scaler", "max_grad_norm", "micro_batches", "common_random_numbers", "process_group")
 
 
 class SharpnessAwareOptimizer(torch.optim.Optimizer):
@@ -37,6 +40,7 @@ class SharpnessAwareOptimizer(torch.optim.Optimizer):
         if self.max_grad_norm is not None:
             check_positive("max_grad_norm", self.max_grad_norm)
         loop.setdefault("common_random_numbers", self.compares_losses)
+        self.replicas = Replicas(loop.pop("process_group", None))
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
             raise TypeError(f"base_optimizer must be a torch.optim.Optimizer subclass (e.g. "
                             f"torch.optim.SGD), got {base_optimizer!r}")
@@ -139,12 +143,12 @@ class SharpnessAwareOptimizer(torch.optim.Optimizer):
         a grad scaler). One host-device synchronisation; none with
         check_finite=False and no grad scaler. A non-finite loss is warned
         about; an overflow of fp16 gradients is the grad scaler's business."""
-        if not self.check_finite:
+        if not self.check_finite:   # (the unscaled gradients are DDP's mean: the same on every rank)
             return grads_finite is None or bool(grads_finite)
         flags = [torch.isfinite(loss).all() for loss in losses.values()]
         if grads_finite is not None:
             flags.append(grads_finite.to(flags[0].device))
-        flags = torch.stack(flags).tolist()
+        flags = self.replicas.all_(torch.stack(flags)).tolist()   # skipped on one rank: on all
         bad = [name for name, ok in zip(losses, flags) if not ok]
         if bad:
             warnings.warn(f"{type(self).__name__}: non-finite loss in {', '.join(bad)}; the step "

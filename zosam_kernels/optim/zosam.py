@@ -139,7 +139,9 @@ class ZOSAM(SharpnessAwareOptimizer):
             with phase("perturb"):
                 walk.move_(down, lo=i)
             minus.append(self.passes.extra(closure, name="zo_forward"))
-        return (torch.stack(plus).float().to(walk.device), torch.stack(minus).float().to(walk.device))
+        # under DDP, the global batch's losses: the mean of the ranks' (2m scalars, one all-reduce)
+        losses = self.replicas.mean_(torch.stack([torch.stack(plus), torch.stack(minus)]).float().to(walk.device))
+        return losses[0], losses[1]
 
     def _eps(self, walk, coefs, rho):
         """ε as coefficients on the directions (times T² when adaptive). A non-finite
