@@ -125,3 +125,16 @@ def test_a_fault_on_one_rank_raises_there_and_times_out_elsewhere(tmp_path):
     for r in ranks:
         for a, b in zip(r["before"], r["after"]):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+def test_ddp_example_runs_under_torchrun():
+    import subprocess
+    import sys
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(free_port()), str(root / "examples" / "ddp_train.py"),
+                          "--steps", "2", "--batch-size", "8", "--log-every", "1"],
+                         capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "replicas bit-identical after 2 steps: True" in run.stdout
