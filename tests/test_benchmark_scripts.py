@@ -64,3 +64,10 @@ def test_forward_cost_times_passes_and_steps(monkeypatch, capsys):
     run_script("forward_cost.py", ["--model", "resnet20", "--batch-size", "4", "--reps", "1"], monkeypatch)
     out = capsys.readouterr().out
     assert "step: ZOSAM's passes by hand" in out and "r_step =" in out
+
+
+def test_loop_options_cost_reports_every_option(monkeypatch, capsys):
+    run_script("loop_options_cost.py", ["--model", "resnet20", "--batch-size", "4", "--reps", "3"],
+               monkeypatch)
+    out = capsys.readouterr().out
+    assert all(f"| {name} |" in out for name in ("common random numbers", "grad scaler", "max_grad_norm"))

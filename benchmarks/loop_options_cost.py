@@ -1,0 +1,93 @@
+"""What the training loop's options add to a ZO-SAM step, timed as their own
+work (whole-step differences drown in a shared VM's spread).
+
+    python benchmarks/loop_options_cost.py [--model resnet32] [--batch-size 128] [--reps 50]
+
+On the model's real gradients, median of --reps: common random numbers (save
+the random state once, restore it before each of the 2m + 1 passes), the
+grad scaler (scale the loss, unscale the gradients and check them, update),
+clipping (the global norm and the scaling), against an SGD step of the same
+model timed in the same run. Micro-batches change the passes themselves:
+zosam-bench --methods zosam,zosam-micro4 times them whole.
+"""
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from zosam_kernels.data import synthetic_cifar
+from zosam_kernels.models import MODELS
+from zosam_kernels.optim.passes import RandomState
+
+
+def median_ms(f, reps):
+    f()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet32", choices=sorted(MODELS))
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--n-dirs", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    model = MODELS[args.model]()
+    params = list(model.parameters())
+    x, y = next(synthetic_cifar(args.batch_size))
+    sgd = torch.optim.SGD(params, lr=0.0, momentum=0.9)
+
+    def sgd_step():
+        sgd.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        sgd.step()
+    step_ms = median_ms(sgd_step, max(3, args.reps // 10))
+
+    passes = 2 * args.n_dirs + 1
+    random_state = RandomState([torch.device("cpu")])
+
+    def crn():
+        random_state.save()
+        for _ in range(passes):
+            random_state.restore()
+
+    scaler = torch.amp.GradScaler("cpu")
+    loss = torch.tensor(2.3, requires_grad=True)
+
+    def grad_scaler():
+        scaler.scale(loss)
+        scaler.unscale_(sgd)
+        norms = torch._foreach_norm([q.grad for q in params])
+        torch.stack(norms).isfinite().all()
+        scaler.update()
+
+    grads = [q.grad.clone() for q in params]
+
+    def clip():
+        for q, g in zip(params, grads):
+            q.grad.copy_(g)   # the same gradient every time (counted: a copy of the gradients)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+
+    copy_ms = median_ms(lambda: [q.grad.copy_(g) for q, g in zip(params, grads)], args.reps)
+    rows = {"common random numbers": median_ms(crn, args.reps),
+            "grad scaler": median_ms(grad_scaler, args.reps),
+            "max_grad_norm": median_ms(clip, args.reps) - copy_ms}
+    n = sum(q.numel() for q in params)
+    print(f"{args.model} ({n} weights), batch {args.batch_size}, n_dirs {args.n_dirs}, cpu, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; SGD step {step_ms:.1f} ms")
+    print("| option | ms per step | share of an SGD step |")
+    print("| --- | ---: | ---: |")
+    for name, ms in rows.items():
+        print(f"| {name} | {ms:.3f} | {ms / step_ms:.2%} |")
+
+
+if __name__ == "__main__":
+    main()
