@@ -86,7 +86,7 @@ setup(
     description="ZO-SAM optimizer with fused direction kernels (C++ CPU, Triton GPU)",
     packages=find_packages(include=["zosam_kernels*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy"],
+    install_requires=["torch>=2.6", "numpy"],   # 2.6: torch.compiler.set_stance
     extras_require={
         "triton": ["triton>=3.0"],
         "test": ["pytest", "triton>=3.0"],

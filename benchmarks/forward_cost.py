@@ -4,8 +4,8 @@ that bounds ZO-SAM's speed-up over SAM at 2 / (1 + 2r) (benchmarks/RESULTS.md).
     python benchmarks/forward_cost.py [--model resnet32] [--batch-size 128] [--reps 6]
 
 Interleaved, median of --reps: a forward under no_grad, under inference_mode,
-the optimizers' extra pass (no_grad plus the hooks that freeze BatchNorm
-statistics), and a forward + backward; then whole steps: SGD, ZOSAM, and
+the optimizers' extra pass (no_grad, its BatchNorm statistics copied and
+restored), and a forward + backward; then whole steps: SGD, ZOSAM, and
 ZOSAM's passes by hand (two extra passes, a forward + backward, the SGD step,
 no perturbation), so that what the optimizer adds to its passes is
 t(ZOSAM) - t(by hand), and what a pass costs inside a step is
@@ -68,7 +68,7 @@ def main(argv=None):
         zosam.step(closure)
 
     cases = {"no_grad forward": no_grad, "inference_mode forward": inference_mode,
-             "extra_pass (no_grad + BatchNorm hooks)": lambda: extra.extra(closure),
+             "extra_pass (no_grad, BN restored)": lambda: extra.extra(closure),
              "forward + backward": forward_backward,
              "step: SGD": sgd_step, "step: ZOSAM's passes by hand": by_hand, "step: ZOSAM": zosam_step}
     times = {name: [] for name in cases}

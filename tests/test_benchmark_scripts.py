@@ -71,3 +71,14 @@ def test_loop_options_cost_reports_every_option(monkeypatch, capsys):
                monkeypatch)
     out = capsys.readouterr().out
     assert all(f"| {name} |" in out for name in ("common random numbers", "grad scaler", "max_grad_norm"))
+
+
+def test_compile_batchnorm_counts_graphs_and_statistics(monkeypatch, capsys):
+    import torch
+    if not torch._dynamo.is_dynamo_supported():
+        pytest.skip("torch.compile (Dynamo) does not support this Python")
+    run_script("compile_batchnorm.py", ["--methods", "sam", "zosam", "--steps", "3"], monkeypatch)
+    rows = {line.split(" | ")[0]: line.split(" | ")[1:] for line in capsys.readouterr().out.splitlines()
+            if " | " in line}
+    assert rows["sam"][:3] == ["[1, 1, 1]", "[1, 2, 3]", "True"]
+    assert rows["zosam"][:3] == ["[2, 2, 2]", "[1, 2, 3]", "True"]

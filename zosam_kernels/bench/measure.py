@@ -55,11 +55,12 @@ def _storage_bytes(tensors, exclude=()):
 
 
 def optimizer_bytes(run):
-    """Bytes the optimizer keeps between steps, beyond the parameters and
-    their gradients (momentum, SAM's saved weights, masks, ...)."""
+    """Bytes the optimizer keeps between steps, beyond the model's parameters,
+    their gradients and its buffers, which it may refer to (momentum, SAM's
+    saved weights, masks, the copy of the BatchNorm statistics, ...)."""
     params = list(run.model.parameters())
     grads = [p.grad for p in params if p.grad is not None]
-    return _storage_bytes(_tensors(run.opt, set()), exclude=params + grads)
+    return _storage_bytes(_tensors(run.opt, set()), exclude=params + grads + list(run.model.buffers()))
 
 
 def live_bytes(run):

@@ -95,6 +95,7 @@ class SharpnessAwareOptimizer(torch.optim.Optimizer):
         """Follow a new layout: subclasses rebuild what depends on it."""
         self.layout = layout
         self.masks.relayout_(layout)
+        self.passes.batchnorm.forget()   # new parameters may come with new BatchNorm layers
 
     def _hyper(self, name):
         """A hyperparameter that must be the same in every param group (schedulers may change it)."""

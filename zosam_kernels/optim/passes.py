@@ -19,9 +19,8 @@ import inspect
 import math
 
 import torch
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.module import (register_module_forward_hook,
-                                     register_module_forward_pre_hook)
+
+from .batchnorm import BatchNormStatistics
 
 
 def mean_loss(loss):
@@ -32,32 +31,6 @@ def mean_loss(loss):
         raise ValueError(f"closure must return a scalar or a 1-D tensor of per-sample losses, "
                          f"got shape {tuple(loss.shape)}")
     return loss.mean() if loss.dim() == 1 else loss
-
-
-@contextlib.contextmanager
-def frozen_batchnorm():
-    """BatchNorm layers use batch statistics but leave their running statistics
-    (and num_batches_tracked) untouched. Global module hooks, so the optimizer
-    needs no reference to the model: for the duration of the forward of each
-    training-mode BatchNorm, track_running_stats is switched off, which makes
-    torch pass no running buffers to F.batch_norm."""
-    def pre(module, args):
-        if isinstance(module, _BatchNorm) and module.training and module.track_running_stats:
-            module.track_running_stats = False
-            module._zosam_frozen = True
-
-    def post(module, args, out):
-        if getattr(module, "_zosam_frozen", False):
-            module.track_running_stats = True
-            del module._zosam_frozen
-
-    h_pre = register_module_forward_pre_hook(pre)
-    h_post = register_module_forward_hook(post, always_call=True)
-    try:
-        yield
-    finally:
-        h_pre.remove()
-        h_post.remove()
 
 
 @contextlib.contextmanager
@@ -136,6 +109,7 @@ class Passes:
         self.device_type = next(iter(sorted(d.type for d in devices if d.type != "cpu")), "cpu")
         self.micro_batches, self.grad_scaler = micro_batches, grad_scaler
         self.random = RandomState(devices) if common_random_numbers else None
+        self.batchnorm = BatchNormStatistics()   # what the extra and frozen gradient passes restore
         self.batch_size = None
 
     def check(self, closure):
@@ -171,7 +145,7 @@ class Passes:
         precision = (contextlib.nullcontext() if self.autocast is None
                      else torch.autocast(self.device_type, dtype=self.autocast))
         self._replay()
-        with torch.no_grad(), frozen_batchnorm(), phase(name), precision:
+        with torch.no_grad(), self.batchnorm.frozen(), phase(name), precision:
             parts = [_no_backward_inside(closure, idx) for idx in self._parts(self._subset())]
             returned = self._per_sample(self._joined(parts))
             mean = mean_loss(returned)
@@ -190,7 +164,7 @@ class Passes:
             p.grad = None
         if replay:
             self._replay()
-        ctx = frozen_batchnorm() if freeze_batchnorm else contextlib.nullcontext()
+        ctx = self.batchnorm.frozen() if freeze_batchnorm else contextlib.nullcontext()
         parts = self._parts(indices)
         returned = []
         with torch.enable_grad(), ctx, phase("grad_pass"):

@@ -1,0 +1,111 @@
+"""BatchNorm running statistics that a pass leaves as they were.
+
+The extra passes and SAM's second gradient pass run the model in training
+mode: BatchNorm normalises with the batch's statistics, as in the gradient
+pass, but only that one pass per step may move the running statistics
+(running_mean, running_var, num_batches_tracked). So they are copied before
+such a pass and copied back after it (ResNet-32: 93 tensors, 9 kB), and the
+pass itself is the model's ordinary training forward. Why copies: switching
+track_running_stats off around each layer's forward (global module hooks) is
+invisible to a torch.compile'd graph, which updates the buffers anyway, and
+hooks registered anew per pass change what Dynamo guards on, so every pass
+recompiled; a copy changes nothing a graph sees.
+
+The optimizer holds only parameters, so it finds the layers itself, once: the
+first frozen pass runs with torch.compile switched off and a global forward
+pre-hook that, for every module the closure calls, collects the BatchNorm
+layers below it. Below, not only the ones that run: a block that stochastic
+depth skips in that pass may run in a later one. Later passes copy the
+buffers of those layers and register no hook.
+"""
+import contextlib
+import warnings
+
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.module import register_module_forward_pre_hook
+
+
+class BatchNormStatistics:
+    """The running statistics of the BatchNorm layers in the models an optimizer's closure calls."""
+
+    def __init__(self):
+        self.layers = None   # None until the first frozen pass has found them
+        self._buffers, self._saved = [], []   # their buffers as last seen, and room for a copy
+
+    def forget(self):
+        """Find the layers again in the next frozen pass (new parameters may come with new layers)."""
+        self.layers = None
+
+    @contextlib.contextmanager
+    def frozen(self):
+        """Passes in the block use batch statistics as usual; when it ends, however
+        it ends, the running statistics are what they were before it."""
+        if self.layers is None:
+            with self._finding():
+                yield
+            return
+        buffers, saved = self._current()
+        _copy(saved, buffers)
+        try:
+            yield
+        finally:
+            _copy(buffers, saved)
+
+    def _current(self):
+        """The layers' buffers and the room for their copy, made anew only when a
+        buffer was replaced (e.g. `bn.running_mean = ...`). Module._buffers rather
+        than buffers(): the public generator costs 25x more, per pass."""
+        buffers = [b for m in self.layers for b in m._buffers.values() if b is not None]
+        if len(buffers) != len(self._buffers) or any(a is not b for a, b in zip(buffers, self._buffers)):
+            self._buffers, self._saved = buffers, [torch.empty_like(b) for b in buffers]
+        return self._buffers, self._saved
+
+    @contextlib.contextmanager
+    def _finding(self):
+        """The first frozen pass, run eagerly. The hook meets the module the closure
+        calls first (the model) before anything below it runs, and copies the
+        buffers of every BatchNorm below it; a module met later that is not below
+        a former one adds its own. The layers are kept only if the pass completes
+        (else the next frozen pass looks again); their copies become the room."""
+        seen, layers, buffers, copies = set(), [], [], []
+
+        def find(module, args):
+            if module in seen:
+                return
+            for m in module.modules():
+                if m not in seen:
+                    seen.add(m)
+                    if isinstance(m, _BatchNorm):
+                        layers.append(m)
+                        new = [b for b in m._buffers.values() if b is not None]
+                        buffers.extend(new)
+                        copies.extend(b.clone() for b in new)
+
+        try:
+            eager = torch.compiler.set_stance("force_eager")   # in force from here; the block restores
+        except RuntimeError as e:   # torch refuses to change its stance while compiling
+            raise RuntimeError(_COMPILED_STEP) from e
+        with eager, warnings.catch_warnings():
+            # torch.compile(module) warns that global hooks fire for its wrapper too: harmless here
+            warnings.filterwarnings("ignore", message=r"Using `torch\.compile\(module\)` when there "
+                                                      r"are global hooks")
+            hook = register_module_forward_pre_hook(find)
+            try:
+                yield
+            finally:
+                hook.remove()
+                _copy(buffers, copies)
+        self.layers, self._buffers, self._saved = layers, buffers, copies
+
+
+@torch.no_grad()   # the copies are no part of any graph, and autograd's checks would double their cost
+def _copy(dst, src):
+    if dst:   # a model without BatchNorm: nothing to copy, and _foreach ops refuse empty lists
+        torch._foreach_copy_(dst, src)
+
+
+_COMPILED_STEP = ("step() runs inside a torch.compile'd function, where the optimizer cannot find the "
+                  "BatchNorm layers whose statistics its extra passes must leave alone (that takes one "
+                  "eager pass, and torch.compiler.set_stance refuses to switch inside a compiled "
+                  "function): compile the model, or the closure, and call step() outside torch.compile")
