@@ -37,7 +37,8 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=None,
+                   help="default: 1e-3 with AdamW for vit_tiny (as DeiT), 0.05 with SGD momentum 0.9 for the ResNets")
     p.add_argument("--log-every", type=int, default=10)
     args = p.parse_args(argv)
 
@@ -46,8 +47,11 @@ def main(argv=None):
     model = MODELS[args.model]().to(device)   # the optimizer is built after .to(device)
     masking = sparse.Masking(model, args.density) if args.density < 1 else None
     dtype = PRECISIONS[args.precision]
-    opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, rho=0.05, delta=1e-3, masks=masking,
-                   lr=args.lr, momentum=0.9, weight_decay=5e-4,
+    if args.model.startswith("vit"):
+        base, base_kwargs = torch.optim.AdamW, dict(lr=args.lr or 1e-3, weight_decay=0.05)
+    else:
+        base, base_kwargs = torch.optim.SGD, dict(lr=args.lr or 0.05, momentum=0.9, weight_decay=5e-4)
+    opt = zk.ZOSAM(model.parameters(), base, rho=0.05, delta=1e-3, masks=masking, **base_kwargs,
                    grad_scaler=torch.amp.GradScaler(device.type) if dtype == torch.float16 else None,
                    max_grad_norm=args.max_grad_norm, micro_batches=args.micro_batches)
     if masking is not None:
