@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import zosam_kernels as zk
+from zosam_kernels import sparse
 
 WORLD = 2
 COLLECTIVE_TIMEOUT_S = 10   # how long a rank waits in a collective for a rank that failed
@@ -72,31 +73,73 @@ def problem():
 
 
 OPTIMIZERS = {
-    "zosam": lambda p: zk.ZOSAM(p, torch.optim.SGD, lr=0.1, momentum=0.9, n_dirs=2, seed=5),
+    "zosam": lambda p, **kw: zk.ZOSAM(p, torch.optim.SGD, lr=0.1, momentum=0.9, n_dirs=2, seed=5, **kw),
+    "zolooksam": lambda p, **kw: zk.ZOLookSAM(p, torch.optim.SGD, lr=0.1, n_dirs=2, k=3, **kw),
+    "zossam": lambda p, **kw: zk.ZOSSAM(p, torch.optim.SGD, lr=0.1, n_dirs=2, update_interval=3, **kw),
+    "sam": lambda p, **kw: zk.SAM(p, torch.optim.SGD, lr=0.1, momentum=0.9, **kw),
+    "gsam": lambda p, **kw: zk.GSAM(p, torch.optim.SGD, lr=0.1, alpha=0.3, **kw),
+    "looksam": lambda p, **kw: zk.LookSAM(p, torch.optim.SGD, lr=0.1, k=3, **kw),
+    "ssam": lambda p, **kw: zk.SSAM(p, torch.optim.SGD, lr=0.1, update_interval=3, **kw),
 }
+# Choices made per shard, compared across ranks only, not with one process on the whole
+# batch: ESAM selects the top share of each shard for its second pass, zo_batch_fraction
+# takes the leading fraction of each shard
+PER_SHARD = {
+    "esam": lambda p, **kw: zk.ESAM(p, torch.optim.SGD, lr=0.1, beta=1.0, gamma=0.5, **kw),
+    "zosam-frac": lambda p, **kw: zk.ZOSAM(p, torch.optim.SGD, lr=0.1, n_dirs=2, zo_batch_fraction=0.5,
+                                           **kw),
+}
+SCHEDULES = {"set": lambda m: sparse.SET(m, update_interval=2),
+             "rigl": lambda m: sparse.RigL(m, 20, update_interval=2)}
 
 
-def train(rank, world, name="zosam", steps=20, fail_at=None):
-    """ZOSAM over DDP on this rank's shard of each batch (world 1: the whole batch, no DDP)."""
+def per_sample(net, xs, ys):
+    def closure(indices=None):
+        idx = slice(None) if indices is None else indices
+        return F.cross_entropy(net(xs[idx]), ys[idx], reduction="none")
+    return closure
+
+
+def train(rank, world, name="zosam", steps=20, fail_at=None, schedule=None, resume_at=None,
+          checkpoint=None):
+    """An optimizer over DDP on this rank's shard of each batch (world 1: the whole
+    batch, no DDP). schedule: a sparse method at 80 % sparsity; resume_at: save
+    the state there and continue from a fresh model, optimizer and masking that load it."""
     model, batches = problem()
     net = DDP(model) if world > 1 else model
-    opt = OPTIMIZERS[name](net.parameters())
+    masking = sparse.Masking(model, 0.2, seed=3) if schedule else None
+    opt = {**OPTIMIZERS, **PER_SHARD}[name](list(net.parameters()), masks=masking)
+    topology = SCHEDULES[schedule](masking) if schedule else None
+    if masking is not None:
+        masking.attach(opt)
     before = None
     for step, (x, y) in enumerate(batches[:steps]):
+        if step == resume_at:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, f"{checkpoint}.{rank}")
+            model, _ = problem()
+            net = DDP(model) if world > 1 else model
+            state = torch.load(f"{checkpoint}.{rank}")
+            model.load_state_dict(state["model"])
+            opt = {**OPTIMIZERS, **PER_SHARD}[name](list(net.parameters()))
+            opt.load_state_dict(state["opt"])
         xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
 
-        def closure():
-            if step == fail_at and rank == 1:
+        closure = per_sample(net, xs, ys)
+        if step == fail_at and rank == 1:
+            def closure(indices=None):
                 raise RuntimeError("closure failed on rank 1")
-            return F.cross_entropy(net(xs), ys)
         before = [p.detach().clone() for p in model.parameters()]
         try:
             opt.step(closure)
         except Exception as e:
             return {"error_at": step, "message": str(e), "before": before,
                     "after": [p.detach().clone() for p in model.parameters()]}
+        if topology is not None:
+            topology.step()
     return {"params": [p.detach().clone() for p in model.parameters()],
-            "coefficients": opt.last_coefficients.clone()}
+            "coefficients": getattr(opt, "last_coefficients", None),
+            "masks": None if masking is None else {n: m.clone() for n, m in masking.masks.items()},
+            "topology_changes": None if masking is None else masking.version}
 
 
 JOBS = {"train": train}
@@ -112,6 +155,41 @@ def test_ddp_replicas_stay_identical_and_equal_one_process_on_the_whole_batch(tm
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     # c = (L+ − L−) / 2δ: a float32 ulp of a loss of about 1, over 2δ = 2e-3, is 6e-5
     torch.testing.assert_close(ranks[0]["coefficients"], single["coefficients"], rtol=0, atol=5e-4)
+
+
+@pytest.mark.parametrize("name", [n for n in OPTIMIZERS if n != "zosam"] + list(PER_SHARD))
+def test_every_optimizer_keeps_the_replicas_identical(name, tmp_path):
+    ranks = spawn("train", tmp_path, name=name, steps=8)
+    assert not any("error" in r for r in ranks), ranks
+    for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
+        assert torch.equal(a, b)
+    if name in OPTIMIZERS:
+        single = train(0, 1, name=name, steps=8)
+        for a, b in zip(ranks[0]["params"], single["params"]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+def test_sparse_topology_stays_identical_across_ranks(schedule, tmp_path):
+    """SET draws its growth at random, RigL grows by the dense gradient: after 4
+    topology updates the masks agree bit for bit on both ranks."""
+    ranks = spawn("train", tmp_path, steps=8, schedule=schedule)
+    assert not any("error" in r for r in ranks), ranks
+    assert ranks[0]["topology_changes"] >= 4
+    for n, m in ranks[0]["masks"].items():
+        assert torch.equal(m, ranks[1]["masks"][n])
+    for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["zosam", "zosam-frac", "zolooksam"])
+def test_distributed_resume_reproduces_the_uninterrupted_run(name, tmp_path):
+    whole = spawn("train", tmp_path, name=name, steps=10)
+    resumed = spawn("train", tmp_path, name=name, steps=10, resume_at=5, checkpoint=str(tmp_path / "ck"))
+    for w, r in zip(whole, resumed):
+        assert not ("error" in w or "error" in r), (w, r)
+        for a, b in zip(w["params"], r["params"]):
+            assert torch.equal(a, b)
 
 
 def test_a_fault_on_one_rank_raises_there_and_times_out_elsewhere(tmp_path):
