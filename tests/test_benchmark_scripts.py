@@ -82,3 +82,19 @@ def test_compile_batchnorm_counts_graphs_and_statistics(monkeypatch, capsys):
             if " | " in line}
     assert rows["sam"][:3] == ["[1, 1, 1]", "[1, 2, 3]", "True"]
     assert rows["zosam"][:3] == ["[2, 2, 2]", "[1, 2, 3]", "True"]
+
+
+def test_ddp_comm_counts_bytes_beyond_sgd():
+    import os
+    import socket
+    import subprocess
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(port), str(BENCHMARKS / "ddp_comm.py"),
+                          "--batch-size", "8", "--steps", "1"],
+                         capture_output=True, text=True, timeout=180, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stderr[-2000:]
+    zosam = next(line for line in run.stdout.splitlines() if line.startswith("| zosam |"))
+    assert zosam.split("|")[3].strip() == "20"   # 2 coefficients (n_dirs 1) and 3 finiteness flags, 4 B each
