@@ -74,6 +74,7 @@ def problem():
 
 OPTIMIZERS = {
     "zosam": lambda p, **kw: zk.ZOSAM(p, torch.optim.SGD, lr=0.1, momentum=0.9, n_dirs=2, seed=5, **kw),
+    "zosam-adaptive": lambda p, **kw: zk.ZOSAM(p, torch.optim.SGD, lr=0.1, n_dirs=2, adaptive=True, **kw),
     "zolooksam": lambda p, **kw: zk.ZOLookSAM(p, torch.optim.SGD, lr=0.1, n_dirs=2, k=3, **kw),
     "zossam": lambda p, **kw: zk.ZOSSAM(p, torch.optim.SGD, lr=0.1, n_dirs=2, update_interval=3, **kw),
     "sam": lambda p, **kw: zk.SAM(p, torch.optim.SGD, lr=0.1, momentum=0.9, **kw),
@@ -143,7 +144,26 @@ def train(rank, world, name="zosam", steps=20, fail_at=None, schedule=None, resu
             "topology_changes": None if masking is None else masking.version}
 
 
-JOBS = {"train": train}
+def train_fsdp(rank, world, name="zosam", steps=10):
+    """The same training with every Linear and the model under FSDP2's fully_shard:
+    each rank perturbs its shards only. Returns the full parameters."""
+    from torch.distributed.fsdp import fully_shard
+    model, batches = problem()
+    if world > 1:
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer)
+        fully_shard(model)
+    opt = OPTIMIZERS[name](list(model.parameters()))
+    for x, y in batches[:steps]:
+        opt.step(per_sample(model, x.chunk(world)[rank], y.chunk(world)[rank]))
+    full = [p.full_tensor() if world > 1 else p.detach() for p in model.parameters()]
+    local = [p.to_local().numel() for p in model.parameters()] if world > 1 else None
+    return {"params": [t.clone() for t in full], "local_numels": local,
+            "coefficients": opt.last_coefficients.clone()}
+
+
+JOBS = {"train": train, "train_fsdp": train_fsdp}
 
 
 def test_ddp_replicas_stay_identical_and_equal_one_process_on_the_whole_batch(tmp_path):
@@ -219,3 +239,26 @@ def test_ddp_example_runs_under_torchrun():
                          capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "replicas bit-identical after 2 steps: True" in run.stdout
+
+
+@pytest.mark.parametrize("name", ["zosam", "zosam-adaptive", "zolooksam"])
+def test_fsdp2_shards_perturbed_in_place_equal_one_process(name, tmp_path):
+    """Under fully_shard each rank holds part of every weight (checked) and moves
+    only that part, regenerating the directions at the shard's global offset:
+    the result is the single-process run on the whole batch."""
+    ranks = spawn("train_fsdp", tmp_path, name=name)
+    assert not any("error" in r for r in ranks), ranks
+    model, _ = problem()
+    assert [a + b for a, b in zip(ranks[0]["local_numels"], ranks[1]["local_numels"])] == \
+        [p.numel() for p in model.parameters()]
+    assert all(n < p.numel() for n, p in zip(ranks[0]["local_numels"], model.parameters()))
+    single = train_fsdp(0, 1, name=name)
+    for r in ranks:
+        for a, b in zip(r["params"], single["params"]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fsdp2_refuses_what_it_cannot_shard(tmp_path):
+    """ZOSSAM's directions follow a mask over the whole layout: refused, with the reason."""
+    ranks = spawn("train_fsdp", tmp_path, name="zossam")
+    assert all("NotImplementedError" in r.get("error", "") and "ZOSSAM" in r["error"] for r in ranks)

@@ -73,6 +73,7 @@ class FlatParams:
 
     def __init__(self, layout):
         self.layout = layout
+        self.offsets = layout.offsets   # each buffer's first stream index
         self.buffers = [torch.empty(n, dtype=b[0].dtype, device=b[0].device)
                         for b, n in zip(layout.buckets, layout.numels)]
         self.views = layout.views(self.buffers)
@@ -92,3 +93,7 @@ class FlatParams:
                 raise RuntimeError(
                     f"a parameter of shape {tuple(p.shape)} no longer lives in the optimizer's "
                     "flat buffer: build the optimizer after moving or casting the model")
+
+    def sum_over_shards(self, t):
+        """A sum over the whole model is this process's: nothing is sharded (sharded.ShardedParams)."""
+        return t

@@ -14,7 +14,8 @@ estimate, the move to ε and the return to θ are all this one operation; a
 fault anywhere is undone by moving back to net = 0.
 
 Two backends add coefficient-weighted directions and take their norms, over
-the optimizer's flat parameter buffers (flat.FlatParams):
+the optimizer's flat parameter buffers (flat.FlatParams, or the local shards of
+FSDP2's parameters, sharded.ShardedParams, for the fused one):
   FusedDirections    one fused op per bucket (ops.add_directions_ / directions_sq_norm)
   UnfusedDirections  each direction materialised tensor by tensor, plain torch ops
 They read the same stream at the same positions and agree to rounding.
@@ -43,16 +44,16 @@ class FusedDirections:
         return {d: _seeds_tensor(seeds, d) for d in devices}
 
     def move_(self, seeds, lo, hi, base, coefs, masks, scale, power):
-        for buf, offset, mask, s in zip(self.flat.buffers, self.flat.layout.offsets, masks, scale):
+        for buf, offset, mask, s in zip(self.flat.buffers, self.flat.offsets, masks, scale):
             ops.add_directions_(buf, seeds[buf.device][lo:hi], coefs.to(buf.device), mask, s,
                                 power or 1, offset, base.to(buf.device))
 
     def sq_norm(self, seeds, coefs, masks, scale, power):
-        total = 0
-        for buf, offset, mask, s in zip(self.flat.buffers, self.flat.layout.offsets, masks, scale):
-            total = total + ops.directions_sq_norm(seeds[buf.device], coefs.to(buf.device), buf.numel(),
-                                                   mask, s, power or 1, offset).to(coefs.device)
-        return total
+        total = torch.zeros((), dtype=torch.float32, device=coefs.device)
+        for buf, offset, mask, s in zip(self.flat.buffers, self.flat.offsets, masks, scale):
+            total += ops.directions_sq_norm(seeds[buf.device], coefs.to(buf.device), buf.numel(),
+                                            mask, s, power or 1, offset).to(coefs.device)
+        return self.flat.sum_over_shards(total)
 
 
 class UnfusedDirections:

@@ -16,6 +16,7 @@ import warnings
 import torch
 
 from ..flat import FlatParams
+from ..sharded import ShardedParams, is_sharded
 from ..seeds import check_seed, derived_seed
 from .base import SharpnessAwareOptimizer, check_nonnegative, check_positive_int
 from .directions import FusedDirections, UnfusedDirections, Walk
@@ -79,8 +80,18 @@ class ZOSAM(SharpnessAwareOptimizer):
                                 f"{tuple(p.shape)}); {_WHY_FLOAT32.get(p.dtype, _WHY_FLOAT32[None])}")
 
     def _flatten(self):
-        """The layout's parameters into flat buffers, and the directions over them."""
-        self.flat = FlatParams(self.layout)
+        """The layout's parameters into flat buffers (FSDP2's: their local shards,
+        left where they are), and the directions over them."""
+        sharded = [is_sharded(p) for p in self.params]
+        if any(sharded):
+            if not all(sharded) or self.backend != "fused" or self.masks.masked \
+                    or type(self)._direction_masks is not ZOSAM._direction_masks:
+                raise NotImplementedError(f"params: {type(self).__name__} on FSDP2 (fully_shard) "
+                                          "needs every parameter sharded, backend='fused', no masks "
+                                          "and directions over all weights (not ZOSSAM's)")
+            self.flat = ShardedParams(self.layout)
+        else:
+            self.flat = FlatParams(self.layout)
         self.directions = BACKENDS[self.backend](self.flat)
         self._saved = None   # θ, for the adaptive ε (one parameter-sized copy, kept between steps)
 
@@ -116,8 +127,8 @@ class ZOSAM(SharpnessAwareOptimizer):
                 walk.restore_()
 
     def _direction_masks(self):
-        """The mask of the directions, per bucket (ZOSSAM narrows it to its perturbation mask)."""
-        return self.masks.buffers
+        """The mask of the directions, per buffer (ZOSSAM narrows it to its perturbation mask)."""
+        return self.masks.buffers if isinstance(self.flat, FlatParams) else [None] * len(self.flat.buffers)
 
     def _saved_theta(self):
         if self._saved is None:
