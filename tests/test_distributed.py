@@ -163,7 +163,44 @@ def train_fsdp(rank, world, name="zosam", steps=10):
             "coefficients": opt.last_coefficients.clone()}
 
 
-JOBS = {"train": train, "train_fsdp": train_fsdp}
+def train_sam_m_sharpness(rank, world, steps=8):
+    """SAM with m_sharpness over DDP; returns the parameters."""
+    model, batches = problem()
+    net = DDP(model)
+    opt = zk.SAM(net.parameters(), torch.optim.SGD, lr=0.1, rho=0.05, m_sharpness=True)
+    for x, y in batches[:steps]:
+        opt.step(per_sample(net, x.chunk(world)[rank], y.chunk(world)[rank]))
+    return {"params": [p.detach().clone() for p in model.parameters()]}
+
+
+def m_sharpness_by_hand(steps=8, rho=0.05, lr=0.1):
+    """One process: per shard, eps_r = rho g_r / ||g_r|| from the shard's own
+    gradient, the gradient at theta + eps_r on that shard; the update is the
+    mean of those gradients over the shards (float64)."""
+    model, batches = problem()
+    model = model.double()
+    params = list(model.parameters())
+    for x, y in batches[:steps]:
+        update = [torch.zeros_like(p) for p in params]
+        for xs, ys in zip(x.double().chunk(WORLD), y.chunk(WORLD)):
+            g = torch.autograd.grad(F.cross_entropy(model(xs), ys), params)
+            norm = torch.sqrt(sum((gi ** 2).sum() for gi in g))
+            with torch.no_grad():
+                for p, gi in zip(params, g):
+                    p.add_(rho * gi / (norm + 1e-12))
+            g_eps = torch.autograd.grad(F.cross_entropy(model(xs), ys), params)
+            with torch.no_grad():
+                for p, gi in zip(params, g):
+                    p.sub_(rho * gi / (norm + 1e-12))
+            for u, gi in zip(update, g_eps):
+                u.add_(gi / WORLD)
+        with torch.no_grad():
+            for p, u in zip(params, update):
+                p.sub_(lr * u)
+    return [p.detach().float() for p in params]
+
+
+JOBS = {"train": train, "train_fsdp": train_fsdp, "train_sam_m_sharpness": train_sam_m_sharpness}
 
 
 def test_ddp_replicas_stay_identical_and_equal_one_process_on_the_whole_batch(tmp_path):
@@ -262,3 +299,28 @@ def test_fsdp2_refuses_what_it_cannot_shard(tmp_path):
     """ZOSSAM's directions follow a mask over the whole layout: refused, with the reason."""
     ranks = spawn("train_fsdp", tmp_path, name="zossam")
     assert all("NotImplementedError" in r.get("error", "") and "ZOSSAM" in r["error"] for r in ranks)
+
+
+def test_sam_m_sharpness_takes_eps_from_each_rank_and_the_update_from_all(tmp_path):
+    """m_sharpness=True: each rank's eps from its own shard (torch.autograd.grad,
+    which DDP does not average), the update DDP's average of the second pass;
+    against that computed by hand in float64. The default (global eps) is the
+    one-process run on the whole batch: test_every_optimizer_keeps_the_replicas_identical[sam]."""
+    ranks = spawn("train_sam_m_sharpness", tmp_path)
+    assert not any("error" in r for r in ranks), ranks
+    for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
+        assert torch.equal(a, b)
+    for a, b in zip(ranks[0]["params"], m_sharpness_by_hand()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    model, batches = problem()   # the default, eps from the global batch: one process, whole batch
+    opt = zk.SAM(model.parameters(), torch.optim.SGD, lr=0.1, rho=0.05)
+    for x, y in batches[:8]:
+        opt.step(per_sample(model, x, y))
+    assert max((a - b).abs().max() for a, b in zip(ranks[0]["params"], model.parameters())) > 1e-4
+
+
+@pytest.mark.parametrize("cls", [zk.GSAM, zk.LookSAM, zk.SSAM, zk.ESAM])
+def test_m_sharpness_refused_where_the_first_gradient_does_more(cls):
+    model, _ = problem()
+    with pytest.raises(ValueError, match="m_sharpness"):
+        cls(model.parameters(), torch.optim.SGD, lr=0.1, m_sharpness=True)

@@ -40,6 +40,8 @@ class ESAM(SAM):
     `last_perturbed` (list of bool, one per parameter) and `last_indices` (the
     selected samples, None when gamma = 1) tell what the last step used."""
 
+    m_sharpness_allowed = False
+
     compares_losses = True   # the selection ranks losses after − before: common random numbers by default
 
     def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.05, beta=0.6, gamma=0.5, seed=0,

@@ -26,6 +26,8 @@ class GSAM(SAM):
 
     Passes: 2 forward + 2 backward per step, as SAM."""
 
+    m_sharpness_allowed = False
+
     def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.05, alpha=0.02, rho_min=None,
                  lr_max=None, lr_min=0.0, masks=None, adaptive=False, check_finite=True,
                  **base_kwargs):

@@ -30,6 +30,8 @@ class LookSAM(SAM):
     k = 5 and alpha = 0.7: the LookSAM paper's setting (its tables use k = 5).
     Passes: 2 forward + 2 backward on every k-th step, 1 + 1 in between."""
 
+    m_sharpness_allowed = False
+
     def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.05, k=5, alpha=0.7, masks=None,
                  check_finite=True, **base_kwargs):
         check_positive_int("k", k)

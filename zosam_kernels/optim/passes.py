@@ -151,12 +151,15 @@ class Passes:
             mean = mean_loss(returned)
         return (mean if reduce else returned).detach()
 
-    def gradient(self, closure, params, freeze_batchnorm=False, indices=None, reduce=True, replay=False):
+    def gradient(self, closure, params, freeze_batchnorm=False, indices=None, reduce=True, replay=False,
+                 local=False):
         """A gradient pass: drop the gradients, evaluate the closure with autograd
         and backpropagate the mean loss (scaled, with a grad_scaler), micro-batch
         by micro-batch. Returns the mean loss (reduce=False: what the closure
         returned, e.g. per-sample losses), detached. replay: start from the
-        step's random state (with common_random_numbers).
+        step's random state (with common_random_numbers). local: this
+        process's gradient, by torch.autograd.grad, whose result DDP's reducer
+        never sees (it hooks the accumulation into .grad), so it is not averaged.
 
         Dropped rather than zeroed: backward makes a fresh gradient tensor either
         way, and with no .grad to add it to, autograd keeps that tensor as is."""
@@ -178,7 +181,7 @@ class Passes:
                     raise RuntimeError("closure returned a loss that does not require grad in the "
                                        "gradient pass; does the model have trainable parameters, and is "
                                        "the closure free of torch.no_grad()?")
-                (loss if self.grad_scaler is None else self.grad_scaler.scale(loss)).backward()
+                _backward(loss if self.grad_scaler is None else self.grad_scaler.scale(loss), params, local)
                 returned.append(part.detach())
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
@@ -252,6 +255,16 @@ class Passes:
 
     def load_state_dict(self, state):
         self.batch_size = state.get("batch_size")
+
+
+def _backward(loss, params, local):
+    if not local:
+        loss.backward()
+        return
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    for p, g in zip(params, grads):
+        if g is not None:
+            p.grad = g if p.grad is None else p.grad + g
 
 
 class RandomState:

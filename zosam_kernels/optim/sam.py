@@ -16,17 +16,31 @@ from .passes import phase
 
 class SAM(SharpnessAwareOptimizer):
     """SAM(params, base_optimizer=torch.optim.SGD, rho=0.05, adaptive=False, masks=None,
-    check_finite=True, **base_kwargs); rho may differ per param group.
+    check_finite=True, m_sharpness=False, **base_kwargs); rho may differ per param group.
 
     step(closure): the first gradient pass (at theta) updates BatchNorm
     statistics, the second (at theta + eps) leaves them alone. Returns the
-    loss at theta."""
+    loss at theta.
+
+    Under DDP, eps comes from DDP's averaged gradient of the first pass (the
+    global batch's); m_sharpness=True takes it from each rank's own shard
+    instead, as the SAM paper's runs did ("m-sharpness", m = the per-rank
+    batch), while the update still uses DDP's averaged second-pass gradient.
+    The SAM family's other members refuse it: GSAM and LookSAM update with
+    the first pass's gradient (the replicas would drift apart), SSAM builds
+    its masks from it (the ranks' states would differ), ESAM selects with it."""
+
+    m_sharpness_allowed = True   # False where the first pass's gradient does more than make eps
 
     def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.05, adaptive=False,
-                 masks=None, check_finite=True, **base_kwargs):
+                 masks=None, check_finite=True, m_sharpness=False, **base_kwargs):
         check_nonnegative("rho", rho)
+        if m_sharpness and not self.m_sharpness_allowed:
+            raise ValueError(f"m_sharpness: {type(self).__name__} uses the first pass's gradient for more "
+                             "than eps, and it must be the same on every rank; only SAM offers m_sharpness")
         defaults = dict(rho=rho, adaptive=bool(adaptive))
         super().__init__(params, base_optimizer, defaults, base_kwargs, masks, check_finite)
+        self.m_sharpness = bool(m_sharpness)
         self._saved = None   # theta, restored after the second pass (kept between steps)
 
     def _relayout(self, layout):
@@ -71,7 +85,7 @@ class SAM(SharpnessAwareOptimizer):
         gradients masked. Returns the parameters and the loss."""
         self._start(closure)
         params = self.params
-        loss = self.passes.gradient(closure, params)
+        loss = self.passes.gradient(closure, params, local=self.m_sharpness)
         self.masks.mask_grads_()
         return params, loss
 

@@ -33,6 +33,8 @@ class SSAM(PerturbationMasked, SAM):
     masks (pruned weights); the perturbation mask (`perturbation_mask.views()`)
     is chosen among active weights."""
 
+    m_sharpness_allowed = False
+
     def __init__(self, params, base_optimizer=torch.optim.SGD, rho=0.1, sparsity=0.5, mask="fisher",
                  update_interval=1950, drop_rate=0.5, total_steps=None, seed=0, masks=None,
                  check_finite=True, **base_kwargs):
