@@ -1,13 +1,16 @@
-"""Communication and speed of ZO-SAM under DDP against SGD under DDP.
+"""Communication and speed of ZO-SAM under DDP (or FSDP2) against SGD under the same.
 
     torchrun --nproc_per_node 2 benchmarks/ddp_comm.py [--model resnet20] [--batch-size 128] [--steps 6]
     torchrun --nproc_per_node 1 benchmarks/ddp_comm.py ...   # the same global batch on one process
+    torchrun --nproc_per_node 2 benchmarks/ddp_comm.py --fsdp # fully_shard every layer and the model
 
 Counts, per step and rank, the bytes that go through torch.distributed's
 Python-level collectives (the optimizers' all-reduces, DDP's broadcast of the
 model's buffers before every forward) and adds the gradient's all-reduce that
 DDP's reducer runs in C++ (one per backward: the trainable parameters'
-bytes); times steps/s on the global batch, split over the ranks. Rank 0 prints.
+bytes); with --fsdp, FSDP2's all-gathers of the parameters (one per layer
+and forward) and reduce-scatters of the gradients instead. Times steps/s on
+the global batch, split over the ranks. Rank 0 prints.
 """
 import argparse
 import time
@@ -27,21 +30,31 @@ class Counter:
 
     def __init__(self):
         self.bytes = 0
-        all_reduce, broadcast = dist.all_reduce, dist._broadcast_coalesced
+        self._count("all_reduce", lambda tensor, *a, **k: [tensor])
+        self._count("_broadcast_coalesced", lambda group, tensors, *a, **k: tensors)
+        self._count("all_gather_single", lambda output, input, *a, **k: [output])   # FSDP2
+        self._count("reduce_scatter_single", lambda output, input, *a, **k: [input])  # FSDP2
 
-        def counted_all_reduce(tensor, *args, **kwargs):
-            self.bytes += tensor.numel() * tensor.element_size()
-            return all_reduce(tensor, *args, **kwargs)
+    def _count(self, name, tensors_of):
+        original = getattr(dist, name)
 
-        def counted_broadcast(group, tensors, *args, **kwargs):
-            self.bytes += sum(t.numel() * t.element_size() for t in tensors)
-            return broadcast(group, tensors, *args, **kwargs)
-        dist.all_reduce, dist._broadcast_coalesced = counted_all_reduce, counted_broadcast
+        def counted(*args, **kwargs):
+            self.bytes += sum(t.numel() * t.element_size() for t in tensors_of(*args, **kwargs))
+            return original(*args, **kwargs)
+        setattr(dist, name, counted)
 
 
 def run(method, args, counter, rank, world):
     torch.manual_seed(0)
-    model = DDP(MODELS[args.model]())
+    model = MODELS[args.model]()
+    if args.fsdp:
+        from torch.distributed.fsdp import fully_shard
+        for layer in model.modules():
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+                fully_shard(layer)
+        fully_shard(model)
+    else:
+        model = DDP(model)
     kw = dict(lr=0.05, momentum=0.9)
     if method == "sgd":
         opt = torch.optim.SGD(model.parameters(), **kw)
@@ -68,7 +81,8 @@ def run(method, args, counter, rank, world):
     dist.barrier()
     seconds = (time.perf_counter() - t0) / args.steps
     grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return counter.bytes / args.steps + (grad_bytes if world > 1 else 0), seconds
+    reducer = grad_bytes if world > 1 and not args.fsdp else 0   # DDP's C++ all-reduce, uncounted
+    return counter.bytes / args.steps + reducer, seconds
 
 
 def main(argv=None):
@@ -77,13 +91,14 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--n-dirs", type=int, default=1)
+    p.add_argument("--fsdp", action="store_true", help="FSDP2 (fully_shard) instead of DDP")
     args = p.parse_args(argv)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     counter = Counter()
     rows = {m: run(m, args, counter, rank, world) for m in ("sgd", "zosam")}
     if rank == 0:
-        print(f"{args.model}, global batch {args.batch_size}, {world} process(es) x "
+        print(f"{args.model}, {'FSDP2' if args.fsdp else 'DDP'}, global batch {args.batch_size}, {world} process(es) x "
               f"{torch.get_num_threads()} thread(s), gloo, torch {torch.__version__}, n_dirs {args.n_dirs}")
         print("| method | bytes per step and rank | beyond SGD | s/step | steps/s |")
         print("| --- | ---: | ---: | ---: | ---: |")

@@ -144,13 +144,16 @@ def train(rank, world, name="zosam", steps=20, fail_at=None, schedule=None, resu
             "topology_changes": None if masking is None else masking.version}
 
 
-def train_fsdp(rank, world, name="zosam", steps=10):
-    """The same training with every Linear and the model under FSDP2's fully_shard:
-    each rank perturbs its shards only. Returns the full parameters."""
+def train_fsdp(rank, world, name="zosam", steps=10, shard_last=True):
+    """The same training with the Linears and the model under FSDP2's fully_shard:
+    each rank perturbs its shards only. Returns the full parameters.
+    shard_last=False leaves the last Linear's parameters to the root, whose
+    parameters FSDP2 keeps gathered after a forward (reshard_after_forward is
+    False at the root)."""
     from torch.distributed.fsdp import fully_shard
     model, batches = problem()
     if world > 1:
-        for layer in model:
+        for layer in model if shard_last else model[:-1]:
             if isinstance(layer, torch.nn.Linear):
                 fully_shard(layer)
         fully_shard(model)
@@ -278,12 +281,14 @@ def test_ddp_example_runs_under_torchrun():
     assert "replicas bit-identical after 2 steps: True" in run.stdout
 
 
-@pytest.mark.parametrize("name", ["zosam", "zosam-adaptive", "zolooksam"])
-def test_fsdp2_shards_perturbed_in_place_equal_one_process(name, tmp_path):
+@pytest.mark.parametrize("name,shard_last", [("zosam", True), ("zosam-adaptive", True), ("zolooksam", True),
+                                             ("zosam", False), ("zolooksam", False)])
+def test_fsdp2_shards_perturbed_in_place_equal_one_process(name, shard_last, tmp_path):
     """Under fully_shard each rank holds part of every weight (checked) and moves
     only that part, regenerating the directions at the shard's global offset:
-    the result is the single-process run on the whole batch."""
-    ranks = spawn("train_fsdp", tmp_path, name=name)
+    the result is the single-process run on the whole batch, also for weights
+    of the root, which FSDP2 keeps gathered between forwards unless told."""
+    ranks = spawn("train_fsdp", tmp_path, name=name, shard_last=shard_last)
     assert not any("error" in r for r in ranks), ranks
     model, _ = problem()
     assert [a + b for a, b in zip(ranks[0]["local_numels"], ranks[1]["local_numels"])] == \

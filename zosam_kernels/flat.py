@@ -12,6 +12,8 @@ FlatParams: every parameter of a bucket becomes a view of one contiguous
 buffer, so each fused op is one launch for the whole model and the stream
 index of a weight is its position in the buffer plus the bucket's offset.
 """
+import contextlib
+
 import torch
 
 
@@ -97,3 +99,7 @@ class FlatParams:
     def sum_over_shards(self, t):
         """A sum over the whole model is this process's: nothing is sharded (sharded.ShardedParams)."""
         return t
+
+    def gathering(self):
+        """Around a pass (sharded.ShardedParams: FSDP2 must gather the weights anew)."""
+        return contextlib.nullcontext()

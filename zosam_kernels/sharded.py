@@ -12,11 +12,22 @@ squared norm of ĝ) add the ranks' partial sums: one scalar all-reduce.
 
 ShardedParams offers what the fused directions read of flat.FlatParams:
 `buffers` (one flat local shard per parameter), `offsets` (their first stream
-indices), `check_bound()` and `sum_over_shards(t)`.
+indices), `check_bound()` and `sum_over_shards(t)`; and `gathering()`, around
+every pass: FSDP2 keeps some parameters gathered after a forward (the root's,
+and any module's with reshard_after_forward=False), and a pass would then
+compute with the gathered copy of the weights before the last move. So every
+pass starts with the FSDP modules resharded, which makes their forward gather
+the shards as they are now. The modules are found in the first pass by a
+global forward pre-hook, which reshards each as it is met, before its own
+forward; later passes reshard the ones found and register no hook.
 """
+import contextlib
+
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, Shard
+from torch.nn.modules.module import register_module_forward_pre_hook
 
 
 def is_sharded(p):
@@ -27,6 +38,7 @@ class ShardedParams:
     def __init__(self, layout):
         self.layout = layout
         self.buffers, self.offsets, self.group = [], [], None
+        self.fsdp_modules = None   # found in the first pass (gathering)
         for p, offset in zip(layout.params, layout.param_offsets()):
             local, start = _local_shard(p)
             self.buffers.append(local.view(-1))
@@ -35,6 +47,28 @@ class ShardedParams:
             if self.group is not None and group != self.group:
                 raise ValueError("params: every parameter must be sharded over the same device mesh")
             self.group = group
+
+    @contextlib.contextmanager
+    def gathering(self):
+        """A pass in the block computes with the weights as they are now."""
+        if self.fsdp_modules is not None:
+            for m in self.fsdp_modules:
+                m.reshard()
+            yield
+            return
+        found = {}
+
+        def find(module, args):
+            for m in module.modules():
+                if isinstance(m, FSDPModule) and m not in found:
+                    m.reshard()   # before any of them gathers in this pass
+                    found[m] = None
+        hook = register_module_forward_pre_hook(find)
+        try:
+            yield
+        finally:
+            hook.remove()
+        self.fsdp_modules = list(found)
 
     def check_bound(self):
         """Raise if a parameter's local shard is no longer the storage these buffers view."""

@@ -42,7 +42,8 @@ class ZOLookSAM(ZOSAM):
         self._start(closure)
         with self._perturbed(self.last_seeds) as walk:
             walk.move_(self.last_eps, power=2 if self._hyper("adaptive") else 0)
-            loss = self.passes.gradient(closure, self.params)
+            with self.flat.gathering():
+                loss = self.passes.gradient(closure, self.params)
         self._finish({"the gradient pass": loss})
         return loss
 

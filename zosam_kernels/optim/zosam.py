@@ -105,7 +105,8 @@ class ZOSAM(SharpnessAwareOptimizer):
             coefs = (plus - minus) / (2 * delta)
             eps = self._eps(walk, coefs, rho)
             walk.move_(eps, power=2 if self._hyper("adaptive") else 0)   # θ + ε; the last −δu rides along
-            returned = self.passes.gradient(closure, self.params, reduce=False, replay=True)
+            with self.flat.gathering():
+                returned = self.passes.gradient(closure, self.params, reduce=False, replay=True)
         if self._finish({"the +delta passes": plus, "the -delta passes": minus,
                          "the gradient pass": mean_loss(returned)}):
             self.passes.observe_batch(returned)
@@ -146,10 +147,12 @@ class ZOSAM(SharpnessAwareOptimizer):
         for i in range(walk.m):
             with phase("perturb"):
                 walk.move_(up if i else up[1:], lo=max(i - 1, 0))
-            plus.append(self.passes.extra(closure, name="zo_forward"))
+            with self.flat.gathering():
+                plus.append(self.passes.extra(closure, name="zo_forward"))
             with phase("perturb"):
                 walk.move_(down, lo=i)
-            minus.append(self.passes.extra(closure, name="zo_forward"))
+            with self.flat.gathering():
+                minus.append(self.passes.extra(closure, name="zo_forward"))
         # under DDP, the global batch's losses: the mean of the ranks' (2m scalars, one all-reduce)
         losses = self.replicas.mean_(torch.stack([torch.stack(plus), torch.stack(minus)]).float().to(walk.device))
         return losses[0], losses[1]
