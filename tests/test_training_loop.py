@@ -289,11 +289,7 @@ def test_micro_batches_cut_the_activation_memory():
     activations) shrinks with the micro-batch."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 4096), torch.nn.Tanh(), torch.nn.Linear(4096, 2))
-    x, y = torch.randn(256, 8), torch.randint(0, 2, (256,))
-
-    def closure(indices=None):
-        idx = slice(None) if indices is None else indices
-        return F.cross_entropy(model(x[idx]), y[idx], reduction="none")
+    closure = per_sample(model, torch.randn(256, 8), torch.randint(0, 2, (256,)))
 
     def peak(k):
         opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.0, micro_batches=k)
