@@ -81,6 +81,8 @@ OPTIMIZERS = {
     "gsam": lambda p, **kw: zk.GSAM(p, torch.optim.SGD, lr=0.1, alpha=0.3, **kw),
     "looksam": lambda p, **kw: zk.LookSAM(p, torch.optim.SGD, lr=0.1, k=3, **kw),
     "ssam": lambda p, **kw: zk.SSAM(p, torch.optim.SGD, lr=0.1, update_interval=3, **kw),
+    "ssam-d": lambda p, **kw: zk.SSAM(p, torch.optim.SGD, lr=0.1, mask="dynamic", update_interval=2,
+                                      total_steps=8, **kw),
 }
 # Choices made per shard, compared across ranks only, not with one process on the whole
 # batch: ESAM selects the top share of each shard for its second pass, zo_batch_fraction
