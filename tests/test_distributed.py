@@ -205,7 +205,20 @@ def m_sharpness_by_hand(steps=8, rho=0.05, lr=0.1):
     return [p.detach().float() for p in params]
 
 
-JOBS = {"train": train, "train_fsdp": train_fsdp, "train_sam_m_sharpness": train_sam_m_sharpness}
+def train_own_model(rank, world, process_group=None):
+    """Each rank trains a model of its own (another seed), as in a sweep under torchrun."""
+    model, batches = problem()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(rank)
+    kw = {} if process_group is None else {"process_group": process_group}
+    opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.1, **kw)
+    for x, y in batches[:2 + 3 * rank]:   # different numbers of steps: agreeing would hang
+        opt.step(per_sample(model, x, y))
+    return {"steps": opt.step_count}
+
+
+JOBS = {"train": train, "train_own_model": train_own_model, "train_fsdp": train_fsdp, "train_sam_m_sharpness": train_sam_m_sharpness}
 
 
 def test_ddp_replicas_stay_identical_and_equal_one_process_on_the_whole_batch(tmp_path):
@@ -331,3 +344,13 @@ def test_m_sharpness_refused_where_the_first_gradient_does_more(cls):
     model, _ = problem()
     with pytest.raises(ValueError, match="m_sharpness"):
         cls(model.parameters(), torch.optim.SGD, lr=0.1, m_sharpness=True)
+
+
+def test_ranks_that_train_models_of_their_own_are_told_and_can_opt_out(tmp_path):
+    """Under a default process group whose ranks hold different weights the first
+    step raises on every rank (no hang, no silent averaging); process_group=False
+    lets each rank train alone."""
+    ranks = spawn("train_own_model", tmp_path)
+    assert all("ValueError" in r.get("error", "") and "process_group=False" in r["error"] for r in ranks)
+    ranks = spawn("train_own_model", tmp_path, process_group=False)
+    assert [r.get("steps") for r in ranks] == [2, 5]

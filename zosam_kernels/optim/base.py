@@ -14,7 +14,7 @@ updates the scale; call opt.step(closure), not scaler.step), max_grad_norm
 micro_batches (passes.Passes), common_random_numbers (passes.Passes; on by
 default for the methods whose passes compare losses: ZO-SAM's family, ESAM)
 and process_group (replicas.Replicas: the ranks of a DDP run, by default the
-default group when torch.distributed is initialised).
+default group when torch.distributed is initialised; False: this process alone).
 """
 import warnings
 
@@ -115,6 +115,7 @@ class SharpnessAwareOptimizer(torch.optim.Optimizer):
                                f"({type(self).__name__}(..., grad_scaler=scaler)) and call "
                                "optimizer.step(closure); it scales, unscales, skips and updates itself")
         self.passes.check(closure)
+        self.replicas.check_same_(self.params)
         self.passes.begin_step()
         self.masks.refresh_()
 

@@ -11,16 +11,39 @@ on every rank.
 import torch
 import torch.distributed as dist
 
+from ..sharded import is_sharded
+
 
 class Replicas:
     """process_group: the group to agree with; None: the default group when
-    torch.distributed is initialised, else this process alone."""
+    torch.distributed is initialised, else this process alone; False: this
+    process alone (ranks that train models of their own)."""
 
     def __init__(self, process_group=None):
         if process_group is None and dist.is_available() and dist.is_initialized():
             process_group = dist.group.WORLD
-        self.group = process_group
-        self.size = 1 if process_group is None else dist.get_world_size(process_group)
+        self.group = None if process_group is False else process_group
+        self.size = 1 if self.group is None else dist.get_world_size(self.group)
+        self.checked = self.size == 1
+
+    def check_same_(self, params):
+        """Once, at the first step: raise on every rank unless all hold the same
+        weights (a data-parallel run), which a default group does not promise:
+        averaging the losses of ranks that train models of their own would be
+        a silent error. Sharded parameters (FSDP2) differ by design: not checked."""
+        if self.checked:
+            return
+        local = [p.detach() for p in params if not is_sharded(p)]
+        if local:
+            total = sum(p.double().sum() for p in local)
+            squares = sum(p.double().square().sum() for p in local)
+            spread = torch.stack([total, squares, -total, -squares])
+            dist.all_reduce(spread, op=dist.ReduceOp.MAX, group=self.group)
+            if not bool((spread[:2] == -spread[2:]).all()):
+                raise ValueError(f"params: the {self.size} ranks of the process group hold different "
+                                 "weights; the optimizer averages over the ranks of a data-parallel run "
+                                 "(DDP). For ranks that train models of their own, pass process_group=False")
+        self.checked = True
 
     def mean_(self, t):
         """t = its mean over the ranks, in place; returns t."""
