@@ -78,8 +78,8 @@ class Passes:
     so ε is the ascent direction of the very loss whose gradient is taken, and
     after the step the generators have advanced by one closure call, as SGD's.
     micro_batches=k: each pass runs the closure on k strided parts of its batch
-    (part j: samples j, j + k, ...), summing, with 1/k of a pass's activation
-    memory; the closure must take `indices` and return per-sample losses.
+    (MicroBatches), summing, with 1/k of a pass's activation memory; the
+    closure must take `indices` and return per-sample losses.
     grad_scaler: a torch.amp.GradScaler; gradient passes backpropagate the
     scaled loss, `unscale_` takes the scale back off before clipping.
 
@@ -100,14 +100,12 @@ class Passes:
         if autocast not in (None, torch.bfloat16, torch.float16):
             raise ValueError(f"{name}_autocast must be None, torch.bfloat16 or torch.float16, "
                              f"got {autocast!r}")
-        if not isinstance(micro_batches, int) or isinstance(micro_batches, bool) or micro_batches < 1:
-            raise ValueError(f"micro_batches must be an int >= 1, got {micro_batches!r}")
         if grad_scaler is not None and not isinstance(grad_scaler, torch.amp.GradScaler):
             raise TypeError(f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
         devices = {torch.device(d) for d in devices}
         self.batch_fraction, self.autocast, self.name = float(batch_fraction), autocast, name
         self.device_type = next(iter(sorted(d.type for d in devices if d.type != "cpu")), "cpu")
-        self.micro_batches, self.grad_scaler = micro_batches, grad_scaler
+        self.micro, self.grad_scaler = MicroBatches(micro_batches), grad_scaler
         self.random = RandomState(devices) if common_random_numbers else None
         self.batchnorm = BatchNormStatistics()   # what the extra and frozen gradient passes restore
         self.batch_size = None
@@ -116,8 +114,8 @@ class Passes:
         """Raise now, before any pass, if the closure cannot give what these passes need."""
         if self.batch_fraction < 1:
             check_takes_indices(closure, f"{self.name}_batch_fraction={self.batch_fraction}")
-        if self.micro_batches > 1:
-            check_takes_indices(closure, f"micro_batches={self.micro_batches}")
+        if self.micro.k > 1:
+            check_takes_indices(closure, f"micro_batches={self.micro.k}")
 
     def begin_step(self):
         """Called once at the start of a step, before any pass."""
@@ -146,8 +144,8 @@ class Passes:
                      else torch.autocast(self.device_type, dtype=self.autocast))
         self._replay()
         with torch.no_grad(), self.batchnorm.frozen(), phase(name), precision:
-            parts = [_no_backward_inside(closure, idx) for idx in self._parts(self._subset())]
-            returned = self._per_sample(self._joined(parts))
+            parts = [_no_backward_inside(closure, idx) for idx in self.micro.parts(self._subset())]
+            returned = self._per_sample(self.micro.joined(parts))
             mean = mean_loss(returned)
         return (mean if reduce else returned).detach()
 
@@ -168,13 +166,13 @@ class Passes:
         if replay:
             self._replay()
         ctx = self.batchnorm.frozen() if freeze_batchnorm else contextlib.nullcontext()
-        parts = self._parts(indices)
+        parts = self.micro.parts(indices)
         returned = []
         with torch.enable_grad(), ctx, phase("grad_pass"):
             for idx in parts:
                 part = evaluate(closure, idx)
                 # one part: the mean, as one pass; several: their sums, divided by the count below
-                loss = mean_loss(part) if len(parts) == 1 else self._micro_batch(part).sum()
+                loss = mean_loss(part) if len(parts) == 1 else self.micro.checked(part).sum()
                 if not returned and any(p.grad is not None for p in params):
                     raise RuntimeError(_CALLS_BACKWARD)
                 if not loss.requires_grad:
@@ -189,43 +187,10 @@ class Passes:
                                "with other tensors than the ones given to the optimizer (after "
                                "model.load_state_dict(..., assign=True), or model.to() to another "
                                "device, build the optimizer anew, or load with assign=False)")
-        returned = self._joined(returned)
+        returned = self.micro.joined(returned)
         if len(parts) > 1:
             torch._foreach_div_(grads, returned.numel())
         return mean_loss(returned) if reduce else returned
-
-    def _parts(self, indices):
-        """The micro-batches of `indices` (None: the whole batch): k strided parts,
-        so none needs the batch size."""
-        k = self.micro_batches
-        if k == 1:
-            return [indices]
-        if indices is None:
-            return [slice(j, None, k) for j in range(k)]
-        if isinstance(indices, slice):
-            return [slice((indices.start or 0) + j, indices.stop, k) for j in range(k)]
-        return [indices[j::k] for j in range(k)]
-
-    def _micro_batch(self, returned):
-        if not (torch.is_tensor(returned) and returned.dim() == 1):
-            got = tuple(returned.shape) if torch.is_tensor(returned) else type(returned).__name__
-            raise ValueError(f"closure must return per-sample losses (a 1-D tensor) with "
-                             f"micro_batches={self.micro_batches}, got {got}")
-        if returned.numel() == 0:
-            raise ValueError(f"micro_batches={self.micro_batches} exceeds the number of samples in a "
-                             "pass: a micro-batch came back empty")
-        return returned
-
-    def _joined(self, parts):
-        """What the closure returned for the whole batch, from its micro-batches:
-        per-sample losses interleaved back into batch order."""
-        if len(parts) == 1:
-            return parts[0]
-        parts = [self._micro_batch(p) for p in parts]
-        out = parts[0].new_empty(sum(p.numel() for p in parts))
-        for j, p in enumerate(parts):
-            out[j::len(parts)] = p
-        return out
 
     def unscale_(self, optimizer):
         """Take the grad_scaler's scale off the gradients (once per step, before
@@ -265,6 +230,49 @@ def _backward(loss, params, local):
     for p, g in zip(params, grads):
         if g is not None:
             p.grad = g if p.grad is None else p.grad + g
+
+
+class MicroBatches:
+    """k strided parts of a pass's batch (part j: samples j, j + k, ...), so none
+    needs the batch size; the closure returns per-sample losses for each."""
+
+    def __init__(self, k):
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"micro_batches must be an int >= 1, got {k!r}")
+        self.k = k
+
+    def parts(self, indices):
+        """The micro-batches of `indices` (None: the whole batch)."""
+        k = self.k
+        if k == 1:
+            return [indices]
+        if indices is None:
+            return [slice(j, None, k) for j in range(k)]
+        if isinstance(indices, slice):
+            return [slice((indices.start or 0) + j, indices.stop, k) for j in range(k)]
+        return [indices[j::k] for j in range(k)]
+
+    def checked(self, returned):
+        """What the closure returned for one micro-batch: per-sample losses, not none."""
+        if not (torch.is_tensor(returned) and returned.dim() == 1):
+            got = tuple(returned.shape) if torch.is_tensor(returned) else type(returned).__name__
+            raise ValueError(f"closure must return per-sample losses (a 1-D tensor) with "
+                             f"micro_batches={self.k}, got {got}")
+        if returned.numel() == 0:
+            raise ValueError(f"micro_batches={self.k} exceeds the number of samples in a "
+                             "pass: a micro-batch came back empty")
+        return returned
+
+    def joined(self, parts):
+        """What the closure returned for the whole batch, from its micro-batches:
+        per-sample losses interleaved back into batch order."""
+        if len(parts) == 1:
+            return parts[0]
+        parts = [self.checked(p) for p in parts]
+        out = parts[0].new_empty(sum(p.numel() for p in parts))
+        for j, p in enumerate(parts):
+            out[j::len(parts)] = p
+        return out
 
 
 class RandomState:
