@@ -62,7 +62,9 @@ def main(argv=None):
     dist.all_gather(gathered, flat)
     if rank == 0:
         same = all(torch.equal(gathered[0], g) for g in gathered)
-        print(f"replicas bit-identical after {args.steps} steps: {same}")
+        print(f"replicas bit-identical after {args.steps} steps: {same}", flush=True)
+    del opt, model   # DDP's reducer goes while its process group is alive
+    dist.barrier()   # no rank tears the group down while another still uses it
     dist.destroy_process_group()
 
 
