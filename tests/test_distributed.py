@@ -2,6 +2,7 @@
 here, each bounded in time): replicas that stay bit-identical and equal a
 single-process run on the concatenated batch, and a fault on one rank."""
 import datetime
+import gc
 import os
 import pathlib
 import socket
@@ -39,6 +40,8 @@ def _worker(rank, world, port, job, out_dir, kwargs):
     except Exception:
         result = {"error": traceback.format_exc()}
     torch.save(result, pathlib.Path(out_dir) / f"{rank}.pt")
+    del result
+    gc.collect()   # DDP's reducer freed while the group lives: freed after it, its teardown can hang
     try:
         dist.destroy_process_group()
     except Exception:   # a peer that failed may have left the group broken
