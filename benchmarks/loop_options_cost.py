@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from zosam_kernels.data import synthetic_cifar
 from zosam_kernels.models import MODELS
+from zosam_kernels.optim.batchnorm import BatchNormStatistics
 from zosam_kernels.optim.passes import RandomState
 
 
@@ -76,10 +77,19 @@ def main(argv=None):
             q.grad.copy_(g)   # the same gradient every time (counted: a copy of the gradients)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
 
+    statistics = BatchNormStatistics()
+    with torch.no_grad(), statistics.frozen():   # the first frozen pass finds the layers
+        model(x)
+
+    def freeze():
+        with statistics.frozen():
+            pass
+
     copy_ms = median_ms(lambda: [q.grad.copy_(g) for q, g in zip(params, grads)], args.reps)
     rows = {"common random numbers": median_ms(crn, args.reps),
             "grad scaler": median_ms(grad_scaler, args.reps),
-            "max_grad_norm": median_ms(clip, args.reps) - copy_ms}
+            "max_grad_norm": median_ms(clip, args.reps) - copy_ms,
+            "BatchNorm freezing, per extra pass": median_ms(freeze, args.reps)}
     n = sum(q.numel() for q in params)
     print(f"{args.model} ({n} weights), batch {args.batch_size}, n_dirs {args.n_dirs}, cpu, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; SGD step {step_ms:.1f} ms")

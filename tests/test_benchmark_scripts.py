@@ -70,7 +70,8 @@ def test_loop_options_cost_reports_every_option(monkeypatch, capsys):
     run_script("loop_options_cost.py", ["--model", "resnet20", "--batch-size", "4", "--reps", "3"],
                monkeypatch)
     out = capsys.readouterr().out
-    assert all(f"| {name} |" in out for name in ("common random numbers", "grad scaler", "max_grad_norm"))
+    assert all(f"| {name} |" in out for name in ("common random numbers", "grad scaler", "max_grad_norm",
+                                                 "BatchNorm freezing, per extra pass"))
 
 
 def test_compile_batchnorm_counts_graphs_and_statistics(monkeypatch, capsys):
