@@ -87,11 +87,9 @@ def test_compile_batchnorm_counts_graphs_and_statistics(monkeypatch, capsys):
 
 def test_ddp_comm_counts_bytes_beyond_sgd():
     import os
-    import socket
     import subprocess
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from test_distributed import free_port
+    port = free_port()
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "--master_port", str(port), str(BENCHMARKS / "ddp_comm.py"),
                           "--batch-size", "8", "--steps", "1"],

@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import zosam_kernels as zk
 from zosam_kernels import sparse
+from test_family import per_sample_closure
 
 WORLD = 2
 COLLECTIVE_TIMEOUT_S = 10   # how long a rank waits in a collective for a rank that failed
@@ -100,13 +101,6 @@ SCHEDULES = {"set": lambda m: sparse.SET(m, update_interval=2),
              "rigl": lambda m: sparse.RigL(m, 20, update_interval=2)}
 
 
-def per_sample(net, xs, ys):
-    def closure(indices=None):
-        idx = slice(None) if indices is None else indices
-        return F.cross_entropy(net(xs[idx]), ys[idx], reduction="none")
-    return closure
-
-
 def train(rank, world, name="zosam", steps=20, fail_at=None, schedule=None, resume_at=None,
           checkpoint=None, ddp_kwargs=None):
     """An optimizer over DDP on this rank's shard of each batch (world 1: the whole
@@ -131,7 +125,7 @@ def train(rank, world, name="zosam", steps=20, fail_at=None, schedule=None, resu
             opt.load_state_dict(state["opt"])
         xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
 
-        closure = per_sample(net, xs, ys)
+        closure = per_sample_closure(net, xs, ys)
         if step == fail_at and rank == 1:
             def closure(indices=None):
                 raise RuntimeError("closure failed on rank 1")
@@ -164,7 +158,7 @@ def train_fsdp(rank, world, name="zosam", steps=10, shard_last=True):
         fully_shard(model)
     opt = OPTIMIZERS[name](list(model.parameters()))
     for x, y in batches[:steps]:
-        opt.step(per_sample(model, x.chunk(world)[rank], y.chunk(world)[rank]))
+        opt.step(per_sample_closure(model, x.chunk(world)[rank], y.chunk(world)[rank]))
     full = [p.full_tensor() if world > 1 else p.detach() for p in model.parameters()]
     local = [p.to_local().numel() for p in model.parameters()] if world > 1 else None
     return {"params": [t.clone() for t in full], "local_numels": local,
@@ -177,7 +171,7 @@ def train_sam_m_sharpness(rank, world, steps=8):
     net = DDP(model)
     opt = zk.SAM(net.parameters(), torch.optim.SGD, lr=0.1, rho=0.05, m_sharpness=True)
     for x, y in batches[:steps]:
-        opt.step(per_sample(net, x.chunk(world)[rank], y.chunk(world)[rank]))
+        opt.step(per_sample_closure(net, x.chunk(world)[rank], y.chunk(world)[rank]))
     return {"params": [p.detach().clone() for p in model.parameters()]}
 
 
@@ -217,7 +211,7 @@ def train_own_model(rank, world, process_group=None):
     kw = {} if process_group is None else {"process_group": process_group}
     opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.1, **kw)
     for x, y in batches[:2 + 3 * rank]:   # different numbers of steps: agreeing would hang
-        opt.step(per_sample(model, x, y))
+        opt.step(per_sample_closure(model, x, y))
     return {"steps": opt.step_count}
 
 
@@ -338,7 +332,7 @@ def test_sam_m_sharpness_takes_eps_from_each_rank_and_the_update_from_all(tmp_pa
     model, batches = problem()   # the default, eps from the global batch: one process, whole batch
     opt = zk.SAM(model.parameters(), torch.optim.SGD, lr=0.1, rho=0.05)
     for x, y in batches[:8]:
-        opt.step(per_sample(model, x, y))
+        opt.step(per_sample_closure(model, x, y))
     assert max((a - b).abs().max() for a, b in zip(ranks[0]["params"], model.parameters())) > 1e-4
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import zosam_kernels as zk
 from f64 import directions
 from test_behaviour import OPTIMIZERS
+from test_family import per_sample_closure
 
 
 # ------------------------------------------------------- common random numbers
@@ -124,19 +125,11 @@ def test_esam_selection_sees_the_first_pass_noise():
 
 # ------------------------------------------------------------- GradScaler
 
-def per_sample(model, x, y):
-    """A closure of the indices protocol: per-sample losses of x[indices]."""
-    def closure(indices=None):
-        idx = slice(None) if indices is None else indices
-        return F.cross_entropy(model(x[idx]), y[idx], reduction="none")
-    return closure
-
-
 def linear_problem(seed, n=48):
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
     x, y = torch.randn(n, 5), torch.randint(0, 3, (n,))
-    return model, per_sample(model, x, y)
+    return model, per_sample_closure(model, x, y)
 
 
 def run(make, steps=3, seed=3, **kw):
@@ -246,7 +239,7 @@ def test_max_grad_norm_clips_as_by_hand(name):
         for g in grads:
             g.mul_(factor)
     ref.base_optimizer.register_step_pre_hook(clip)
-    closure_ref = per_sample(by_hand, *batch_of(closure))
+    closure_ref = per_sample_closure(by_hand, *batch_of(closure))
     for _ in range(3):
         opt.step(closure)
         ref.step(closure_ref)
@@ -256,7 +249,7 @@ def test_max_grad_norm_clips_as_by_hand(name):
 
 
 def batch_of(closure):
-    """(x, y) that a per_sample closure evaluates."""
+    """(x, y) that a per_sample_closure evaluates."""
     cells = dict(zip(closure.__code__.co_freevars, closure.__closure__))
     return cells["x"].cell_contents, cells["y"].cell_contents
 
@@ -289,7 +282,7 @@ def test_micro_batches_cut_the_activation_memory():
     activations) shrinks with the micro-batch."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 4096), torch.nn.Tanh(), torch.nn.Linear(4096, 2))
-    closure = per_sample(model, torch.randn(256, 8), torch.randint(0, 2, (256,)))
+    closure = per_sample_closure(model, torch.randn(256, 8), torch.randint(0, 2, (256,)))
 
     def peak(k):
         opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.0, micro_batches=k)
