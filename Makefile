@@ -1,10 +1,14 @@
 # Two entry points for a fresh machine:
 #   make bench   sets up .venv and runs the throughput benchmark (ResNet-32, SGD vs SAM vs ZO-SAM)
 #   make test    sets up .venv and runs the whole test suite
-# torch is pinned: 2.13.0 is the CPU build; an unpinned torch pulls GBs of CUDA wheels.
+# torch is pinned with the torchvision that imports beside it (zosam-train's CIFAR and
+# ImageFolder transforms, and timm, need torchvision). No torchvision imports beside the CPU
+# build torch 2.13.0 on this disk; 2.14.1 + 0.29.1 are the x86_64 pair that does: a CUDA
+# build (about 5.5 GB, installed from the local disk in under 2 minutes) that runs on the CPU.
+# An unpinned torch would download GBs of CUDA wheels instead.
 PYTHON ?= python3
 VENV ?= .venv
-TORCH ?= torch==2.13.0
+TORCH ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.zosam-installed
 
@@ -13,7 +17,8 @@ STAMP := $(VENV)/.zosam-installed
 $(STAMP): setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)" numpy ninja setuptools wheel pytest pytest-benchmark matplotlib "triton>=3.0"
+	$(PY) -m pip install -q $(TORCH) numpy ninja setuptools wheel pytest pytest-benchmark matplotlib \
+		"triton>=3.0" tqdm timm==1.0.31 scikit-learn==1.9.1
 	$(PY) -m pip install -q --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -89,10 +89,14 @@ setup(
     install_requires=["torch>=2.6", "numpy"],   # 2.6: torch.compiler.set_stance
     extras_require={
         "triton": ["triton>=3.0"],
-        "test": ["pytest", "triton>=3.0"],
+        # zosam-train: transforms and ImageFolder, progress bars, curves.png, the digits data
+        "train": ["torchvision", "tqdm", "matplotlib", "scikit-learn"],
+        "timm": ["timm"],          # zosam-train --model timm:<name>
+        "test": ["pytest", "triton>=3.0", "torchvision", "tqdm", "matplotlib", "scikit-learn", "timm"],
     },
-    # The Makefile's `make bench` runs this.
-    entry_points={"console_scripts": ["zosam-bench = zosam_kernels.bench.cli:main"]},
+    # The Makefile's `make bench` runs zosam-bench.
+    entry_points={"console_scripts": ["zosam-bench = zosam_kernels.bench.cli:main",
+                                      "zosam-train = zosam_kernels.train.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -6,61 +6,41 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .. import ESAM, GSAM, SAM, SSAM, ZOSAM, ZOSSAM, LookSAM, ZOLookSAM
 from ..data import synthetic_cifar
 from ..flat import Layout
 from ..masks import Masks
 from ..models import MODELS
 from ..optim.base import SharpnessAwareOptimizer
+from ..recipes import OPTIMIZERS, make_optimizer, options_of
 
 BASE = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)   # the CIFAR recipe of the papers
 
 
-def _zosam(**kw):
+def _method(name, options=lambda args, params: {}):
+    """The optimizer `name` at its paper's defaults (recipes.py), plus `options(args, params)`."""
     def make(params, args, masks):
-        return ZOSAM(params, torch.optim.SGD, rho=0.05, delta=1e-3, n_dirs=args.n_dirs, masks=masks,
-                     **kw, **BASE)
-    return make
-
-
-def _zosam_scaler(params, args, masks):
-    """ZO-SAM with a GradScaler (no autocast: what the scaler itself costs)."""
-    return _zosam(grad_scaler=torch.amp.GradScaler(params[0].device.type))(params, args, masks)
-
-
-def _zosam_fraction(params, args, masks):
-    return _zosam(zo_batch_fraction=args.zo_batch_fraction)(params, args, masks)
-
-
-def _family(cls, **kw):
-    """A SAM-family optimizer at its paper's defaults (README, "The SAM family")."""
-    def make(params, args, masks):
-        if cls in (ZOLookSAM, ZOSSAM):
+        kw = {} if name == "sgd" else {"masks": masks}
+        if "n_dirs" in options_of(name):
             kw["n_dirs"] = args.n_dirs
-        return cls(params, torch.optim.SGD, masks=masks, **kw, **BASE)
+        if OPTIMIZERS[name][1].get("mask") == "dynamic":
+            kw["total_steps"] = 78000            # 200 CIFAR epochs of batch 128
+        return make_optimizer(name, params, torch.optim.SGD, BASE, **kw, **options(args, params))
     return make
 
 
-METHODS = {
-    "sgd": lambda params, args, masks: torch.optim.SGD(params, **BASE),
-    "sam": lambda params, args, masks: SAM(params, torch.optim.SGD, rho=0.05, masks=masks, **BASE),
-    "zosam": _zosam(),
-    "zosam-unfused": _zosam(backend="unfused"),
-    "zosam-frac": _zosam_fraction,
-    "zosam-bf16": _zosam(zo_autocast=torch.bfloat16),
+METHODS = {name: _method(name) for name in OPTIMIZERS}
+METHODS.update({
+    "zosam-unfused": _method("zosam", lambda args, params: dict(backend="unfused")),
+    "zosam-frac": _method("zosam", lambda args, params: dict(zo_batch_fraction=args.zo_batch_fraction)),
+    "zosam-bf16": _method("zosam", lambda args, params: dict(zo_autocast=torch.bfloat16)),
     # the loop's options, one at a time (README, "In your training loop"): what each costs
-    "zosam-no-crn": _zosam(common_random_numbers=False),
-    "zosam-clip": _zosam(max_grad_norm=1.0),
-    "zosam-scaler": _zosam_scaler,
-    "zosam-micro4": _zosam(micro_batches=4),
-    "esam": _family(ESAM, rho=0.05, beta=0.6, gamma=0.5),
-    "looksam": _family(LookSAM, rho=0.05, k=5, alpha=0.7),
-    "gsam": _family(GSAM, rho=0.05, alpha=0.02),
-    "ssam-f": _family(SSAM, rho=0.1, sparsity=0.5),
-    "ssam-d": _family(SSAM, rho=0.1, sparsity=0.5, mask="dynamic", total_steps=78000),
-    "zolooksam": _family(ZOLookSAM, rho=0.05, k=5),
-    "zossam": _family(ZOSSAM, rho=0.05, sparsity=0.5),
-}
+    "zosam-no-crn": _method("zosam", lambda args, params: dict(common_random_numbers=False)),
+    "zosam-clip": _method("zosam", lambda args, params: dict(max_grad_norm=1.0)),
+    # a GradScaler without autocast: what the scaler itself costs
+    "zosam-scaler": _method("zosam", lambda args, params: dict(
+        grad_scaler=torch.amp.GradScaler(params[0].device.type))),
+    "zosam-micro4": _method("zosam", lambda args, params: dict(micro_batches=4)),
+})
 DEFAULT_METHODS = ("sgd", "sam", "zosam", "zosam-unfused", "zosam-frac")
 
 

@@ -61,3 +61,12 @@ class LotteryTicket:
         self.step_count = self.rewind_step
         self.rounds += 1
         return masking.density()
+
+    def state_dict(self):
+        """Round, step counter and the saved weights of the rewind step."""
+        return {"step_count": self.step_count, "rounds": self.rounds, "saved": self.saved}
+
+    def load_state_dict(self, state):
+        self.step_count = int(state["step_count"])
+        self.rounds = int(state["rounds"])
+        self.saved = state["saved"]

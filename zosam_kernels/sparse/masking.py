@@ -256,6 +256,28 @@ class Masking:
         if changed:
             self.version += 1
 
+    def state_dict(self):
+        """The masks and the generator of random scores: what a resumed run needs to
+        continue the same topology and draw the same random growth."""
+        return {"masks": {n: m.clone() for n, m in self.masks.items()},
+                "generator": self.generator.get_state(),
+                "dense_gradient_steps": self.dense_gradient_steps}
+
+    def load_state_dict(self, state):
+        """Take the masks and the generator's state of `state_dict()`. Unlike
+        `update_`, weights active in the loaded masks keep their values (they come
+        from the same checkpoint); pruned weights and their optimizer state are zeroed."""
+        missing = set(self.masks) - set(state["masks"])
+        if missing:
+            raise ValueError(f"state_dict: no mask for {sorted(missing)}: it comes from a "
+                             f"Masking of another model or another include/exclude")
+        masks = self._checked({n: m.to(self.masks[n].device) for n, m in state["masks"].items()})
+        self.masks = {n: masks[n].clone() for n in self.masks}
+        self.version += 1
+        self.apply_()
+        self.generator.set_state(state["generator"])
+        self.dense_gradient_steps = int(state["dense_gradient_steps"])
+
     def _checked(self, masks):
         if not hasattr(masks, "items"):
             raise TypeError(f"masks must be a mapping from weight name to bool tensor, got "

@@ -133,9 +133,10 @@ def _synflow(model, names, batches, density, iterations, input_shape):
     if iterations > 1:
         check_density(density)
     if input_shape is None:
-        if batches is None:
-            raise ValueError("synflow needs input_shape or batches to know the input shape")
-        input_shape = next(iter(batches))[0].shape[1:]
+        first = next(iter(batches), None) if batches is not None else None
+        if first is None:
+            raise ValueError("synflow needs input_shape or a batch to know the input shape")
+        input_shape = first[0].shape[1:]
     model, weights = _copy(model)
     model = model.double().eval()
     with torch.no_grad():

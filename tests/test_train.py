@@ -1,0 +1,247 @@
+"""zosam-train end to end on tiny datasets written in the official formats
+(tests/train_files.py): every data path, sparse method and optimizer for a
+short epoch, bit-exact resume, the outputs' schema checked against
+independent recomputations, and the errors a user meets first."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from train_files import write_cifar10, write_cifar10c, write_imagefolder
+from zosam_kernels.models import MODELS
+from zosam_kernels.recipes import OPTIMIZERS
+from zosam_kernels.train.build import SPARSE_METHODS
+from zosam_kernels.train.cli import main
+
+CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465])
+CIFAR10_STD = np.array([0.2470, 0.2435, 0.2616])
+TIMING = {"epoch_s", "eval_s", "images_per_s"}
+# small and fast: 64 synthetic training images in 2 steps of 32, ResNet-20
+SMALL = ["--model", "resnet20", "--train-size", "64", "--test-size", "32", "--batch-size", "32",
+         "--epochs", "1", "--progress", "off"]
+
+
+def train(tmp_path, *argv, out="run"):
+    out = str(tmp_path / out)
+    summary = main([*SMALL, "--out", out, *map(str, argv)])
+    return out, summary
+
+
+def metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def without_timing(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    return write_cifar10(tmp_path_factory.mktemp("cifar"), n_per_batch=16, n_test=32)
+
+
+# ---- every method and optimizer runs, and the masks stay in force ------------------
+
+@pytest.mark.parametrize("method", SPARSE_METHODS)
+def test_every_sparse_method(tmp_path, method):
+    extra = ["--update-interval", "1"] if method in ("set", "dsr", "rigl", "mest") else []
+    out, summary = train(tmp_path, "--sparse", method, "--density", "1" if method == "dense" else "0.2",
+                         "--optimizer", "zosam", *extra)
+    rows = metrics(out)
+    assert len(rows) == (2 if method == "lth" else 1)        # lth: one pruning round, then the ticket
+    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    if method == "dense":
+        assert rows[-1]["density"] == 1.0 and "sparsity" not in ckpt or not ckpt["sparsity"]
+        return
+    masks = ckpt["sparsity"]["masking"]["masks"]
+    weights = {n: w for n, w in ckpt["model"].items() if n in masks}
+    assert set(masks) == {n for n, w in ckpt["model"].items() if w.dim() > 1}   # conv and linear weights
+    assert all(torch.all(weights[n][~m] == 0) for n, m in masks.items())        # pruned weights are 0
+    density = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    assert rows[-1]["density"] == pytest.approx(density) == pytest.approx(0.2, abs=2e-3)
+    if method not in ("set", "dsr", "rigl", "mest"):      # these grow weights at 0
+        nonzero = sum(int((w != 0).sum()) for w in weights.values())
+        assert nonzero == sum(int(m.sum()) for m in masks.values())
+    assert math.isfinite(rows[-1]["train_loss"]) and summary["complete"]
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_optimizer(tmp_path, optimizer):
+    out, summary = train(tmp_path, "--optimizer", optimizer, "--sparse", "rigl", "--density", "0.3",
+                         "--update-interval", "1")
+    row = metrics(out)[0]
+    assert math.isfinite(row["train_loss"]) and 0 <= row["test_acc"] <= 100
+    assert row["density"] == pytest.approx(0.3, abs=2e-3)
+
+
+# ---- data paths -------------------------------------------------------------------
+
+def test_cifar10_and_cifar10c_against_an_independent_evaluation(tmp_path, cifar):
+    c10c = write_cifar10c(tmp_path / "c10c")
+    out, summary = train(tmp_path, "--data", "cifar10", "--data-dir", cifar, "--cifar10c", c10c,
+                         "--optimizer", "sgd")
+    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    model = MODELS["resnet20"]()
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    labels = np.load(os.path.join(c10c, "labels.npy"))
+    n = len(labels) // 5
+    corruptions = sorted(f[:-4] for f in os.listdir(c10c) if f.endswith(".npy") and f != "labels.npy")
+    assert sorted(summary["cifar10c"]["accuracy"]) == corruptions
+    accs = []
+    for c in corruptions:
+        images = np.load(os.path.join(c10c, c + ".npy"))             # (5N, 32, 32, 3) uint8, HWC
+        x = (images / 255.0 - CIFAR10_MEAN) / CIFAR10_STD
+        x = torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float32)
+        with torch.no_grad():
+            pred = model(x).argmax(1).numpy()
+        for severity in range(1, 6):
+            block = slice((severity - 1) * n, severity * n)
+            acc = 100 * float((pred[block] == labels[block]).mean())
+            assert summary["cifar10c"]["accuracy"][c][str(severity)] == pytest.approx(acc, abs=1e-9)
+            accs.append(acc)
+    assert summary["cifar10c"]["mean"] == pytest.approx(sum(accs) / len(accs))
+
+
+def test_imagefolder_and_digits(tmp_path):
+    tree = write_imagefolder(tmp_path / "tree", per_class=4)
+    out, _ = train(tmp_path, "--data", "imagefolder", "--data-dir", tree, "--image-size", "32",
+                   "--train-size", "8", "--test-size", "8", "--batch-size", "4", "--optimizer", "zosam",
+                   out="folder")
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["data"]["image_shape"] == [3, 32, 32]
+    pytest.importorskip("sklearn")
+    out, _ = train(tmp_path, "--data", "digits", "--label-noise", "0.2", "--optimizer", "sam", out="digits")
+    assert json.load(open(os.path.join(out, "config.json")))["data"]["num_classes"] == 10
+
+
+def test_timm_model(tmp_path):
+    pytest.importorskip("timm")
+    out, _ = train(tmp_path, "--model", "timm:vit_tiny_patch16_224",
+                   "--model-kwargs", '{"img_size": 32, "patch_size": 8, "depth": 2}',
+                   "--sparse", "snip", "--density", "0.5", "--optimizer", "zosam")
+    assert metrics(out)[0]["density"] == pytest.approx(0.5, abs=2e-3)
+
+
+# ---- outputs --------------------------------------------------------------------------
+
+def test_outputs_schema_and_values(tmp_path):
+    out, summary = train(tmp_path, "--epochs", "3", "--lr", "0.05", "--warmup-epochs", "1",
+                         "--targets", "0,101", "--optimizer", "zosam", "--sparse", "set", "--density", "0.5")
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert {"args", "versions", "device", "data", "steps_per_epoch", "command"} <= set(config)
+    assert config["args"]["optimizer"] == "zosam" and config["versions"]["torch"] == torch.__version__
+    rows = metrics(out)
+    need = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "density", "epoch_s",
+            "images_per_s"}
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and all(need <= set(r) for r in rows)
+    # the LR after each epoch (2 steps): warm-up over steps 0-1, then a cosine over steps 2-6
+    assert [r["lr"] for r in rows] == pytest.approx([0.05, 0.05 * 0.5 * (1 + math.cos(math.pi / 2)), 0.0],
+                                                      abs=1e-12)
+    # test loss and accuracy recomputed from the checkpoint's weights on the same 32 test images
+    from zosam_kernels.train.datasets import load
+    data = load("synthetic", test_size=32)
+    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    model = MODELS["resnet20"]()
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    x = torch.stack([data.test[i][0] for i in range(32)])
+    y = torch.tensor([data.test[i][1] for i in range(32)])
+    with torch.no_grad():
+        logits = model(x)
+    assert rows[-1]["test_loss"] == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-5)
+    assert rows[-1]["test_acc"] == pytest.approx(100 * float((logits.argmax(1) == y).float().mean()))
+    assert summary["final_test_acc"] == rows[-1]["test_acc"]
+    assert summary["best_test_acc"] == max(r["test_acc"] for r in rows)
+    assert summary["epochs_to"] == {"0": 1, "101": None}
+    assert summary["total_s"] == pytest.approx(sum(r["epoch_s"] + r["eval_s"] for r in rows))
+    with open(os.path.join(out, "curves.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- resume ---------------------------------------------------------------------------
+
+RESUME_CASES = {
+    # augmentation, dynamic topology (updates on both sides of the cut), 2 directions
+    "cifar-rigl-zosam": ["--data", "cifar10", "--sparse", "rigl", "--update-interval", "1",
+                         "--optimizer", "zosam", "--n-dirs", "2", "--epochs", "3"],
+    # a pruning round ends at the cut: prune, rewind, new LR schedule; SSAM's dynamic mask
+    "lth-ssam": ["--sparse", "lth", "--density", "0.5", "--optimizer", "ssam-d", "--epochs", "2"],
+    # DSR's threshold and ESAM's random selections
+    "dsr-esam": ["--sparse", "dsr", "--update-interval", "1", "--optimizer", "esam", "--epochs", "3"],
+}
+
+
+@pytest.mark.parametrize("case", RESUME_CASES)
+def test_resume_is_bit_exact(tmp_path, cifar, case):
+    argv = RESUME_CASES[case] + (["--data-dir", cifar] if "cifar10" in RESUME_CASES[case] else [])
+    whole, summary = train(tmp_path, *argv, out="whole")
+    cut, _ = train(tmp_path, *argv, "--stop-after", "1", out="cut")
+    assert len(metrics(cut)) == 1
+    with open(os.path.join(cut, "metrics.jsonl"), "a") as f:
+        f.write('{"epoch": 2, "from": "a crash after the checkpoint of epoch 1"}\n')
+    train(tmp_path, *argv, "--stop-after", "2", "--resume", out="cut")
+    resumed = main([*SMALL, "--out", cut, *map(str, argv), "--resume"])
+    assert without_timing(metrics(cut)) == without_timing(metrics(whole))
+    a = torch.load(os.path.join(whole, "checkpoint.pt"), weights_only=False)
+    b = torch.load(os.path.join(cut, "checkpoint.pt"), weights_only=False)
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert resumed["final_test_acc"] == summary["final_test_acc"]
+
+
+# ---- errors ----------------------------------------------------------------------------
+
+def error_of(tmp_path, capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        main([*SMALL, "--out", str(tmp_path / "err"), *argv])
+    return str(e.value.code) + capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--density", "1.5", "--sparse", "rigl"], "--density must be in (0, 1)"),
+    (["--density", "0.5"], "--density 0.5 with --sparse dense"),
+    (["--sparse", "magnitude"], "argument --sparse: invalid choice"),
+    (["--optimizer", "adam"], "argument --optimizer: invalid choice"),
+    (["--model", "resnet7"], "choose from"),
+    (["--data", "cifar10"], "--data-dir"),
+    (["--label-noise", "1"], "--label-noise must be in [0, 1)"),
+])
+def test_argument_errors(tmp_path, capsys, argv, message):
+    assert message in error_of(tmp_path, capsys, *argv)
+
+
+def test_errors_that_name_what_to_do(tmp_path, capsys, monkeypatch):
+    with pytest.raises(ValueError, match="--delta: not an option of --optimizer sam"):
+        train(tmp_path, "--optimizer", "sam", "--delta", "0.01", out="a")
+    with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz"):
+        train(tmp_path, "--data", "cifar10", "--data-dir", str(tmp_path / "nowhere"), out="b")
+    monkeypatch.setitem(sys.modules, "timm", None)     # import timm now fails, as when it is absent
+    with pytest.raises(ImportError, match="pip install timm"):
+        train(tmp_path, "--model", "timm:resnet18", out="c")
+    monkeypatch.undo()
+    if "timm" in sys.modules or pytest.importorskip("timm"):
+        with pytest.raises(ValueError, match="timm has no model 'resnet7'"):
+            train(tmp_path, "--model", "timm:resnet7", out="d")
+    assert "no checkpoint" in error_of(tmp_path, capsys, "--resume")
+    train(tmp_path, "--optimizer", "sgd", out="e")
+    with pytest.raises(SystemExit) as e:
+        main([*SMALL, "--out", str(tmp_path / "e"), "--optimizer", "sgd"])
+    assert "add --resume" in str(e.value.code) + capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"--lr 0.1 -> 0.2"):
+        main([*SMALL, "--out", str(tmp_path / "e"), "--optimizer", "sgd", "--resume", "--lr", "0.2"])
+
+
+def test_console_script_and_module_help():
+    exe = os.path.join(os.path.dirname(sys.executable), "zosam-train")
+    for cmd in ([exe, "--help"], [sys.executable, "-m", "zosam_kernels.train", "--help"]):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "--zo-batch-fraction" in done.stdout and "metrics.jsonl" in done.stdout

@@ -1,0 +1,139 @@
+"""What a run of zosam-train is made of, built from its resolved options: the
+model, the sparse-training method (a Masking plus the object that changes
+it), and the optimizer (recipes.py) with the masks attached as the README
+shows.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .. import sparse
+from ..models import MODELS
+from ..recipes import OPTIMIZERS, make_optimizer, options_of
+
+STATIC = ("snip", "grasp", "synflow")          # pruning at initialisation
+DYNAMIC = {"set": sparse.SET, "dsr": sparse.DSR, "rigl": sparse.RigL, "mest": sparse.MEST}
+SPARSE_METHODS = ("dense", "lth", *STATIC, *DYNAMIC)
+GRASP_SAMPLES_PER_CLASS = 10                    # GraSP's code: 10 samples of each class
+
+# command-line option -> optimizer keyword (None: the option is not given)
+OPTIMIZER_OPTIONS = {"rho": "rho", "delta": "delta", "n_dirs": "n_dirs",
+                     "zo_batch_fraction": "zo_batch_fraction", "adaptive": "adaptive",
+                     "k": "k", "alpha": "alpha", "beta": "beta", "gamma": "gamma",
+                     "sam_sparsity": "sparsity", "max_grad_norm": "max_grad_norm"}
+
+
+def make_model(name, num_classes, model_kwargs):
+    """A built-in CIFAR network, or `timm:<name>` from timm (not pretrained)."""
+    if not name.startswith("timm:"):
+        if model_kwargs:
+            raise ValueError(f"--model-kwargs applies to timm models only, not to {name!r}")
+        return MODELS[name](num_classes=num_classes)
+    try:
+        import timm
+    except ImportError:
+        raise ImportError(f"--model {name}: timm is not installed; pip install timm "
+                          f"(or pip install 'zosam_kernels[timm]')") from None
+    timm_name = name[len("timm:"):]
+    if not timm.is_model(timm_name):
+        raise ValueError(f"--model {name}: timm has no model {timm_name!r} "
+                         f"(timm.list_models('{timm_name[:4]}*') lists similar names)")
+    return timm.create_model(timm_name, pretrained=False, num_classes=num_classes, **model_kwargs)
+
+
+@dataclass
+class Sparsity:
+    """The sparse-training method of a run: `masking` (None for dense), and what
+    changes it: `schedule` (dynamic methods, stepped after every optimizer step)
+    or `lottery` (LTH, stepped too, pruned at the end of every round but the last)."""
+    masking: object = None
+    schedule: object = None
+    lottery: object = None
+
+    def step(self):
+        if self.schedule is not None:
+            self.schedule.step()
+        if self.lottery is not None:
+            self.lottery.step()
+
+    def density(self, of="masked"):
+        return 1.0 if self.masking is None else self.masking.density(of)
+
+    def state_dict(self):
+        return {k: getattr(self, k).state_dict() for k in ("masking", "schedule", "lottery")
+                if getattr(self, k) is not None}
+
+    def load_state_dict(self, state):
+        for k, v in state.items():
+            getattr(self, k).load_state_dict(v)
+
+
+def make_sparsity(args, model, total_steps):
+    """The Masking and schedule of `args.sparse` (before any pruning at init)."""
+    method = args.sparse
+    if method == "dense":
+        return Sparsity()
+    if method == "lth":
+        masking = sparse.Masking(model, 1.0, args.distribution, seed=args.seed)
+        fraction = 1 - args.density ** (1 / args.lth_rounds)   # R equal rounds reach the density
+        return Sparsity(masking, lottery=sparse.LotteryTicket(masking, prune_fraction=fraction))
+    init = "dense" if method in STATIC else "random"
+    masking = sparse.Masking(model, args.density, args.distribution, init=init, seed=args.seed)
+    if method in DYNAMIC:
+        return Sparsity(masking, schedule=DYNAMIC[method](
+            masking, update_interval=args.update_interval, total_steps=total_steps))
+    return Sparsity(masking)
+
+
+def prune_at_init(args, sparsity, loader, data):
+    """Score the dense model on the first training batches and keep the budget
+    (SNIP: one batch; GraSP: enough for 10 samples of every class; SynFlow: no
+    data, only the input shape)."""
+    if args.sparse not in STATIC:
+        return
+    num_classes = data.num_classes
+    kw, batches = {}, []
+    if args.sparse == "synflow":
+        kw["input_shape"] = tuple(data.image_shape)
+    else:
+        wanted = 1 if args.sparse == "snip" else math.ceil(
+            2 * GRASP_SAMPLES_PER_CLASS * num_classes / args.batch_size)   # 2x: classes are not balanced
+        for x, y in loader:
+            batches.append((x.to(args.device), y.to(args.device)))
+            if len(batches) == wanted:
+                break
+    if args.sparse == "grasp":
+        seen = torch.cat([y for _, y in batches]).bincount(minlength=num_classes)
+        kw["samples_per_class"] = max(1, min(GRASP_SAMPLES_PER_CLASS, int(seen.min())))
+    sparse.prune_at_init_(sparsity.masking, args.sparse, F.cross_entropy, batches, **kw)
+
+
+def make_optimizer_for(args, model, sparsity, total_steps):
+    """The optimizer of `args.optimizer` over the model, SGD with momentum and
+    weight decay inside, every option given on the command line passed on."""
+    name = args.optimizer
+    options = {kw: getattr(args, opt) for opt, kw in OPTIMIZER_OPTIONS.items()
+               if getattr(args, opt) is not None}
+    takes = options_of(name)
+    if name != "sgd":
+        options["masks"] = sparsity.masking
+        if "seed" in takes:
+            options["seed"] = args.seed
+        if OPTIMIZERS[name][1].get("mask") == "dynamic":
+            options["total_steps"] = total_steps
+        if args.zo_bf16:
+            options["zo_autocast"] = torch.bfloat16
+    given = {opt for opt, kw in OPTIMIZER_OPTIONS.items() if kw in options and kw not in takes}
+    if args.zo_bf16 and "zo_autocast" not in takes:
+        given.add("zo_bf16")
+    if given:
+        flags = ", ".join("--" + g.replace("_", "-") for g in sorted(given))
+        raise ValueError(f"{flags}: not an option of --optimizer {name}; it takes "
+                         f"{', '.join(sorted(takes)) or 'only --lr, --momentum, --weight-decay'}")
+    base = dict(lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    opt = make_optimizer(name, model.parameters(), torch.optim.SGD, base, **options)
+    if sparsity.masking is not None:
+        sparsity.masking.attach(opt)
+    return opt

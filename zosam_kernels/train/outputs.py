@@ -1,0 +1,93 @@
+"""What a zosam-train run writes into its directory, and what it prints:
+metrics.jsonl (one JSON object per epoch), summary.json, curves.png, a
+progress bar per epoch and one line per epoch.
+"""
+import json
+import math
+import os
+
+
+def _finite(value):
+    """JSON has no NaN or infinity: a diverged loss is written as null."""
+    return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
+def _json_line(row):
+    return json.dumps({k: _finite(v) for k, v in row.items()})
+
+
+def write_json(path, obj):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def rewrite_metrics(out, history):
+    """metrics.jsonl as the checkpoint knows it (drops epochs that were never checkpointed)."""
+    with open(os.path.join(out, "metrics.jsonl"), "w") as f:
+        f.writelines(_json_line(row) + "\n" for row in history)
+
+
+def append_metrics(out, row):
+    with open(os.path.join(out, "metrics.jsonl"), "a") as f:
+        f.write(_json_line(row) + "\n")
+
+
+def progress(description, mode):
+    """Wraps the epoch's loader in a tqdm bar; mode "auto" shows it on a terminal only."""
+    from tqdm import tqdm
+    disable = {"auto": None, "on": False, "off": True}[mode]
+    return lambda iterable: tqdm(iterable, desc=description, leave=False, disable=disable,
+                                 dynamic_ncols=True)
+
+
+def print_epoch(row, total_epochs):
+    print(f"epoch {row['epoch']:3d}/{total_epochs}  lr {row['lr']:.4f}  "
+          f"train loss {row['train_loss']:.4f} acc {row['train_acc']:5.2f}  "
+          f"test loss {row['test_loss']:.4f} acc {row['test_acc']:5.2f}  "
+          f"density {row['density']:.4f}  {row['epoch_s']:.1f} s ({row['images_per_s']:.0f} img/s)",
+          flush=True)
+
+
+def write_summary(out, history, total_s, targets, complete, cifar10c, rounds):
+    """summary.json: accuracies of the last round (for LTH, the ticket at the final
+    density; earlier rounds are denser), epochs to each target accuracy within it."""
+    last = [r for r in history if r["round"] == rounds - 1]
+    accs = [r["test_acc"] for r in last]
+    summary = {
+        "complete": complete,
+        "epochs_done": len(history),
+        "final_test_acc": accs[-1] if accs else None,
+        "best_test_acc": max(accs) if accs else None,
+        "best_epoch": last[accs.index(max(accs))]["round_epoch"] if accs else None,
+        "epochs_to": {f"{t:g}": next((r["round_epoch"] for r in last if r["test_acc"] >= t), None)
+                      for t in targets},
+        "final_density": history[-1]["density"] if history else None,
+        "total_s": total_s,
+        "cifar10c": cifar10c,
+    }
+    write_json(os.path.join(out, "summary.json"), summary)
+    return summary
+
+
+def curves(out, history, args):
+    """curves.png: loss and accuracy, train and test, per epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((ax_loss, "loss", "cross-entropy"), (ax_acc, "acc", "accuracy (%)")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], label="train (gradient pass)")
+        ax.plot(epochs, [r[f"test_{key}"] for r in history], label="test")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    density = f"density {history[-1]['density']:.3g}" if history else ""
+    fig.suptitle(f"{args.model} on {args.data}: {args.optimizer}, {args.sparse} {density}")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "curves.png"), dpi=100)
+    plt.close(fig)
