@@ -97,3 +97,28 @@ def test_ddp_comm_counts_bytes_beyond_sgd():
     assert run.returncode == 0, run.stderr[-2000:]
     zosam = next(line for line in run.stdout.splitlines() if line.startswith("| zosam |"))
     assert zosam.split("|")[3].strip() == "20"   # 2 coefficients (n_dirs 1) and 3 finiteness flags, 4 B each
+
+
+def test_paper_table_commands_parse_and_collect(tmp_path, capsys):
+    """Every printed command is a valid zosam-train command line; collect
+    averages the summaries it finds (values written here, mean and std by hand)."""
+    import shlex
+
+    from zosam_kernels.train.cli import parser
+    table = runpy.run_path(str(BENCHMARKS / "paper_table.py"))
+    table["main"](["commands", "--data-dir", "/data", "--seeds", "2", "--runs", str(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 * (2 * 2 * 2 * 2 + 5)       # seeds x (datasets x methods x densities x opts + 5)
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[0] == "zosam-train"
+        parser().parse_args(argv[1:])
+    for seed, acc in enumerate((90.0, 92.0)):
+        out = tmp_path / f"cifar10-rigl-0.1-zosam-s{seed}"
+        out.mkdir()
+        (out / "summary.json").write_text(json.dumps({"complete": True, "final_test_acc": acc}))
+        (out / "config.json").write_text(json.dumps({"args": {
+            "out": str(out), "data": "cifar10", "sparse": "rigl", "optimizer": "zosam", "density": 0.1}}))
+    table["main"](["collect", str(tmp_path)])
+    text = capsys.readouterr().out
+    assert "| RIGL+ZOSAM | 91.00 ± 1.41 (n=2) | - |" in text

@@ -17,7 +17,7 @@ from train_files import write_cifar10, write_cifar10c, write_imagefolder
 from zosam_kernels.models import MODELS
 from zosam_kernels.recipes import OPTIMIZERS
 from zosam_kernels.train.build import SPARSE_METHODS
-from zosam_kernels.train.cli import main
+from zosam_kernels.train.cli import train as zosam_train
 
 CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465])
 CIFAR10_STD = np.array([0.2470, 0.2435, 0.2616])
@@ -29,7 +29,7 @@ SMALL = ["--model", "resnet20", "--train-size", "64", "--test-size", "32", "--ba
 
 def train(tmp_path, *argv, out="run"):
     out = str(tmp_path / out)
-    summary = main([*SMALL, "--out", out, *map(str, argv)])
+    summary = zosam_train([*SMALL, "--out", out, *map(str, argv)])
     return out, summary
 
 
@@ -188,7 +188,7 @@ def test_resume_is_bit_exact(tmp_path, cifar, case):
     with open(os.path.join(cut, "metrics.jsonl"), "a") as f:
         f.write('{"epoch": 2, "from": "a crash after the checkpoint of epoch 1"}\n')
     train(tmp_path, *argv, "--stop-after", "2", "--resume", out="cut")
-    resumed = main([*SMALL, "--out", cut, *map(str, argv), "--resume"])
+    resumed = zosam_train([*SMALL, "--out", cut, *map(str, argv), "--resume"])
     assert without_timing(metrics(cut)) == without_timing(metrics(whole))
     a = torch.load(os.path.join(whole, "checkpoint.pt"), weights_only=False)
     b = torch.load(os.path.join(cut, "checkpoint.pt"), weights_only=False)
@@ -201,7 +201,7 @@ def test_resume_is_bit_exact(tmp_path, cifar, case):
 
 def error_of(tmp_path, capsys, *argv):
     with pytest.raises(SystemExit) as e:
-        main([*SMALL, "--out", str(tmp_path / "err"), *argv])
+        zosam_train([*SMALL, "--out", str(tmp_path / "err"), *argv])
     return str(e.value.code) + capsys.readouterr().err
 
 
@@ -233,15 +233,20 @@ def test_errors_that_name_what_to_do(tmp_path, capsys, monkeypatch):
     assert "no checkpoint" in error_of(tmp_path, capsys, "--resume")
     train(tmp_path, "--optimizer", "sgd", out="e")
     with pytest.raises(SystemExit) as e:
-        main([*SMALL, "--out", str(tmp_path / "e"), "--optimizer", "sgd"])
+        zosam_train([*SMALL, "--out", str(tmp_path / "e"), "--optimizer", "sgd"])
     assert "add --resume" in str(e.value.code) + capsys.readouterr().err
     with pytest.raises(SystemExit, match=r"--lr 0.1 -> 0.2"):
-        main([*SMALL, "--out", str(tmp_path / "e"), "--optimizer", "sgd", "--resume", "--lr", "0.2"])
+        zosam_train([*SMALL, "--out", str(tmp_path / "e"), "--optimizer", "sgd", "--resume", "--lr", "0.2"])
 
 
-def test_console_script_and_module_help():
+def test_console_script_and_module(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "zosam-train")
     for cmd in ([exe, "--help"], [sys.executable, "-m", "zosam_kernels.train", "--help"]):
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert "--zo-batch-fraction" in done.stdout and "metrics.jsonl" in done.stdout
+    # a whole run exits with status 0 and prints its summary line
+    done = subprocess.run([exe, *SMALL, "--optimizer", "sgd", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["final_test_acc"] is not None

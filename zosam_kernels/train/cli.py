@@ -231,7 +231,8 @@ def _check_resume(args, saved):
                          f"resume with the same options, or start a new --out")
 
 
-def main(argv=None):
+def train(argv=None):
+    """Run zosam-train with these command-line arguments; returns summary.json's content."""
     from .loop import Run   # after parsing: --help needs no dataset or model code
     p = parser()
     args = p.parse_args(argv)
@@ -249,6 +250,11 @@ def main(argv=None):
     summary = run.fit(state)
     print(json.dumps({k: summary[k] for k in ("final_test_acc", "best_test_acc", "epochs_to", "total_s")}))
     return summary
+
+
+def main(argv=None):
+    """The console script: its return value would become the exit status."""
+    train(argv)
 
 
 if __name__ == "__main__":
