@@ -239,6 +239,13 @@ def test_errors_that_name_what_to_do(tmp_path, capsys, monkeypatch):
         zosam_train([*SMALL, "--out", str(tmp_path / "e"), "--optimizer", "sgd", "--resume", "--lr", "0.2"])
 
 
+def test_divergence_stops_before_a_checkpoint(tmp_path):
+    with pytest.raises(RuntimeError, match="epoch 1: the weights are no longer finite"):
+        train(tmp_path, "--optimizer", "sgd", "--lr", "1e30", "--epochs", "2")
+    assert not os.path.exists(tmp_path / "run" / "checkpoint.pt")
+    assert metrics(str(tmp_path / "run")) == []
+
+
 def test_console_script_and_module(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "zosam-train")
     for cmd in ([exe, "--help"], [sys.executable, "-m", "zosam_kernels.train", "--help"]):

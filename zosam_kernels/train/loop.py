@@ -169,6 +169,7 @@ class Run:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             epoch_s = time.perf_counter() - t0
+            self._check_finite(epoch)
             t1 = time.perf_counter()
             test_loss, test_acc = self.evaluate(self.test_loader)
             eval_s = time.perf_counter() - t1
@@ -192,6 +193,15 @@ class Run:
         robustness = self.cifar10c() if complete and args.cifar10c else None
         return outputs.write_summary(args.out, self.history, self.total_s, args.targets, complete,
                                      robustness, self.rounds)
+
+    def _check_finite(self, epoch):
+        """Diverged weights are not checkpointed: the last checkpoint stays the last good one.
+        (The package's optimizers skip a step whose loss is not finite; SGD does not.)"""
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise RuntimeError(f"epoch {epoch}: the weights are no longer finite (the training diverged); "
+                               f"{'the checkpoint of epoch ' + str(epoch - 1) if epoch > 1 else 'no checkpoint'}"
+                               f" is kept in {self.args.out}. Try a lower --lr, --warmup-epochs or "
+                               f"--max-grad-norm, in a new --out")
 
     def cifar10c(self):
         """Accuracy on every corruption and severity of CIFAR-10-C, and their mean."""
