@@ -76,6 +76,7 @@ def curves(out, history, args):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -83,9 +84,11 @@ def curves(out, history, args):
         ax.plot(epochs, [r[f"train_{key}"] for r in history], label="train (gradient pass)")
         ax.plot(epochs, [r[f"test_{key}"] for r in history], label="test")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
+    ax_loss.set_yscale("log")     # the first epochs' test loss would flatten the rest
     density = f"density {history[-1]['density']:.3g}" if history else ""
     fig.suptitle(f"{args.model} on {args.data}: {args.optimizer}, {args.sparse} {density}")
     fig.tight_layout()
