@@ -90,13 +90,15 @@ setup(
     extras_require={
         "triton": ["triton>=3.0"],
         # zosam-train: transforms and ImageFolder, progress bars, curves.png, the digits data
-        "train": ["torchvision", "tqdm", "matplotlib", "scikit-learn"],
+        # scipy: zosam-report's confidence intervals
+        "train": ["torchvision", "tqdm", "matplotlib", "scikit-learn", "scipy"],
         "timm": ["timm"],          # zosam-train --model timm:<name>
-        "test": ["pytest", "triton>=3.0", "torchvision", "tqdm", "matplotlib", "scikit-learn", "timm"],
+        "test": ["pytest", "triton>=3.0", "torchvision", "tqdm", "matplotlib", "scikit-learn", "scipy", "timm"],
     },
     # The Makefile's `make bench` runs zosam-bench.
     entry_points={"console_scripts": ["zosam-bench = zosam_kernels.bench.cli:main",
-                                      "zosam-train = zosam_kernels.train.cli:main"]},
+                                      "zosam-train = zosam_kernels.train.cli:main",
+                                      "zosam-report = zosam_kernels.train.report:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -3,7 +3,7 @@ from the runs' summary.json files.
 
     python benchmarks/paper_table.py commands --data-dir ~/data --cifar10c ~/data/CIFAR-10-C > runs.sh
     bash runs.sh                                   # one zosam-train run per line (a GPU, or a job array)
-    python benchmarks/paper_table.py collect runs  # markdown tables, mean ± std over seeds
+    python benchmarks/paper_table.py collect runs  # markdown tables, mean ± 95 % interval over seeds
 
 Two tables (arXiv 2603.13115): test accuracy of RigL and MEST with SGD and
 with ZO-SAM at 90 % and 98 % sparsity (ResNet-32, CIFAR-10 and CIFAR-100,
@@ -12,10 +12,10 @@ accuracy on CIFAR-10 with SGD, ESAM, LookSAM (k = 5), GSAM and ZO-SAM (the
 paper does not name the sparse method of that table: RigL is our choice).
 """
 import argparse
-import json
 import os
-import statistics
 from collections import defaultdict
+
+from zosam_kernels.train.report import cell, load_runs
 
 ACCURACY = dict(sparse=("rigl", "mest"), densities=(0.1, 0.02), optimizers=("sgd", "zosam"))
 CONVERGENCE = dict(sparse="rigl", density=0.1, optimizers=("sgd", "esam", "looksam", "gsam", "zosam"),
@@ -45,27 +45,10 @@ def commands(args):
     print("\n".join(lines))
 
 
-def _runs(root):
-    for name in sorted(os.listdir(root)):
-        summary = os.path.join(root, name, "summary.json")
-        if os.path.exists(summary):
-            with open(summary) as f, open(os.path.join(root, name, "config.json")) as g:
-                yield json.load(f), json.load(g)["args"]
-
-
-def _cell(values):
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
-
-
 def collect(args):
     acc, epochs = defaultdict(list), defaultdict(list)
-    for summary, a in _runs(args.runs):
-        if not summary["complete"]:
-            continue
+    runs, _ = load_runs([os.path.join(args.runs, d) for d in sorted(os.listdir(args.runs))])
+    for a, summary in runs:
         if a["out"].rstrip("/").split("/")[-1].startswith("convergence-"):
             epochs[a["optimizer"]].append(summary["epochs_to"][f"{CONVERGENCE['target']:g}"])
         else:
@@ -77,14 +60,14 @@ def collect(args):
     for method in ACCURACY["sparse"]:
         for opt in ACCURACY["optimizers"]:
             label = method.upper() + ("" if opt == "sgd" else f"+{opt.upper()}")
-            print(f"| {label} | " + " | ".join(_cell(acc[(d, method, opt, s)]) for d, s in columns) + " |")
+            print(f"| {label} | " + " | ".join(cell(acc[(d, method, opt, s)]) for d, s in columns) + " |")
     if epochs:
         print(f"\n| optimizer | epochs to {CONVERGENCE['target']} % (CIFAR-10, RigL, 90 % sparsity) |")
         print("| --- | --- |")
         for opt in CONVERGENCE["optimizers"]:
             reached = [e for e in epochs[opt] if e is not None]
             never = len(epochs[opt]) - len(reached)
-            print(f"| {opt} | {_cell(reached)}{f' ({never} runs never)' if never else ''} |")
+            print(f"| {opt} | {cell(reached)}{f' ({never} runs never)' if never else ''} |")
 
 
 def main(argv=None):

@@ -1,0 +1,64 @@
+"""zosam-report: grouping by configuration, the 95 % interval against its
+closed form, unfinished runs left out, and real zosam-train runs read."""
+import json
+import math
+import statistics
+
+import pytest
+
+from zosam_kernels.train.cli import train as zosam_train
+from zosam_kernels.train.report import main
+
+T975 = {2: 4.302652729911275}      # Student's t, 0.975 quantile, by degrees of freedom
+
+
+def fake_run(root, name, seed, optimizer, acc, epochs_to=None, complete=True, gradvar=None):
+    d = root / name
+    d.mkdir()
+    args = {"optimizer": optimizer, "sparse": "rigl", "density": 0.1, "seed": seed, "out": str(d),
+            "data_dir": f"/data{seed}", "lr": 0.1}
+    (d / "config.json").write_text(json.dumps({"args": args}))
+    summary = {"complete": complete, "final_test_acc": acc, "epochs_to": {"90": epochs_to},
+               "diagnostics": {"gradvar": {"variance": gradvar}} if gradvar is not None else None}
+    (d / "summary.json").write_text(json.dumps(summary))
+    return str(d)
+
+
+def test_groups_by_configuration_with_t_intervals(tmp_path, capsys):
+    sgd = [90.0, 91.5, 93.0]
+    zo = [92.0, 92.5, 94.0]
+    dirs = [fake_run(tmp_path, f"sgd{s}", s, "sgd", a, epochs_to=10 + s, gradvar=0.3 * (s + 1))
+            for s, a in enumerate(sgd)]
+    dirs += [fake_run(tmp_path, f"zo{s}", s, "zosam", a, epochs_to=None if s == 0 else 8)
+             for s, a in enumerate(zo)]
+    dirs.append(fake_run(tmp_path, "cut", 9, "zosam", 50.0, complete=False))
+    main([*dirs, "--plot", str(tmp_path / "acc.png")])
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0] == "| optimizer | seeds | test acc % | grad variance | epochs to 90 % |"
+    half = T975[2] * statistics.stdev(sgd) / math.sqrt(3)
+    assert lines[2] == (f"| sgd | 3 | {statistics.mean(sgd):.2f} ± {half:.2f} | 0.6000 ± "
+                        f"{T975[2] * 0.3 / math.sqrt(3):.4f} | 11.0 ± {T975[2] / math.sqrt(3):.1f} |")
+    half = T975[2] * statistics.stdev(zo) / math.sqrt(3)
+    assert lines[3] == f"| zosam | 3 | {statistics.mean(zo):.2f} ± {half:.2f} | - | 8.0 ± 0.0 (1 never) |"
+    assert "1 unfinished runs left out" in err
+    assert (tmp_path / "acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reads_real_runs(tmp_path, capsys):
+    small = ["--model", "resnet20", "--train-size", "32", "--test-size", "32", "--batch-size", "32",
+             "--epochs", "1", "--progress", "off", "--optimizer", "sgd"]
+    summaries = [zosam_train([*small, "--seed", str(s), "--out", str(tmp_path / f"r{s}")]) for s in (0, 1)]
+    capsys.readouterr()
+    main([str(tmp_path / "r0"), str(tmp_path / "r1")])
+    row = capsys.readouterr().out.splitlines()[2]
+    accs = [s["final_test_acc"] for s in summaries]
+    assert row.startswith(f"| sgd | 2 | {statistics.mean(accs):.2f}")
+
+
+def test_errors(tmp_path):
+    with pytest.raises(SystemExit, match="not a zosam-train run"):
+        main([str(tmp_path)])
+    d = fake_run(tmp_path, "cut", 0, "sgd", 1.0, complete=False)
+    with pytest.raises(SystemExit, match="none of the 1 runs has finished"):
+        main([d])

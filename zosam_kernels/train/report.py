@@ -1,0 +1,142 @@
+"""zosam-report: zosam-train runs grouped by configuration, as a markdown table.
+
+    zosam-report runs/*                    # one row per configuration (all options but the seed)
+    zosam-report runs/* --plot acc.png     # test accuracy against sparsity, one line per optimizer
+
+Each cell is the mean over the configuration's seeds ± the half-width of its
+95 % confidence interval (Student's t with n − 1 degrees of freedom; a single
+seed shows its value alone). Runs that did not finish are left out and counted.
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+
+from .cli import EXECUTION
+
+# options that do not change what a run computes, besides the seed: left out of the grouping
+NOT_CONFIGURATION = EXECUTION | {"seed", "data_dir", "targets"}
+
+# column -> (header, how to read it from summary.json)
+COLUMNS = {
+    "final_test_acc": ("test acc %", lambda s: s.get("final_test_acc")),
+    "corrupt": ("corrupted acc %", lambda s: (s.get("corrupt") or s.get("cifar10c") or {}).get("mean")),
+    "gradvar": ("grad variance", lambda s: ((s.get("diagnostics") or {}).get("gradvar") or {}).get("variance")),
+    "hessian": ("top eigenvalue",
+                lambda s: ((s.get("diagnostics") or {}).get("hessian") or {}).get("top_eigenvalue")),
+}
+
+
+def load_runs(dirs):
+    """(args, summary) of every finished run among `dirs`, and the names of the unfinished."""
+    runs, unfinished = [], []
+    for d in dirs:
+        summary_path, config_path = os.path.join(d, "summary.json"), os.path.join(d, "config.json")
+        if not os.path.exists(config_path):
+            raise SystemExit(f"zosam-report: {d} is not a zosam-train run (no config.json)")
+        if not os.path.exists(summary_path):
+            unfinished.append(d)
+            continue
+        with open(summary_path) as f, open(config_path) as g:
+            summary, args = json.load(f), json.load(g)["args"]
+        if summary.get("complete"):
+            runs.append((args, summary))
+        else:
+            unfinished.append(d)
+    return runs, unfinished
+
+
+def configuration(args):
+    return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in args.items() if k not in NOT_CONFIGURATION))
+
+
+def interval(values):
+    """(mean, half-width of the 95 % interval, n) of the values that are not None."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None, 0
+    if len(values) == 1:
+        return values[0], None, 1
+    from scipy.stats import t
+    n = len(values)
+    return statistics.mean(values), t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n), n
+
+
+def cell(values, digits=2):
+    mean, half, n = interval(values)
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" if half is None else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def group(runs):
+    """configuration -> (args of its first run, [summaries]), in the order first seen."""
+    groups = {}
+    for args, summary in runs:
+        groups.setdefault(configuration(args), (args, []))[1].append(summary)
+    return groups
+
+
+def table(runs, target):
+    groups = group(runs)
+    varying = [k for k in sorted({k for a, _ in groups.values() for k in a} - NOT_CONFIGURATION)
+               if len({json.dumps(a.get(k), sort_keys=True) for a, _ in groups.values()}) > 1]
+    varying = varying or ["optimizer"]
+    present = [c for c, (_, read) in COLUMNS.items() if any(read(s) is not None for _, ss in groups.values() for s in ss)]
+    header = varying + ["seeds"] + [COLUMNS[c][0] for c in present] + [f"epochs to {target:g} %"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for args, summaries in groups.values():
+        row = [str(args.get(k)) for k in varying] + [str(len(summaries))]
+        row += [cell([COLUMNS[c][1](s) for s in summaries], 4 if c in ("gradvar", "hessian") else 2)
+                for c in present]
+        reached = [s["epochs_to"].get(f"{target:g}") for s in summaries]
+        never = sum(r is None for r in reached)
+        row.append(cell([r for r in reached if r is not None], 1) + (f" ({never} never)" if never else ""))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot(runs, path):
+    """Test accuracy against sparsity (1 − density), one line per optimizer and sparse method."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = {}
+    for args, summaries in group(runs).values():
+        mean, half, _ = interval([s["final_test_acc"] for s in summaries])
+        lines.setdefault(f"{args['optimizer']} ({args['sparse']})", []).append((1 - args["density"], mean, half or 0))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in sorted(lines.items()):
+        points.sort()
+        ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                    marker="o", capsize=3, label=label)
+    ax.set_xlabel("sparsity (1 − density)")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="zosam-report", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="zosam-train --out directories")
+    p.add_argument("--target", type=float, default=90.0, help="the accuracy (%%) of the epochs-to column")
+    p.add_argument("--plot", default=None, metavar="PNG", help="accuracy against sparsity per optimizer")
+    args = p.parse_args(argv)
+    runs, unfinished = load_runs(args.runs)
+    if not runs:
+        raise SystemExit(f"zosam-report: none of the {len(args.runs)} runs has finished")
+    print(table(runs, args.target))
+    if unfinished:
+        print(f"\n{len(unfinished)} unfinished runs left out: {', '.join(unfinished)}", file=sys.stderr)
+    if args.plot:
+        plot(runs, args.plot)
+
+
+if __name__ == "__main__":
+    main()
