@@ -257,3 +257,54 @@ def test_console_script_and_module(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["final_test_acc"] is not None
+
+
+# ---- diagnostics and corruptions --------------------------------------------------------
+
+def test_diagnostics_and_corruptions_leave_the_trajectory_alone(tmp_path):
+    from zosam_kernels.diagnostics import CorruptedDataset
+    from zosam_kernels.train.datasets import load
+    pytest.importorskip("sklearn")
+    argv = ["--data", "digits", "--optimizer", "zosam", "--sparse", "rigl", "--density", "0.3", "--epochs", "2"]
+    plain, _ = train(tmp_path, *argv, out="plain")
+    probed, summary = train(tmp_path, *argv, "--diagnostics", "gradvar,hessian,landscape,ascent",
+                            "--diagnostics-epochs", "1,last", "--diagnostics-batches", "2", "--hessian-iters", "3",
+                            "--hessian-samples", "2", "--landscape-points", "3",
+                            "--corrupt", "gaussian_noise,contrast", out="probed")
+    rows = metrics(probed)
+    assert without_timing([{k: v for k, v in r.items() if k != "diagnostics"} for r in rows]) == \
+        without_timing(metrics(plain))
+    for row in rows:
+        d = row["diagnostics"]
+        assert d["gradvar"]["batches"] == 2 and d["gradvar"]["variance"] > 0
+        assert d["hessian"]["top_eigenvalue"] != 0 and d["hessian"]["trace"] is not None
+        assert d["ascent"]["steps"] == 2 and -1 <= d["ascent"]["cosine"] <= 1
+        assert d["landscape"] == {"1d": f"landscape_e{row['epoch']}_1d.png",
+                                  "2d": f"landscape_e{row['epoch']}_2d.png"}
+        grid = json.load(open(os.path.join(probed, f"landscape_e{row['epoch']}_2d.json")))
+        assert len(grid["losses"]) == len(grid["alphas"])
+    assert summary["diagnostics"]["gradvar"]["epoch"] == 2
+    # the corrupted accuracies, recomputed from the checkpoint's weights
+    ckpt = torch.load(os.path.join(probed, "checkpoint.pt"), weights_only=False)
+    model = MODELS["resnet20"]()
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    data = load("digits", test_size=32)
+    accs = []
+    for name in ("gaussian_noise", "contrast"):
+        for severity in range(1, 6):
+            dataset = CorruptedDataset(data.test, data.mean, data.std, name, severity, seed=0)
+            x = torch.stack([dataset[i][0] for i in range(32)])
+            y = torch.tensor([dataset[i][1] for i in range(32)])
+            with torch.no_grad():
+                acc = 100 * float((model(x).argmax(1) == y).float().mean())
+            assert summary["corrupt"]["accuracy"][name][str(severity)] == pytest.approx(acc)
+            accs.append(acc)
+    assert summary["corrupt"]["mean"] == pytest.approx(sum(accs) / len(accs))
+
+
+def test_diagnostics_errors(tmp_path, capsys):
+    assert "SGD has no perturbation" in error_of(tmp_path, capsys, "--optimizer", "sgd", "--diagnostics", "ascent")
+    assert "choose from gradvar" in error_of(tmp_path, capsys, "--diagnostics", "sharpness")
+    assert "or all" in error_of(tmp_path, capsys, "--corrupt", "fog")
+    assert "not images in [0, 1]" in error_of(tmp_path, capsys, "--corrupt", "all")

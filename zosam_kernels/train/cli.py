@@ -22,12 +22,17 @@ import torch
 from ..models import MODELS
 from ..recipes import OPTIMIZERS
 from .. import sparse
+from ..diagnostics import CORRUPTIONS
 from .build import SPARSE_METHODS
 from .datasets import DATASETS
 from .outputs import write_json
+from .probes import DIAGNOSTICS
 
-# options that change how a run executes, not what it computes: free to differ on --resume
-EXECUTION = {"out", "resume", "stop_after", "workers", "progress", "cifar10c", "eval_batch_size"}
+# options that change how a run executes or what it measures, not its trajectory:
+# free to differ on --resume, and not part of a configuration for zosam-report
+EXECUTION = {"out", "resume", "stop_after", "workers", "progress", "cifar10c", "eval_batch_size",
+             "diagnostics", "diagnostics_epochs", "diagnostics_batches", "corrupt", "hessian_iters",
+             "hessian_samples", "landscape_points"}
 
 EPILOG = """\
 outputs in --out:
@@ -73,6 +78,26 @@ def _targets(text):
         return [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"comma-separated accuracies in %, e.g. 80,90, got {text!r}") from None
+
+
+def _names(choices, allow_all=False):
+    def parse(text):
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        if allow_all and names == ["all"]:
+            return list(choices)
+        unknown = [n for n in names if n not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"{unknown or text!r}: choose from {', '.join(choices)}"
+                                             + (" (or all)" if allow_all else ""))
+        return names
+    return parse
+
+
+def _epochs(text):
+    try:
+        return [t.strip() if t.strip() == "last" else int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated epochs or 'last', e.g. 1,80,last, got {text!r}") from None
 
 
 def parser():
@@ -132,6 +157,21 @@ def parser():
     g.add_argument("--sam-sparsity", type=float, default=None, help="ssam/zossam: perturbation sparsity")
     g.add_argument("--max-grad-norm", type=float, default=None,
                    help="SAM family: clip the gradient's global norm")
+    g = p.add_argument_group("diagnostics and robustness (none of them changes the training trajectory)")
+    g.add_argument("--diagnostics", type=_names(DIAGNOSTICS), default=[],
+                   help=f"comma-separated, from {', '.join(DIAGNOSTICS)}: gradient variance, top Hessian "
+                        "eigenvalue and trace, 1-D/2-D loss landscape, cos(eps, grad L) of the optimizer")
+    g.add_argument("--diagnostics-epochs", type=_epochs, default=["last"],
+                   help="the epochs to measure at (global epoch numbers; 'last': the final epoch)")
+    g.add_argument("--diagnostics-batches", type=int, default=8,
+                   help="training batches the diagnostics average over (and probed steps for ascent)")
+    g.add_argument("--hessian-iters", type=int, default=20, help="hessian: power iterations at most")
+    g.add_argument("--hessian-samples", type=int, default=10, help="hessian: Hutchinson samples of the trace")
+    g.add_argument("--landscape-points", type=int, default=11,
+                   help="landscape: points per axis (1-D: this many; 2-D: its square), over [-1, 1]")
+    g.add_argument("--corrupt", type=_names(list(CORRUPTIONS), allow_all=True), default=[],
+                   help=f"after training, test accuracy under these corruptions at severities 1-5 "
+                        f"(CIFAR-10-C's, computed in torch on any test set): {', '.join(CORRUPTIONS)} or all")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="weights, masks, data order, directions")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -164,6 +204,14 @@ def _check(p, args):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.diagnostics_batches < 2:
+        p.error(f"--diagnostics-batches must be >= 2 (a variance needs two batches), got {args.diagnostics_batches}")
+    if args.hessian_iters < 1 or args.hessian_samples < 2 or args.landscape_points < 2:
+        p.error("--hessian-iters must be >= 1, --hessian-samples and --landscape-points >= 2")
+    if args.corrupt and args.data == "synthetic":
+        p.error("--corrupt: the synthetic data are not images in [0, 1]; use --data digits, cifar10, ...")
+    if "ascent" in args.diagnostics and args.optimizer == "sgd":
+        p.error("--diagnostics ascent: SGD has no perturbation ε; choose a SAM-family --optimizer")
     if not 0 <= args.label_noise < 1:
         p.error(f"--label-noise must be in [0, 1), got {args.label_noise}")
     if not 0 <= args.label_smoothing < 1:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from . import outputs
 from .build import make_model, make_optimizer_for, make_sparsity, prune_at_init
 from .datasets import cifar10c, load
+from .probes import Probes, corrupted_accuracy
 
 
 def lr_factor(step, warmup_steps, total_steps):
@@ -64,6 +65,7 @@ class Run:
         self.model = make_model(args.model, self.data.num_classes, args.model_kwargs).to(self.device)
         self.sparsity = make_sparsity(args, self.model, self.round_steps)
         self.optimizer = None
+        self.probes = Probes(self)
         self.history, self.total_s = [], 0.0
 
     def _start_round(self):
@@ -102,11 +104,13 @@ class Run:
         self.history, self.total_s = state["history"], state["total_s"]
 
     # ---- one epoch --------------------------------------------------------------------
-    def train_epoch(self, bar):
+    def train_epoch(self, bar, ascent=False):
+        """(mean training loss, accuracy %, the ascent cosines of the first
+        --diagnostics-batches steps when `ascent`)."""
         model, opt, args = self.model, self.optimizer, self.args
         plain = isinstance(opt, torch.optim.SGD)
         model.train()
-        seen = {}
+        seen, cosines = {}, []
         # loss · samples, correct, samples: summed on the device, read once per epoch (no sync per step)
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         for x, y in bar(self.train_loader):
@@ -125,6 +129,9 @@ class Run:
                 loss = closure().mean()
                 loss.backward()
                 opt.step()
+            elif ascent and len(cosines) < args.diagnostics_batches:
+                loss, cosine = self.probes.step(closure)
+                cosines.append(cosine)
             else:
                 loss = opt.step(closure)
             self.scheduler.step()
@@ -134,7 +141,7 @@ class Run:
             sums[1] += correct
             sums[2] += len(seen["y"])
         loss_sum, correct, count = sums.tolist()
-        return loss_sum / (self.steps_per_epoch * args.batch_size), 100 * correct / count
+        return loss_sum / (self.steps_per_epoch * args.batch_size), 100 * correct / count, cosines
 
     @torch.no_grad()
     def evaluate(self, loader):
@@ -165,7 +172,8 @@ class Run:
             round_, round_epoch = divmod(epoch - 1, args.epochs)
             t0 = time.perf_counter()
             bar = outputs.progress(f"epoch {epoch}/{total_epochs}", args.progress)
-            train_loss, train_acc = self.train_epoch(bar)
+            probing = self.probes.due(epoch, total_epochs)
+            train_loss, train_acc, cosines = self.train_epoch(bar, probing and "ascent" in args.diagnostics)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             epoch_s = time.perf_counter() - t0
@@ -180,6 +188,8 @@ class Run:
                    "epoch_s": epoch_s, "eval_s": eval_s,
                    "images_per_s": self.steps_per_epoch * args.batch_size / epoch_s}
             self.total_s += epoch_s + eval_s
+            if probing:
+                row["diagnostics"] = self.probes.measure(epoch, cosines)
             if round_epoch + 1 == args.epochs and round_ + 1 < self.rounds:
                 self.sparsity.lottery.prune_and_rewind_()   # the round's ticket: prune, rewind, restart
                 self._start_round()
@@ -190,7 +200,8 @@ class Run:
             outputs.print_epoch(row, total_epochs)
             outputs.curves(args.out, self.history, args)
         complete = len(self.history) == total_epochs
-        robustness = self.cifar10c() if complete and args.cifar10c else None
+        robustness = {"cifar10c": self.cifar10c() if complete and args.cifar10c else None,
+                      "corrupt": corrupted_accuracy(self, args.corrupt) if complete and args.corrupt else None}
         return outputs.write_summary(args.out, self.history, self.total_s, args.targets, complete,
                                      robustness, self.rounds)
 

@@ -8,17 +8,21 @@ import os
 
 
 def _finite(value):
-    """JSON has no NaN or infinity: a diverged loss is written as null."""
+    """JSON has no NaN or infinity: a diverged loss is written as null (nested values too)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
     return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
 def _json_line(row):
-    return json.dumps({k: _finite(v) for k, v in row.items()})
+    return json.dumps(_finite(row))
 
 
 def write_json(path, obj):
     with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2)
+        json.dump(_finite(obj), f, indent=2)
         f.write("\n")
     os.replace(path + ".tmp", path)
 
@@ -50,9 +54,15 @@ def print_epoch(row, total_epochs):
           flush=True)
 
 
-def write_summary(out, history, total_s, targets, complete, cifar10c, rounds):
+def write_summary(out, history, total_s, targets, complete, robustness, rounds):
     """summary.json: accuracies of the last round (for LTH, the ticket at the final
-    density; earlier rounds are denser), epochs to each target accuracy within it."""
+    density; earlier rounds are denser), epochs to each target accuracy within it,
+    the robustness results (cifar10c, corrupt) and the last measurement of every
+    diagnostic (with the epoch it was made at)."""
+    diagnostics = {}
+    for row in history:
+        for name, value in (row.get("diagnostics") or {}).items():
+            diagnostics[name] = {**value, "epoch": row["epoch"]}
     last = [r for r in history if r["round"] == rounds - 1]
     accs = [r["test_acc"] for r in last]
     summary = {
@@ -65,7 +75,8 @@ def write_summary(out, history, total_s, targets, complete, cifar10c, rounds):
                       for t in targets},
         "final_density": history[-1]["density"] if history else None,
         "total_s": total_s,
-        "cifar10c": cifar10c,
+        **robustness,
+        "diagnostics": diagnostics or None,
     }
     write_json(os.path.join(out, "summary.json"), summary)
     return summary
