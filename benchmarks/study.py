@@ -4,6 +4,7 @@ claims on the CPU"): one zosam-train command per run, printed for a runner.
     python benchmarks/study.py --runs /tmp/study > study.sh
     OMP_NUM_THREADS=1 xargs -P 2 -I{} sh -c {} < study.sh      # two runs at a time, one thread each
     zosam-report /tmp/study/* --plot acc.png
+    python benchmarks/study.py analyse /tmp/study               # gradient variance, cosines, curvature
 
 Setting (chosen before any result was seen, to fit about an hour of 2 CPU
 cores): CIFAR ResNet-20 on scikit-learn's digits at 32x32, the first 384
@@ -18,7 +19,10 @@ accuracy (all corruptions, severities 1-5); the seed-0 runs also the Hessian
 SGD and ZO-SAM m = 1 the loss landscape.
 """
 import argparse
+import json
 import os
+import statistics
+from collections import defaultdict
 
 OPTIMIZERS = {"sgd": "--optimizer sgd", "sam": "--optimizer sam",
               "zosam-m1": "--optimizer zosam --n-dirs 1", "zosam-m4": "--optimizer zosam --n-dirs 4"}
@@ -42,12 +46,59 @@ def commands(runs, seeds):
                            f"--diagnostics {diagnostics} --out {out} > {out}.log 2>&1")
 
 
+def _measured(rows, key, field):
+    """epoch -> the diagnostic's field, at the epochs it was measured."""
+    return {r["epoch"]: r["diagnostics"][key][field] for r in rows if key in r.get("diagnostics", {})}
+
+
+def _mean_at(found, key, field, epoch):
+    values = [_measured(rows, key, field).get(epoch) for _, rows in found]
+    values = [v for v in values if v is not None]
+    return statistics.mean(values) if values else float("nan")
+
+
+def analyse(runs):
+    """Per cell (sparse, density, optimizer), means over the seeds found: the
+    gradient variance at each measured epoch and, at the last, its ratio to
+    SGD's in the same sparse cell; the ascent cosine beside a random
+    direction's; seed 0's top Hessian eigenvalue at the last epoch."""
+    cells = defaultdict(list)     # "rigl-0.1-zosam-m1" -> [(seed, metrics rows)]
+    for name in sorted(os.listdir(runs)):
+        if os.path.exists(os.path.join(runs, name, "summary.json")):
+            with open(os.path.join(runs, name, "metrics.jsonl")) as f:
+                cell, seed = name.rsplit("-s", 1)
+                cells[cell].append((int(seed), [json.loads(line) for line in f]))
+    epochs = sorted({e for found in cells.values() for _, rows in found
+                     for e in _measured(rows, "gradvar", "variance")})
+    last = epochs[-1]
+    e = " / ".join(f"e{k}" for k in epochs)
+    print(f"| cell | seeds | grad variance {e} | × SGD's at e{last} | ascent cos {e} | random direction "
+          f"| top eigenvalue e{last} (seed 0) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for cell, found in cells.items():
+        sparse, density, _ = cell.split("-", 2)
+        sgd = cells.get(f"{sparse}-{density}-sgd", [])
+        variance = [_mean_at(found, "gradvar", "variance", k) for k in epochs]
+        ratio = variance[-1] / _mean_at(sgd, "gradvar", "variance", last)
+        cosine = [_mean_at(found, "ascent", "cosine", k) for k in epochs]
+        random = _mean_at(found, "ascent", "random_direction", last)
+        top = _mean_at([f for f in found if f[0] == 0], "hessian", "top_eigenvalue", last)
+        print(f"| {cell} | {len(found)} | {' / '.join(f'{v:.3g}' for v in variance)} | {ratio:.2f} | "
+              f"{' / '.join(f'{c:.3g}' for c in cosine)} | {random:.3g} | {top:.3g} |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="what")
+    a = sub.add_parser("analyse", help="gradient variance, ascent cosines and curvature per cell")
+    a.add_argument("runs")
     p.add_argument("--runs", default="study", help="parent folder of the runs")
     p.add_argument("--seeds", type=int, default=5)
     args = p.parse_args(argv)
-    print("\n".join(commands(args.runs, args.seeds)))
+    if args.what == "analyse":
+        analyse(args.runs)
+    else:
+        print("\n".join(commands(args.runs, args.seeds)))
 
 
 if __name__ == "__main__":

@@ -122,3 +122,28 @@ def test_paper_table_commands_parse_and_collect(tmp_path, capsys):
     table["main"](["collect", str(tmp_path)])
     text = capsys.readouterr().out
     assert "| RIGL+ZOSAM | 91.00 ± 12.71 | - |" in text    # 2 seeds: t(0.975, 1) = 12.706, s = 1.414
+
+
+def test_study_commands_parse_and_analyse_reads_runs(tmp_path, capsys):
+    import shlex
+
+    from zosam_kernels.train.cli import parser, train
+    study = runpy.run_path(str(BENCHMARKS / "study.py"))
+    study["main"](["--runs", str(tmp_path), "--seeds", "5"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5 * 2 * 2 * 4
+    for line in lines:
+        argv = shlex.split(line.split(" > ")[0])
+        assert argv[0] == "zosam-train"
+        parser().parse_args(argv[1:])
+    small = ["--model", "resnet20", "--train-size", "64", "--test-size", "32", "--batch-size", "32",
+             "--epochs", "1", "--progress", "off", "--sparse", "rigl", "--density", "0.1",
+             "--diagnostics-epochs", "1", "--diagnostics-batches", "2"]
+    train([*small, "--optimizer", "sgd", "--diagnostics", "gradvar", "--out", str(tmp_path / "rigl-0.1-sgd-s0")])
+    train([*small, "--optimizer", "zosam", "--diagnostics", "gradvar,ascent",
+           "--out", str(tmp_path / "rigl-0.1-zosam-m1-s0")])
+    capsys.readouterr()
+    study["main"](["analyse", str(tmp_path)])
+    rows = {line.split(" | ")[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert set(rows) == {"| rigl-0.1-sgd", "| rigl-0.1-zosam-m1"}
+    assert " | 1.00 | " in rows["| rigl-0.1-sgd"]           # SGD's variance over its own
