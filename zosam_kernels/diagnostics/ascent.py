@@ -19,6 +19,8 @@ weights of `masks`.
 """
 import torch
 
+from .common import active_flat, active_parameters, preserved_state
+
 
 def _cosine(a, b):
     a, b = a.double(), b.double()
@@ -26,26 +28,14 @@ def _cosine(a, b):
     return float(a @ b / denominator) if denominator > 0 else float("nan")
 
 
-def _active(tensors, params, masks):
-    """The active entries of each tensor, as one float64 vector."""
-    parts = []
-    for t, p in zip(tensors, params):
-        m = masks.get(p) if masks else None
-        parts.append((t if m is None else t[m]).reshape(-1).double())
-    return torch.cat(parts)
-
-
 def step_with_ascent_cosine(optimizer, closure, model, masks=None):
     """(the step's return value, cos(ε, ∇L(θ)) on the active weights). `closure()`
     returns the batch's loss, mean or per sample (its mean is differentiated)."""
-    params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
-    buffers = {n: b.clone() for n, b in model.named_buffers()}
-    with torch.random.fork_rng(devices=[p.device for p in params if p.device.type == "cuda"][:1]):
+    active = active_parameters(model, masks)
+    params = [p for p, _ in active]
+    with preserved_state(model):        # the step's random state and BatchNorm statistics, untouched
         grads = torch.autograd.grad(closure().mean(), params, allow_unused=True)
-    with torch.no_grad():
-        for n, b in model.named_buffers():
-            b.copy_(buffers[n])
-    gradient = _active([torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)], params, masks)
+    gradient = active_flat(grads, active)
     start = [p.detach().clone() for p in params]
     seen = {}
 
@@ -55,4 +45,4 @@ def step_with_ascent_cosine(optimizer, closure, model, masks=None):
         return closure(*indices)
 
     result = optimizer.step(recording)
-    return result, _cosine(_active(seen["eps"], params, masks), gradient)
+    return result, _cosine(active_flat(seen["eps"], active), gradient)

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .gradvar import active_parameters, checked_batches, preserved_state, scalar_loss
+from .common import active_parameters, checked_batches, preserved_state, scalar_loss
 
 
 def _masked(vectors, active):

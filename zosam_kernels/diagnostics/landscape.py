@@ -28,7 +28,7 @@ import math
 import numpy as np
 import torch
 
-from .gradvar import active_parameters, checked_batches, preserved_state, scalar_loss
+from .common import active_parameters, checked_batches, preserved_state, scalar_loss
 
 
 def random_direction(model, masks=None, *, generator):
