@@ -5,6 +5,7 @@ claims on the CPU"): one zosam-train command per run, printed for a runner.
     OMP_NUM_THREADS=1 xargs -P 2 -I{} sh -c {} < study.sh      # two runs at a time, one thread each
     zosam-report /tmp/study/* --plot acc.png
     python benchmarks/study.py analyse /tmp/study               # gradient variance, cosines, curvature
+    python benchmarks/study.py figure /tmp/study landscape.png  # SGD vs ZO-SAM m = 1 loss slices, epoch 12
 
 Setting (chosen before any result was seen, to fit about an hour of 2 CPU
 cores): CIFAR ResNet-20 on scikit-learn's digits at 32x32, the first 384
@@ -86,16 +87,52 @@ def analyse(runs):
               f"{' / '.join(f'{c:.3g}' for c in cosine)} | {random:.3g} | {top:.3g} |")
 
 
+def figure(runs, path, epoch=12):
+    """The 1-D and 2-D loss slices of the seed-0 RigL 90 % runs of SGD and ZO-SAM m = 1."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = {"SGD": "rigl-0.1-sgd-s0", "ZO-SAM m = 1": "rigl-0.1-zosam-m1-s0"}
+    load = lambda name, dims: json.load(open(os.path.join(runs, name, f"landscape_e{epoch}_{dims}.json")))  # noqa: E731
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    grids = {label: load(name, "2d") for label, name in names.items()}
+    top = max(max(max(row) for row in g["losses"]) for g in grids.values())
+    for label, name in names.items():
+        one = load(name, "1d")
+        axes[0].plot(one["alphas"], one["losses"], marker="o", label=label)
+    axes[0].set_xlabel("α (filter-normalised direction)")
+    axes[0].set_ylabel("training loss (8 batches)")
+    axes[0].set_yscale("log")
+    axes[0].legend()
+    axes[0].grid(alpha=0.3)
+    for ax, (label, g) in zip(axes[1:], grids.items()):
+        levels = [x for x in (0.5, 1, 1.5, 2, 3, 5, 10, 20, 50, 100) if x <= top]
+        c = ax.contour(g["betas"], g["alphas"], g["losses"], levels=levels)
+        ax.clabel(c, fontsize=8)
+        ax.set_title(f"{label}, epoch {epoch}")
+        ax.set_xlabel("β")
+        ax.set_ylabel("α")
+    fig.suptitle("ResNet-20, digits with 30 % label noise, RigL at 90 % sparsity, seed 0")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what")
     a = sub.add_parser("analyse", help="gradient variance, ascent cosines and curvature per cell")
     a.add_argument("runs")
+    f = sub.add_parser("figure", help="loss slices of SGD and ZO-SAM m = 1 (seed-0 RigL 90 % runs)")
+    f.add_argument("runs")
+    f.add_argument("png")
     p.add_argument("--runs", default="study", help="parent folder of the runs")
     p.add_argument("--seeds", type=int, default=5)
     args = p.parse_args(argv)
     if args.what == "analyse":
         analyse(args.runs)
+    elif args.what == "figure":
+        figure(args.runs, args.png)
     else:
         print("\n".join(commands(args.runs, args.seeds)))
 
