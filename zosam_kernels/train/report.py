@@ -107,14 +107,17 @@ def plot(runs, path):
     lines = {}
     for args, summaries in group(runs).values():
         mean, half, _ = interval([s["final_test_acc"] for s in summaries])
-        lines.setdefault(f"{args['optimizer']} ({args['sparse']})", []).append((1 - args["density"], mean, half or 0))
+        options = "".join(f", {k} {args[k]}" for k in ("rho", "n_dirs") if args.get(k) is not None)
+        label = f"{args['optimizer']}{options} ({args['sparse']})"
+        lines.setdefault(label, []).append((1 - args["density"], mean, half or 0))
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, points in sorted(lines.items()):
         points.sort()
         ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
                     marker="o", capsize=3, label=label)
     ax.set_xlabel("sparsity (1 − density)")
-    ax.set_ylabel("final test accuracy (%)")
+    ax.set_ylabel("final test accuracy (%), mean ± 95 % interval")
+    ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
