@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from . import outputs
 from .build import make_model, make_optimizer_for, make_sparsity, prune_at_init
 from .datasets import cifar10c, load
-from .probes import Probes, corrupted_accuracy
+from .probes import Probes, corrupted_sets
 
 
 def lr_factor(step, warmup_steps, total_steps):
@@ -201,7 +201,8 @@ class Run:
             outputs.curves(args.out, self.history, args)
         complete = len(self.history) == total_epochs
         robustness = {"cifar10c": self.cifar10c() if complete and args.cifar10c else None,
-                      "corrupt": corrupted_accuracy(self, args.corrupt) if complete and args.corrupt else None}
+                      "corrupt": self.robustness(corrupted_sets(self.data, args.corrupt, args.seed))
+                      if complete and args.corrupt else None}
         return outputs.write_summary(args.out, self.history, self.total_s, args.targets, complete,
                                      robustness, self.rounds)
 
@@ -214,14 +215,18 @@ class Run:
                                f" is kept in {self.args.out}. Try a lower --lr, --warmup-epochs or "
                                f"--max-grad-norm, in a new --out")
 
-    def cifar10c(self):
-        """Accuracy on every corruption and severity of CIFAR-10-C, and their mean."""
-        if self.data.num_classes != 10:
-            raise ValueError(f"--cifar10c: CIFAR-10-C has 10 classes, the model {self.data.num_classes}")
+    def robustness(self, sets):
+        """Accuracy on every (corruption, severity, dataset) of `sets`, and their mean."""
         results = {}
-        for corruption, severity, dataset in cifar10c(self.args.cifar10c, self.data.mean, self.data.std):
+        for corruption, severity, dataset in sets:
             loader = torch.utils.data.DataLoader(dataset, self.args.eval_batch_size,
                                                  num_workers=self.args.workers)
             results.setdefault(corruption, {})[str(severity)] = self.evaluate(loader)[1]
         accs = [a for per in results.values() for a in per.values()]
         return {"accuracy": results, "mean": sum(accs) / len(accs)}
+
+    def cifar10c(self):
+        """Accuracy on every corruption file and severity of CIFAR-10-C."""
+        if self.data.num_classes != 10:
+            raise ValueError(f"--cifar10c: CIFAR-10-C has 10 classes, the model {self.data.num_classes}")
+        return self.robustness(cifar10c(self.args.cifar10c, self.data.mean, self.data.std))

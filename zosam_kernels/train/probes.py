@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..diagnostics import (CorruptedDataset, gradient_variance, hessian_trace, landscape_1d, landscape_2d,
                            plot_landscape, step_with_ascent_cosine, top_eigenvalue)
+from ..diagnostics.common import active_parameters, count_active
 
 DIAGNOSTICS = ("gradvar", "hessian", "landscape", "ascent")
 
@@ -92,26 +93,14 @@ class Probes:
                                                            f"{run.args.sparse} density {run.sparsity.density():.3g}")
                 found["landscape"][dims] = os.path.basename(stem) + ".png"
         if "ascent" in self.names:
-            active = _active_count(model, masks)
+            active = count_active(active_parameters(model, masks))
             found["ascent"] = {"cosine": sum(ascent_cosines) / len(ascent_cosines), "steps": len(ascent_cosines),
                                "random_direction": math.sqrt(2 / (math.pi * active))}
         return found
 
 
-def _active_count(model, masks):
-    masks = masks or {}
-    return sum(int(masks[p].sum()) if p in masks else p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def corrupted_accuracy(run, names):
-    """Accuracy on the test set under every corruption in `names` at severities 1-5, and the mean."""
-    data, args = run.data, run.args
-    results = {}
+def corrupted_sets(data, names, seed):
+    """(corruption, severity, the test set under it) for every corruption in `names`, severities 1-5."""
     for name in names:
         for severity in range(1, 6):
-            dataset = CorruptedDataset(data.test, data.mean, data.std, name, severity, seed=args.seed)
-            loader = torch.utils.data.DataLoader(dataset, args.eval_batch_size, num_workers=args.workers)
-            results.setdefault(name, {})[str(severity)] = run.evaluate(loader)[1]
-    accs = [a for per in results.values() for a in per.values()]
-    return {"accuracy": results, "mean": sum(accs) / len(accs)}
-
+            yield name, severity, CorruptedDataset(data.test, data.mean, data.std, name, severity, seed=seed)
