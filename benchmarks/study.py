@@ -6,6 +6,7 @@ claims on the CPU"): one zosam-train command per run, printed for a runner.
     zosam-report /tmp/study/* --plot acc.png
     python benchmarks/study.py analyse /tmp/study               # gradient variance, cosines, curvature
     python benchmarks/study.py figure /tmp/study landscape.png  # SGD vs ZO-SAM m = 1 loss slices, epoch 12
+    python benchmarks/study.py --runs /tmp/sweep sweep > sweep.sh  # ρ for SAM and ZO-SAM m = 1, SNIP 98 %
 
 Setting (chosen before any result was seen, to fit about an hour of 2 CPU
 cores): CIFAR ResNet-20 on scikit-learn's digits at 32x32, the first 384
@@ -44,6 +45,20 @@ def commands(runs, seeds):
                     out = os.path.join(runs, f"{sparse}-{density:g}-{name}-s{seed}")
                     yield (f"{COMMON} --sparse {sparse} --density {density:g} {opt} --seed {seed} "
                            f"--diagnostics {diagnostics} --out {out} > {out}.log 2>&1")
+
+
+SWEEP_RHOS = (0.01, 0.02, 0.1, 0.2)   # beside the study's 0.05
+
+
+def sweep(runs, seeds=2):
+    """ρ swept for SAM and ZO-SAM m = 1 in the SNIP 98 % cell, with the study's
+    setting otherwise (no diagnostics: accuracy is what the sweep asks)."""
+    for seed in range(seeds):
+        for rho in SWEEP_RHOS:
+            for name in ("sam", "zosam-m1"):
+                out = os.path.join(runs, f"snip-0.02-{name}-rho{rho:g}-s{seed}")
+                yield (f"{COMMON} --sparse snip --density 0.02 {OPTIMIZERS[name]} --rho {rho:g} --seed {seed} "
+                       f"--out {out} > {out}.log 2>&1")
 
 
 def _measured(rows, key, field):
@@ -123,9 +138,10 @@ def main(argv=None):
     sub = p.add_subparsers(dest="what")
     a = sub.add_parser("analyse", help="gradient variance, ascent cosines and curvature per cell")
     a.add_argument("runs")
-    f = sub.add_parser("figure", help="loss slices of SGD and ZO-SAM m = 1 (seed-0 RigL 90 % runs)")
+    f = sub.add_parser("figure", help="loss slices of SGD and ZO-SAM m = 1 (seed-0 RigL 90 %% runs)")
     f.add_argument("runs")
     f.add_argument("png")
+    sub.add_parser("sweep", help="commands of the ρ sweep (SAM, ZO-SAM m = 1; SNIP 98 %%; 2 seeds)")
     p.add_argument("--runs", default="study", help="parent folder of the runs")
     p.add_argument("--seeds", type=int, default=5)
     args = p.parse_args(argv)
@@ -133,6 +149,8 @@ def main(argv=None):
         analyse(args.runs)
     elif args.what == "figure":
         figure(args.runs, args.png)
+    elif args.what == "sweep":
+        print("\n".join(sweep(args.runs)))
     else:
         print("\n".join(commands(args.runs, args.seeds)))
 

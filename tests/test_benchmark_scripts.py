@@ -147,3 +147,19 @@ def test_study_commands_parse_and_analyse_reads_runs(tmp_path, capsys):
     rows = {line.split(" | ")[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
     assert set(rows) == {"| rigl-0.1-sgd", "| rigl-0.1-zosam-m1"}
     assert " | 1.00 | " in rows["| rigl-0.1-sgd"]           # SGD's variance over its own
+
+
+def test_study_sweep_commands_parse_with_each_rho(tmp_path, capsys):
+    import shlex
+
+    from zosam_kernels.train.cli import parser
+    study = runpy.run_path(str(BENCHMARKS / "study.py"))
+    study["main"](["--runs", str(tmp_path), "sweep"])
+    lines = capsys.readouterr().out.splitlines()
+    rhos = set()
+    for line in lines:
+        args = parser().parse_args(shlex.split(line.split(" > ")[0])[1:])
+        assert (args.sparse, args.density, args.optimizer) in {("snip", 0.02, "sam"), ("snip", 0.02, "zosam")}
+        rhos.add(args.rho)
+    assert rhos == {0.01, 0.02, 0.1, 0.2}
+    assert len(lines) == len(set(lines)) == 4 * 2 * 2
