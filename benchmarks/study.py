@@ -5,6 +5,7 @@ claims on the CPU"): one zosam-train command per run, printed for a runner.
     OMP_NUM_THREADS=1 xargs -P 2 -I{} sh -c {} < study.sh      # two runs at a time, one thread each
     zosam-report /tmp/study/* --plot acc.png
     python benchmarks/study.py analyse /tmp/study               # gradient variance, cosines, curvature
+    python benchmarks/study.py paired /tmp/study                # accuracy minus SGD's, seed by seed
     python benchmarks/study.py figure /tmp/study landscape.png  # SGD vs ZO-SAM m = 1 loss slices, epoch 12
     python benchmarks/study.py --runs /tmp/sweep sweep > sweep.sh  # ρ for SAM and ZO-SAM m = 1, SNIP 98 %
 
@@ -102,6 +103,40 @@ def analyse(runs):
               f"{' / '.join(f'{c:.3g}' for c in cosine)} | {random:.3g} | {top:.3g} |")
 
 
+def _final(runs, name, key):
+    path = os.path.join(runs, name, "summary.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        summary = json.load(f)
+    return summary["final_test_acc"] if key == "clean" else (summary["corrupt"] or {}).get("mean")
+
+
+def paired(runs, seeds=5):
+    """Final test accuracy (clean, then corrupted) minus SGD's with the same
+    seed, sparse method and density: mean ± 95 % t-interval over the seeds
+    where both runs finished, and how many of those pairs fell below SGD."""
+    from zosam_kernels.train.report import interval
+    for key in ("clean", "corrupt"):
+        print(f"\n{key} accuracy minus SGD's, points: mean ± 95 % interval (pairs below SGD / pairs)\n")
+        print("| cell | " + " | ".join(n for n in OPTIMIZERS if n != "sgd") + " |")
+        print("| --- |" + " --- |" * (len(OPTIMIZERS) - 1))
+        for sparse in ("snip", "rigl"):
+            for density in (0.1, 0.02):
+                row = []
+                for name in (n for n in OPTIMIZERS if n != "sgd"):
+                    diffs = []
+                    for seed in range(seeds):
+                        a = _final(runs, f"{sparse}-{density:g}-{name}-s{seed}", key)
+                        b = _final(runs, f"{sparse}-{density:g}-sgd-s{seed}", key)
+                        if a is not None and b is not None:
+                            diffs.append(a - b)
+                    mean, half, n = interval(diffs)
+                    row.append("-" if not n else f"{mean:+.1f} ± {half or float('nan'):.1f} "
+                               f"({sum(d < 0 for d in diffs)}/{n})")
+                print(f"| {sparse} {100 - 100 * density:g} % | " + " | ".join(row) + " |")
+
+
 def figure(runs, path, epoch=12):
     """The 1-D and 2-D loss slices of the seed-0 RigL 90 % runs of SGD and ZO-SAM m = 1."""
     import matplotlib
@@ -138,6 +173,7 @@ def main(argv=None):
     sub = p.add_subparsers(dest="what")
     a = sub.add_parser("analyse", help="gradient variance, ascent cosines and curvature per cell")
     a.add_argument("runs")
+    sub.add_parser("paired", help="accuracy minus SGD's with the same seed, per cell").add_argument("runs")
     f = sub.add_parser("figure", help="loss slices of SGD and ZO-SAM m = 1 (seed-0 RigL 90 %% runs)")
     f.add_argument("runs")
     f.add_argument("png")
@@ -147,6 +183,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.what == "analyse":
         analyse(args.runs)
+    elif args.what == "paired":
+        paired(args.runs, args.seeds)
     elif args.what == "figure":
         figure(args.runs, args.png)
     elif args.what == "sweep":

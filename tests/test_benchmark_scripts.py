@@ -147,6 +147,14 @@ def test_study_commands_parse_and_analyse_reads_runs(tmp_path, capsys):
     rows = {line.split(" | ")[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
     assert set(rows) == {"| rigl-0.1-sgd", "| rigl-0.1-zosam-m1"}
     assert " | 1.00 | " in rows["| rigl-0.1-sgd"]           # SGD's variance over its own
+    study["main"](["paired", str(tmp_path)])
+    out = capsys.readouterr().out
+    accuracy = {name: json.loads((tmp_path / name / "summary.json").read_text())["final_test_acc"]
+                for name in ("rigl-0.1-sgd-s0", "rigl-0.1-zosam-m1-s0")}
+    clean = out.split("corrupt accuracy")[0]
+    rigl = next(line for line in clean.splitlines() if line.startswith("| rigl 90 % |")).split(" | ")
+    assert rigl[2].startswith(f"{accuracy['rigl-0.1-zosam-m1-s0'] - accuracy['rigl-0.1-sgd-s0']:+.1f} ± nan (")
+    assert rigl[1] == "-"                                      # no SAM run: no pair
 
 
 def test_study_sweep_commands_parse_with_each_rho(tmp_path, capsys):
