@@ -115,26 +115,34 @@ def _final(runs, name, key):
 def paired(runs, seeds=5):
     """Final test accuracy (clean, then corrupted) minus SGD's with the same
     seed, sparse method and density: mean ± 95 % t-interval over the seeds
-    where both runs finished, and how many of those pairs fell below SGD."""
+    where both runs finished, and how many of those pairs fell below SGD; the
+    last row pools the pairs of all four cells."""
     from zosam_kernels.train.report import interval
+
+    def summarise(diffs):
+        mean, half, n = interval(diffs)
+        return "-" if not n else f"{mean:+.1f} ± {half or float('nan'):.1f} ({sum(d < 0 for d in diffs)}/{n})"
+
+    others = [n for n in OPTIMIZERS if n != "sgd"]
     for key in ("clean", "corrupt"):
         print(f"\n{key} accuracy minus SGD's, points: mean ± 95 % interval (pairs below SGD / pairs)\n")
-        print("| cell | " + " | ".join(n for n in OPTIMIZERS if n != "sgd") + " |")
-        print("| --- |" + " --- |" * (len(OPTIMIZERS) - 1))
+        print("| cell | " + " | ".join(others) + " |")
+        print("| --- |" + " --- |" * len(others))
+        pooled = defaultdict(list)
         for sparse in ("snip", "rigl"):
             for density in (0.1, 0.02):
                 row = []
-                for name in (n for n in OPTIMIZERS if n != "sgd"):
+                for name in others:
                     diffs = []
                     for seed in range(seeds):
                         a = _final(runs, f"{sparse}-{density:g}-{name}-s{seed}", key)
                         b = _final(runs, f"{sparse}-{density:g}-sgd-s{seed}", key)
                         if a is not None and b is not None:
                             diffs.append(a - b)
-                    mean, half, n = interval(diffs)
-                    row.append("-" if not n else f"{mean:+.1f} ± {half or float('nan'):.1f} "
-                               f"({sum(d < 0 for d in diffs)}/{n})")
+                    pooled[name] += diffs
+                    row.append(summarise(diffs))
                 print(f"| {sparse} {100 - 100 * density:g} % | " + " | ".join(row) + " |")
+        print("| all cells | " + " | ".join(summarise(pooled[name]) for name in others) + " |")
 
 
 def figure(runs, path, epoch=12):
