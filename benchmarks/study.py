@@ -6,6 +6,8 @@ claims on the CPU"): one zosam-train command per run, printed for a runner.
     zosam-report /tmp/study/* --plot acc.png
     python benchmarks/study.py analyse /tmp/study               # gradient variance, cosines, curvature
     python benchmarks/study.py paired /tmp/study                # accuracy minus SGD's, seed by seed
+    python benchmarks/study.py --runs /tmp/study curvature > curvature.sh  # Hessian of every 90 % run's end
+    python benchmarks/study.py curvature-table /tmp/study
     python benchmarks/study.py figure /tmp/study landscape.png  # SGD vs ZO-SAM m = 1 loss slices, epoch 12
     python benchmarks/study.py --runs /tmp/sweep sweep > sweep.sh  # ρ for SAM and ZO-SAM m = 1, SNIP 98 %
 
@@ -145,6 +147,65 @@ def paired(runs, seeds=5):
         print("| all cells | " + " | ".join(summarise(pooled[name]) for name in others) + " |")
 
 
+CURVATURE_CELLS = [(sparse, name) for sparse in ("snip", "rigl") for name in OPTIMIZERS]   # at 90 %
+
+
+def curvature_commands(runs, seeds):
+    """One `study.py measure-hessian` per finished 90 % run (all optimizers, all seeds)."""
+    for sparse, name in CURVATURE_CELLS:
+        for seed in range(seeds):
+            run = os.path.join(runs, f"{sparse}-0.1-{name}-s{seed}")
+            yield f"python {os.path.abspath(__file__)} measure-hessian {run} > {run}.hessian.log 2>&1"
+
+
+def measure_hessian(run_dir):
+    """The run's `hessian` diagnostic at its last epoch, measured on its final
+    checkpoint, into RUN_DIR/hessian_final.json. The checkpoint is written after
+    the last epoch's diagnostics, which restore the weights, so this measures
+    what `--diagnostics hessian` would have measured at that epoch: the same
+    weights, batches and seeds."""
+    import argparse
+
+    import torch
+
+    from zosam_kernels.train.loop import Run
+    with open(os.path.join(run_dir, "config.json")) as f:
+        args = argparse.Namespace(**json.load(f)["args"])
+    args.diagnostics = ["hessian"]
+    run = Run(args)
+    state = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
+    run.resume(state)
+    found = run.probes.measure(state["epoch"], [])["hessian"]
+    with open(os.path.join(run_dir, "hessian_final.json"), "w") as f:
+        json.dump({"epoch": state["epoch"], **found}, f)
+
+
+def curvature_table(runs, seeds=5):
+    """Per 90 % cell: top eigenvalue and trace at the end, mean ± 95 % interval
+    over the seeds; the ratio of ZO-SAM's (and SAM's) top eigenvalue to SGD's
+    with the same seed, and how many of those pairs were below 1."""
+    from zosam_kernels.train.report import interval
+
+    def read(sparse, name, seed):
+        path = os.path.join(runs, f"{sparse}-0.1-{name}-s{seed}", "hessian_final.json")
+        return json.load(open(path)) if os.path.exists(path) else None
+
+    def show(values, digits):
+        mean, half, n = interval(values)
+        return "-" if not n else f"{mean:.{digits}f} ± {half or float('nan'):.{digits}f}"
+
+    print("| cell | seeds | top eigenvalue | trace | top eigenvalue ÷ SGD's, same seed (pairs < 1) |")
+    print("| --- | --- | --- | --- | --- |")
+    for sparse, name in CURVATURE_CELLS:
+        found = {seed: read(sparse, name, seed) for seed in range(seeds)}
+        found = {seed: h for seed, h in found.items() if h is not None}
+        sgd = {seed: read(sparse, "sgd", seed) for seed in found}
+        ratios = [h["top_eigenvalue"] / sgd[s]["top_eigenvalue"] for s, h in found.items() if sgd[s]]
+        print(f"| {sparse}-0.1-{name} | {len(found)} | {show([h['top_eigenvalue'] for h in found.values()], 0)} | "
+              f"{show([h['trace'] for h in found.values()], 0)} | "
+              f"{show(ratios, 2)} ({sum(r < 1 for r in ratios)}/{len(ratios)}) |")
+
+
 def figure(runs, path, epoch=12):
     """The 1-D and 2-D loss slices of the seed-0 RigL 90 % runs of SGD and ZO-SAM m = 1."""
     import matplotlib
@@ -181,6 +242,9 @@ def main(argv=None):
     sub = p.add_subparsers(dest="what")
     a = sub.add_parser("analyse", help="gradient variance, ascent cosines and curvature per cell")
     a.add_argument("runs")
+    sub.add_parser("curvature", help="commands measuring the Hessian at the end of every 90 %% run")
+    sub.add_parser("measure-hessian", help="one run's Hessian at its final checkpoint").add_argument("run")
+    sub.add_parser("curvature-table", help="the curvature measurements per 90 %% cell").add_argument("runs")
     sub.add_parser("paired", help="accuracy minus SGD's with the same seed, per cell").add_argument("runs")
     f = sub.add_parser("figure", help="loss slices of SGD and ZO-SAM m = 1 (seed-0 RigL 90 %% runs)")
     f.add_argument("runs")
@@ -191,6 +255,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.what == "analyse":
         analyse(args.runs)
+    elif args.what == "curvature":
+        print("\n".join(curvature_commands(args.runs, args.seeds)))
+    elif args.what == "measure-hessian":
+        measure_hessian(args.run)
+    elif args.what == "curvature-table":
+        curvature_table(args.runs, args.seeds)
     elif args.what == "paired":
         paired(args.runs, args.seeds)
     elif args.what == "figure":

@@ -171,3 +171,26 @@ def test_study_sweep_commands_parse_with_each_rho(tmp_path, capsys):
         rhos.add(args.rho)
     assert rhos == {0.01, 0.02, 0.1, 0.2}
     assert len(lines) == len(set(lines)) == 4 * 2 * 2
+
+
+def test_study_measure_hessian_on_the_checkpoint_repeats_the_runs_own(tmp_path, capsys):
+    from zosam_kernels.train.cli import train
+    study = runpy.run_path(str(BENCHMARKS / "study.py"))
+    runs = {}
+    for name in ("sgd", "zosam-m1"):
+        out = tmp_path / f"rigl-0.1-{name}-s0"
+        optimizer = ["--optimizer", "sgd"] if name == "sgd" else ["--optimizer", "zosam", "--n-dirs", "1"]
+        train(["--model", "resnet20", "--train-size", "64", "--test-size", "32", "--batch-size", "32",
+               "--epochs", "1", "--progress", "off", "--sparse", "rigl", "--density", "0.1", *optimizer,
+               "--diagnostics", "hessian", "--hessian-iters", "3", "--hessian-samples", "2",
+               "--diagnostics-batches", "2", "--out", str(out)])
+        study["main"](["measure-hessian", str(out)])
+        own = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["diagnostics"]["hessian"]
+        again = json.loads((out / "hessian_final.json").read_text())
+        assert again["top_eigenvalue"] == pytest.approx(own["top_eigenvalue"], rel=1e-6)
+        assert again["trace"] == pytest.approx(own["trace"], rel=1e-6)
+        runs[name] = again["top_eigenvalue"]
+    capsys.readouterr()
+    study["main"](["curvature-table", str(tmp_path)])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| rigl-0.1-zosam-m1 |"))
+    assert f"{runs['zosam-m1'] / runs['sgd']:.2f} ± nan (" in row
