@@ -123,7 +123,8 @@ def paired(runs, seeds=5):
 
     def summarise(diffs):
         mean, half, n = interval(diffs)
-        return "-" if not n else f"{mean:+.1f} ± {half or float('nan'):.1f} ({sum(d < 0 for d in diffs)}/{n})"
+        half = float("nan") if half is None else half     # one pair: no interval
+        return "-" if not n else f"{mean:+.1f} ± {half:.1f} ({sum(d < 0 for d in diffs)}/{n})"
 
     others = [n for n in OPTIMIZERS if n != "sgd"]
     for key in ("clean", "corrupt"):
@@ -192,7 +193,8 @@ def curvature_table(runs, seeds=5):
 
     def show(values, digits):
         mean, half, n = interval(values)
-        return "-" if not n else f"{mean:.{digits}f} ± {half or float('nan'):.{digits}f}"
+        half = float("nan") if half is None else half
+        return "-" if not n else f"{mean:.{digits}f} ± {half:.{digits}f}"
 
     print("| cell | seeds | top eigenvalue | trace | top eigenvalue ÷ SGD's, same seed (pairs < 1) |")
     print("| --- | --- | --- | --- | --- |")
