@@ -22,7 +22,9 @@ perturbation's cosine with the gradient (SAM family), and the corrupted test
 accuracy (all corruptions, severities 1-5); the seed-0 RigL 90 % runs of
 SGD and ZO-SAM m = 1 also the Hessian (10 power iterations, 4 Hutchinson
 samples) and the loss landscape (the Hessian costs about a minute per
-measurement on one core, so it is measured where the paper's claim is).
+measurement on one core, so it is measured where the paper's claim is);
+`curvature` then measures it at the end of every 90 % run, from the
+checkpoints.
 """
 import argparse
 import json
