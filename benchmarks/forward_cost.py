@@ -1,15 +1,21 @@
 """What one zeroth-order pass costs against a forward + backward: the ratio r
-that bounds ZO-SAM's speed-up over SAM at 2 / (1 + 2r) (benchmarks/RESULTS.md).
+that bounds ZO-SAM's speed-up over SAM at 2 / (1 + 2mr) (benchmarks/RESULTS.md).
 
     python benchmarks/forward_cost.py [--model resnet32] [--batch-size 128] [--reps 6]
+                                      [--n-dirs 1] [--device cuda|cpu]
 
 Interleaved, median of --reps: a forward under no_grad, under inference_mode,
 the optimizers' extra pass (no_grad, its BatchNorm statistics copied and
-restored), and a forward + backward; then whole steps: SGD, ZOSAM, and
-ZOSAM's passes by hand (two extra passes, a forward + backward, the SGD step,
+restored), and a forward + backward; then whole steps: SGD, SAM, ZOSAM, and
+ZOSAM's passes by hand (2m extra passes, a forward + backward, the SGD step,
 no perturbation), so that what the optimizer adds to its passes is
 t(ZOSAM) - t(by hand), and what a pass costs inside a step is
-r_step = (t(by hand) - t(SGD)) / (2 t(SGD)).
+r_step = (t(by hand) - t(SGD)) / (2m t(SGD)).
+
+Last line: the speed-up over SAM that the passes allow,
+2 t(fwd+bwd) / (2m t(extra pass) + t(fwd+bwd)), against the one measured,
+t(SAM) / t(ZOSAM), all from this run. On CUDA each call is timed between two
+device synchronisations.
 """
 import argparse
 import statistics
@@ -18,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from zosam_kernels import ZOSAM
+from zosam_kernels import SAM, ZOSAM
 from zosam_kernels.data import synthetic_cifar
 from zosam_kernels.models import MODELS
 from zosam_kernels.optim.passes import Passes
@@ -29,10 +35,15 @@ def main(argv=None):
     p.add_argument("--model", default="resnet32", choices=sorted(MODELS))
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--reps", type=int, default=6)
+    p.add_argument("--n-dirs", type=int, default=1, help="ZO-SAM's m: 2m extra passes per step")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
+    if args.n_dirs < 1 or args.reps < 1:
+        p.error("--n-dirs and --reps must be >= 1")
+    device = torch.device(args.device)
     torch.manual_seed(0)
-    model = MODELS[args.model]()
-    x, y = next(synthetic_cifar(args.batch_size))
+    model = MODELS[args.model]().to(device)
+    x, y = (t.to(device) for t in next(synthetic_cifar(args.batch_size)))
 
     def closure():
         return F.cross_entropy(model(x), y)
@@ -51,7 +62,8 @@ def main(argv=None):
 
     # every whole step trains with lr 0, so all of them see the same weights
     sgd = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
-    zosam = ZOSAM(model.parameters(), torch.optim.SGD, lr=0.0, momentum=0.9)
+    sam = SAM(model.parameters(), torch.optim.SGD, lr=0.0, momentum=0.9)
+    zosam = ZOSAM(model.parameters(), torch.optim.SGD, lr=0.0, momentum=0.9, n_dirs=args.n_dirs)
     extra = Passes()
 
     def sgd_step():
@@ -59,9 +71,13 @@ def main(argv=None):
         sgd.step()
 
     def by_hand():
-        extra.extra(closure)
-        extra.extra(closure)
+        for _ in range(2 * args.n_dirs):
+            extra.extra(closure)
         sgd_step()
+
+    def sam_step():
+        sam.zero_grad()
+        sam.step(closure)
 
     def zosam_step():
         zosam.zero_grad()   # not needed (ZOSAM drops the gradients itself): as SGD's loop does
@@ -70,23 +86,34 @@ def main(argv=None):
     cases = {"no_grad forward": no_grad, "inference_mode forward": inference_mode,
              "extra_pass (no_grad, BN restored)": lambda: extra.extra(closure),
              "forward + backward": forward_backward,
-             "step: SGD": sgd_step, "step: ZOSAM's passes by hand": by_hand, "step: ZOSAM": zosam_step}
+             "step: SGD": sgd_step, "step: SAM": sam_step,
+             "step: ZOSAM's passes by hand": by_hand, "step: ZOSAM": zosam_step}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = {name: [] for name in cases}
     for f in cases.values():
         f()
     for _ in range(args.reps):
         for name, f in cases.items():
+            sync()
             t0 = time.perf_counter()
             f()
+            sync()
             times[name].append(time.perf_counter() - t0)
     med = {name: 1e3 * statistics.median(t) for name, t in times.items()}
-    print(f"{args.model}, batch {args.batch_size}, cpu, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, median of {args.reps}")
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"cpu, {torch.get_num_threads()} threads")
+    print(f"{args.model}, batch {args.batch_size}, m = {args.n_dirs}, {where}, torch {torch.__version__}, "
+          f"median of {args.reps}")
     for name, ms in med.items():
-        print(f"{name:<40}{ms:8.1f} ms   / forward + backward = {ms / med['forward + backward']:.2f}")
-    sgd_ms, hand_ms, zo_ms = (med[f"step: {k}"] for k in ("SGD", "ZOSAM's passes by hand", "ZOSAM"))
-    print(f"r_step = {(hand_ms - sgd_ms) / (2 * sgd_ms):.2f}; ZOSAM - by hand = {zo_ms - hand_ms:.1f} ms "
+        print(f"{name:<40}{ms:8.2f} ms   / forward + backward = {ms / med['forward + backward']:.2f}")
+    sgd_ms, sam_ms, hand_ms, zo_ms = (med[f"step: {k}"] for k in
+                                      ("SGD", "SAM", "ZOSAM's passes by hand", "ZOSAM"))
+    m = args.n_dirs
+    print(f"r_step = {(hand_ms - sgd_ms) / (2 * m * sgd_ms):.2f}; ZOSAM - by hand = {zo_ms - hand_ms:.2f} ms "
           f"({(zo_ms - hand_ms) / zo_ms:.1%} of the step)")
+    fb, pass_ms = med["forward + backward"], med["extra_pass (no_grad, BN restored)"]
+    allowed, got = 2 * fb / (2 * m * pass_ms + fb), sam_ms / zo_ms
+    print(f"x SAM allowed by the passes {allowed:.2f}, measured {got:.2f} ({got / allowed:.1%} of it)")
 
 
 if __name__ == "__main__":

@@ -1,54 +1,121 @@
 #!/usr/bin/env bash
-# On a lent GPU machine (device tool): build, run the whole suite with the
-# Triton kernels compiled, then the kernel roofline, the step benchmarks (every
-# row, with a profile) and the ZO quality study. Uses the machine's own torch
-# and triton (no venv: the device has no network). Everything lands in $OUT.
+# On a lent GPU machine (device tool): build, run the tests with the Triton
+# kernels compiled, then the kernel roofline, the pass costs, the step
+# benchmarks (with a profile) and zosam-train. Uses the machine's own python3,
+# torch and triton (no venv: the device has no network).
 #
-#   benchmarks/gpu_check.sh [tests|kernels|bench|train|all]
+#   benchmarks/gpu_check.sh [core|rest|all]
 #
-# A device call may run 10 minutes: give each stage its own call (tests, then
-# kernels, then bench); "all" runs them in one. Each stage builds first (a
-# no-op when the build is there).
+# Sized for the lease: 15 minutes of device time per task (the machine's
+# start included), at most 10 minutes per call, at most 8 files back. So two
+# calls, back to back while the machine is warm:
+#   core  build; the GPU tests (kernels against the reference, the stream
+#         against the C++ one, the optimizers on CUDA, a step with no host
+#         sync); the kernel roofline; forward_cost (the ratio the passes
+#         allow); the main benchmark row, ResNet-32 batch 128, with a profile
+#   rest  batch 512, the 2x-wide ResNet-32, the SAM family, bf16 +
+#         channels_last, the training loop's options; the whole suite; the ZO
+#         quality study; zosam-train epochs and resume
+# Each step runs under a timeout that also respects the stage's deadline
+# (BUDGET_S seconds from the start, default 540), so the script always ends,
+# and packs, before the call's limit. What comes back:
+#   $OUT/summary.txt      a line per step: rc (124: timed out), seconds, limit
+#   $OUT/versions.txt     GPU, driver, python, torch, triton, date
+#   $OUT/<stage>.tar.gz   every log and JSON of the stage
+#   $OUT/profile.tar.gz   (core) the Chrome/Perfetto traces, one per method
+# and the end of stdout shows the summary and the main tables.
 set -uo pipefail
 OUT=${OUT:-out}
-STAGE=${1:-all}
+STAGE=${1:-core}
+PY=${PYTHON:-python3}
+BUDGET_S=${BUDGET_S:-540}
+START=$SECONDS
+RAW=$(mktemp -d)
 mkdir -p "$OUT"
+# the tree itself is importable even if the editable install fails
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET
+
+# step NAME MAX_S CMD...: CMD's output to $RAW/NAME.log, under
+# min(MAX_S, what is left of the budget less 20 s for packing)
+step() {
+  local name=$1 max=$2; shift 2
+  local left=$((BUDGET_S - (SECONDS - START) - 20))
+  if ((left < 10)); then
+    echo "$name: skipped, stage budget spent" | tee -a "$OUT/summary.txt"; return
+  fi
+  local limit=$((max < left ? max : left)) t0=$SECONDS
+  timeout -k 5 "$limit" "$@" > "$RAW/$name.log" 2>&1
+  local rc=$?
+  echo "$name: rc=$rc $((SECONDS - t0))s (limit ${limit}s)" | tee -a "$OUT/summary.txt"
+}
+
+# pytest in parallel where pytest-xdist is installed (the device image has it)
+pytest_n() {
+  if "$PY" -c "import xdist" 2> /dev/null; then echo "-n $1"; fi
+}
+
+pack() {
+  if [ -d "$RAW/profile" ]; then
+    tar czf "$OUT/profile.tar.gz" -C "$RAW" profile
+    # one file comes back only under 16 MiB: keep SAM's and ZO-SAM's traces
+    if [ "$(stat -c %s "$OUT/profile.tar.gz")" -gt 15000000 ]; then
+      find "$RAW/profile" -name '*.json' ! -name sam.json ! -name zosam.json -delete
+      tar czf "$OUT/profile.tar.gz" -C "$RAW" profile
+    fi
+    rm -rf "$RAW/profile"
+  fi
+  tar czf "$OUT/$STAGE.tar.gz" -C "$RAW" .
+}
+trap pack EXIT
 
 build() {
   {
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-    python -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+    "$PY" -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
     date -u
   } > "$OUT/versions.txt" 2>&1
-  pip install -q --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
+  cat "$OUT/versions.txt"
+  step build 240 env MAX_JOBS=16 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
+  step import 60 "$PY" -c "from zosam_kernels.ops import library as L; print('C++ extension', L.HAS_CPU_EXTENSION, 'triton', L.triton_kernels is not None)"
+  cat "$RAW/import.log"
 }
 
-tests() {
-  python -m pytest tests -q -rs > "$OUT/tests.log" 2>&1; echo "pytest rc=$?" >> "$OUT/tests.log"
-  tail -n 15 "$OUT/tests.log"
+# The files whose tests touch CUDA or the Triton kernels: on this machine the
+# kernels run compiled, and the stream, optimizer and no-sync tests run on CUDA.
+GPU_TESTS="tests/test_triton_kernels.py tests/test_stream_agreement.py tests/test_zosam.py
+  tests/test_behaviour.py tests/test_training_loop.py tests/test_sam.py tests/test_family.py"
+
+core() {
+  # shellcheck disable=SC2046,SC2086
+  step gpu_tests 180 "$PY" -m pytest -q -rs -p no:cacheprovider $(pytest_n 8) $GPU_TESTS
+  step kernels 120 "$PY" benchmarks/kernels.py --json "$RAW/kernels.json"
+  step forward_cost 60 "$PY" benchmarks/forward_cost.py --reps 20
+  step bench 150 "$PY" -m zosam_kernels.bench --methods sgd,sam,zosam,zosam-unfused,zosam-frac,zosam-bf16 \
+    --json "$RAW/bench_resnet32.json" --profile "$RAW/profile"
+  tail -n 6 "$RAW/gpu_tests.log" 2> /dev/null
+  cat "$RAW/kernels.log" "$RAW/forward_cost.log" "$RAW/bench.log" 2> /dev/null
 }
 
-kernels() {
-  python benchmarks/kernels.py --json "$OUT/kernels.json" > "$OUT/kernels.log" 2>&1
-  cat "$OUT/kernels.log"
-}
-
-bench() {
-  python -m zosam_kernels.bench --methods sgd,sam,zosam,zosam-unfused,zosam-frac,zosam-bf16 \
-    --json "$OUT/bench_resnet32.json" --profile "$OUT/profile" > "$OUT/bench.log" 2>&1
-  python -m zosam_kernels.bench --batch-size 512 --methods sgd,sam,zosam,zosam-frac,zosam-bf16 \
-    --json "$OUT/bench_b512.json" > "$OUT/bench_b512.log" 2>&1
-  python -m zosam_kernels.bench --model resnet32_wide --methods sgd,sam,zosam,zosam-frac \
-    --json "$OUT/bench_wide.json" > "$OUT/bench_wide.log" 2>&1
-  python -m zosam_kernels.bench --methods sgd,sam,zosam,esam,looksam,gsam,ssam-f,ssam-d,zolooksam,zossam \
-    --json "$OUT/bench_family.json" > "$OUT/bench_family.log" 2>&1
-  python -m zosam_kernels.bench --methods sgd,zosam,zosam-no-crn,zosam-clip,zosam-scaler,zosam-micro4 \
-    --json "$OUT/bench_loop.json" > "$OUT/bench_loop.log" 2>&1
-  python -m zosam_kernels.bench --bf16 --channels-last --methods sgd,sam,zosam \
-    --json "$OUT/bench_bf16.json" > "$OUT/bench_bf16.log" 2>&1
-  python benchmarks/zo_quality.py --json "$OUT/zo_quality.json" > "$OUT/zo_quality.log" 2>&1
-  cat "$OUT/bench.log" "$OUT/bench_b512.log" "$OUT/bench_wide.log" "$OUT/bench_family.log" \
-    "$OUT/bench_loop.log" "$OUT/bench_bf16.log" "$OUT/zo_quality.log"
+rest() {
+  step bench_b512 75 "$PY" -m zosam_kernels.bench --batch-size 512 --methods sgd,sam,zosam,zosam-frac,zosam-bf16 \
+    --json "$RAW/bench_b512.json"
+  step bench_wide 75 "$PY" -m zosam_kernels.bench --model resnet32_wide --methods sgd,sam,zosam,zosam-frac \
+    --json "$RAW/bench_wide.json"
+  step bench_family 90 "$PY" -m zosam_kernels.bench \
+    --methods sgd,sam,zosam,esam,looksam,gsam,ssam-f,ssam-d,zolooksam,zossam --json "$RAW/bench_family.json"
+  step bench_bf16 60 "$PY" -m zosam_kernels.bench --bf16 --channels-last --methods sgd,sam,zosam \
+    --json "$RAW/bench_bf16.json"
+  # shellcheck disable=SC2046
+  step suite 240 "$PY" -m pytest tests -q -rs -p no:cacheprovider $(pytest_n 12)
+  step train 150 bash -c train
+  step bench_loop 60 "$PY" -m zosam_kernels.bench \
+    --methods sgd,zosam,zosam-no-crn,zosam-clip,zosam-scaler,zosam-micro4 --json "$RAW/bench_loop.json"
+  step zo_quality 60 "$PY" benchmarks/zo_quality.py --json "$RAW/zo_quality.json"
+  tail -n 6 "$RAW/suite.log" 2> /dev/null
+  for f in bench_b512 bench_wide bench_family bench_bf16 train bench_loop zo_quality; do
+    echo "== $f"; cat "$RAW/$f.log" 2> /dev/null
+  done
 }
 
 # zosam-train on CUDA: seconds per epoch of ResNet-32 on the synthetic data
@@ -56,16 +123,17 @@ bench() {
 # resumed, against the same run uninterrupted (cuDNN may make CUDA differ in
 # the last bits: the log shows how much).
 train() {
+  local runs=$RAW/train
   for opt in sgd sam zosam; do
-    python -m zosam_kernels.train --optimizer "$opt" --epochs 3 --progress off --workers 4 \
-      --out "$OUT/train/$opt" > "$OUT/train_$opt.log" 2>&1
+    "$PY" -m zosam_kernels.train --optimizer "$opt" --epochs 3 --progress off --workers 4 --out "$runs/$opt" || return
   done
-  args="--sparse rigl --density 0.1 --update-interval 10 --optimizer zosam --epochs 2 --progress off"
-  python -m zosam_kernels.train $args --out "$OUT/train/whole" > "$OUT/train_resume.log" 2>&1
-  python -m zosam_kernels.train $args --out "$OUT/train/cut" --stop-after 1 >> "$OUT/train_resume.log" 2>&1
-  python -m zosam_kernels.train $args --out "$OUT/train/cut" --resume >> "$OUT/train_resume.log" 2>&1
-  rm -f "$OUT"/train/*/checkpoint.pt
-  python - "$OUT/train" <<'PY' | tee "$OUT/train_summary.txt"
+  local args="--sparse rigl --density 0.1 --update-interval 10 --optimizer zosam --epochs 2 --progress off"
+  # shellcheck disable=SC2086
+  "$PY" -m zosam_kernels.train $args --out "$runs/whole" &&
+    "$PY" -m zosam_kernels.train $args --out "$runs/cut" --stop-after 1 &&
+    "$PY" -m zosam_kernels.train $args --out "$runs/cut" --resume || return
+  rm -f "$runs"/*/checkpoint.pt
+  "$PY" - "$runs" <<'PY'
 import json, sys
 root = sys.argv[1]
 rows = lambda run: [json.loads(l) for l in open(f"{root}/{run}/metrics.jsonl")]
@@ -77,14 +145,15 @@ for a, b in zip(rows("whole"), rows("cut")):
     print("epoch", a["epoch"], {k: (a[k], b[k]) for k in keys}, "equal" if all(a[k] == b[k] for k in keys) else "DIFFER")
 PY
 }
+export -f train
+export PY RAW
 
+echo "stage $STAGE, budget ${BUDGET_S}s" | tee -a "$OUT/summary.txt"
 build
-cat "$OUT/versions.txt"
 case "$STAGE" in
-  tests) tests ;;
-  kernels) kernels ;;
-  bench) bench ;;
-  train) train ;;
-  all) tests; kernels; bench; train ;;
-  *) echo "stage must be tests, kernels, bench, train or all, got $STAGE" >&2; exit 2 ;;
+  core) core ;;
+  rest) rest ;;
+  all) core; rest ;;
+  *) echo "stage must be core, rest or all, got $STAGE" >&2; exit 2 ;;
 esac
+echo "== summary"; cat "$OUT/summary.txt"

@@ -2,7 +2,8 @@
 
 Weights are one float64 vector in parameter order (the direction stream's
 order); losses come from torch.func.functional_call on float64 copies of the
-model's parameters, so nothing here touches the package's optimizers.
+model's parameters, so nothing here touches the package's optimizers. The
+reference always computes on the CPU, whatever device the model is on.
 """
 import copy
 
@@ -16,14 +17,15 @@ from zosam_kernels.ops import reference
 class Float64Model:
     def __init__(self, model, x, y, loss_fn):
         self.model = model
-        self.model64 = copy.deepcopy(model).double()
+        self.model64 = copy.deepcopy(model).double().cpu()
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.shapes = [p.shape for n, p in model.named_parameters() if p.requires_grad]
-        self.x, self.y, self.loss_fn = x.double(), y, loss_fn
-        self.buffers = {n: b.double() if b.is_floating_point() else b for n, b in model.named_buffers()}
+        self.x, self.y, self.loss_fn = x.double().cpu(), y.cpu(), loss_fn
+        self.buffers = {n: (b.double() if b.is_floating_point() else b).cpu() for n, b in model.named_buffers()}
 
     def flat(self):
-        return torch.cat([p.detach().double().reshape(-1) for n, p in self.model.named_parameters()
+        """The model's weights now, as one float64 vector on the CPU."""
+        return torch.cat([p.detach().double().cpu().reshape(-1) for n, p in self.model.named_parameters()
                           if p.requires_grad])
 
     def unflat(self, theta):

@@ -2,6 +2,7 @@
 in benchmarks/RESULTS.md; here only that they run and report every row)."""
 import json
 import pathlib
+import re
 import runpy
 import sys
 
@@ -64,6 +65,9 @@ def test_forward_cost_times_passes_and_steps(monkeypatch, capsys):
     run_script("forward_cost.py", ["--model", "resnet20", "--batch-size", "4", "--reps", "1"], monkeypatch)
     out = capsys.readouterr().out
     assert "step: ZOSAM's passes by hand" in out and "r_step =" in out
+    # 2 t(fb) / (2m t(pass) + t(fb)) lies in (0, 2) for any positive times
+    allowed = float(re.search(r"x SAM allowed by the passes ([0-9.]+), measured [0-9.]+", out).group(1))
+    assert 0 < allowed < 2
 
 
 def test_loop_options_cost_reports_every_option(monkeypatch, capsys):

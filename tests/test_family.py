@@ -273,7 +273,7 @@ def top_k(scores, eligible, k):
 
 def state_mask(opt, model):
     views = dict(zip(map(id, opt.params), opt.perturbation_mask.views()))
-    return torch.cat([views[id(p)].reshape(-1) for p in model.parameters()])
+    return torch.cat([views[id(p)].reshape(-1) for p in model.parameters()]).cpu()
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -365,9 +365,9 @@ def test_ssam_bad_arguments(kw, words):
 
 @pytest.mark.parametrize("backend", ["fused", "unfused"])
 @pytest.mark.parametrize("masked", [False, True])
-def test_zolooksam_reuses_eps_and_matches_float64(backend, masked):
+def test_zolooksam_reuses_eps_and_matches_float64(backend, masked, device):
     from f64 import zosam_eps
-    model, x, y = make_problem(70)
+    model, x, y = make_problem(70, device=device)
     masks = random_masks(model, 0.6, 70) if masked else None
     mask = flat_mask(model, masks) if masked else None
     f = Float64Model(model, x, y, F.cross_entropy)
@@ -401,9 +401,9 @@ def test_zolooksam_in_between_steps_cost_one_forward_one_backward():
 
 @pytest.mark.parametrize("backend", ["fused", "unfused"])
 @pytest.mark.parametrize("masked", [False, True])
-def test_zossam_directions_on_the_mask_match_float64(backend, masked):
+def test_zossam_directions_on_the_mask_match_float64(backend, masked, device):
     from f64 import zosam_eps
-    model, x, y = make_problem(72)
+    model, x, y = make_problem(72, device=device)
     masks = random_masks(model, 0.6, 72) if masked else None
     active = flat_mask(model, masks) if masked else torch.ones(sum(p.numel() for p in model.parameters()),
                                                                  dtype=torch.float64)

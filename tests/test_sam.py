@@ -9,8 +9,8 @@ from test_zosam import flat_mask, make_problem, random_masks
 
 @pytest.mark.parametrize("adaptive", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
-def test_sam_step_matches_float64(adaptive, masked):
-    model, x, y = make_problem(21 + adaptive + 2 * masked)
+def test_sam_step_matches_float64(adaptive, masked, device):
+    model, x, y = make_problem(21 + adaptive + 2 * masked, device=device)
     masks = random_masks(model, 0.6, 4) if masked else {}
     loss_fn = torch.nn.functional.cross_entropy
     f = Float64Model(model, x, y, loss_fn)
@@ -25,7 +25,7 @@ def test_sam_step_matches_float64(adaptive, masked):
     if masked:
         g = g * mask
     torch.testing.assert_close(f.flat(), sgd_step(theta0, g, 0.1), rtol=0, atol=1e-5)
-    torch.testing.assert_close(loss.double(), f.loss(theta0).detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss.double().cpu(), f.loss(theta0).detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_sam_rho_zero_is_the_base_optimizer():

@@ -8,7 +8,8 @@ import zosam_kernels as zk
 from f64 import Float64Model, adamw_step, sgd_step, zosam_eps
 
 
-def make_problem(seed, batchnorm=False):
+def make_problem(seed, batchnorm=False, device="cpu"):
+    """A small classifier with its batch, drawn on the CPU, then moved to device."""
     g = torch.Generator().manual_seed(seed)
     layers = [torch.nn.Linear(7, 9), torch.nn.Tanh(), torch.nn.Linear(9, 4)]
     if batchnorm:
@@ -19,16 +20,19 @@ def make_problem(seed, batchnorm=False):
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
     x = torch.randn(16, 7, generator=g)
     y = torch.randint(0, 4, (16,), generator=g)
-    return model, x, y
+    return model.to(device), x.to(device), y.to(device)
 
 
 def random_masks(model, density, seed):
+    """Masks drawn on the CPU (the same on every device), on their weights' device."""
     g = torch.Generator().manual_seed(seed)
-    return {p: torch.rand(p.shape, generator=g) < density for p in model.parameters() if p.dim() > 1}
+    return {p: (torch.rand(p.shape, generator=g) < density).to(p.device)
+            for p in model.parameters() if p.dim() > 1}
 
 
 def flat_mask(model, masks):
-    return torch.cat([masks.get(p, torch.ones_like(p, dtype=torch.bool)).reshape(-1).double()
+    """The masks as one float64 vector on the CPU, 1 where a weight is active."""
+    return torch.cat([masks.get(p, torch.ones_like(p, dtype=torch.bool)).reshape(-1).double().cpu()
                       for p in model.parameters()])
 
 
@@ -45,10 +49,10 @@ BASES = {
 @pytest.mark.parametrize("n_dirs", [1, 3])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("adaptive", [False, True])
-def test_step_matches_float64_algorithm(backend, base, n_dirs, masked, adaptive):
+def test_step_matches_float64_algorithm(backend, base, n_dirs, masked, adaptive, device):
     # stable across processes (hash() of a str is randomised per process by PYTHONHASHSEED)
     seed = zlib.crc32(repr((backend, base, n_dirs, masked, adaptive)).encode()) % 1000
-    model, x, y = make_problem(seed)
+    model, x, y = make_problem(seed, device=device)
     masks = random_masks(model, 0.6, seed) if masked else {}
     loss_fn = torch.nn.functional.cross_entropy
     f = Float64Model(model, x, y, loss_fn)
@@ -65,24 +69,24 @@ def test_step_matches_float64_algorithm(backend, base, n_dirs, masked, adaptive)
     if masked:
         g = g * mask
     expected = step64(theta0, g)
-    torch.testing.assert_close(opt.last_coefficients.double(), c, rtol=2e-3, atol=2e-4)
+    torch.testing.assert_close(opt.last_coefficients.double().cpu(), c, rtol=2e-3, atol=2e-4)
     torch.testing.assert_close(f.flat(), expected, rtol=0, atol=2e-5)
-    torch.testing.assert_close(loss.double(), f.loss(theta0).detach(), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(loss.double().cpu(), f.loss(theta0).detach(), rtol=1e-3, atol=1e-4)
     if masked:
         assert (f.flat()[mask == 0] == 0).all()
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
-def test_fused_and_unfused_backends_agree_over_steps(adaptive):
+def test_fused_and_unfused_backends_agree_over_steps(adaptive, device):
     results = []
     for backend in ["fused", "unfused"]:
-        model, x, y = make_problem(3, batchnorm=True)
+        model, x, y = make_problem(3, batchnorm=True, device=device)
         masks = random_masks(model, 0.5, 3)
         opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9, n_dirs=2,
                        seed=11, masks=masks, adaptive=adaptive, backend=backend)
         for _ in range(5):
             opt.step(lambda: torch.nn.functional.cross_entropy(model(x), y))
-        results.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+        results.append(torch.cat([p.detach().cpu().reshape(-1) for p in model.parameters()]))
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-5)
 
 
@@ -104,9 +108,8 @@ def test_seeds_differ_across_steps_and_directions_and_replay():
 def test_cuda_fused_matches_cpu_unfused_backend():
     results = []
     for device, backend in [("cuda", "fused"), ("cpu", "unfused")]:
-        model, x, y = make_problem(4, batchnorm=True)
-        model, x, y = model.to(device), x.to(device), y.to(device)
-        masks = {p: m.to(device) for p, m in random_masks(model, 0.5, 4).items()}
+        model, x, y = make_problem(4, batchnorm=True, device=device)
+        masks = random_masks(model, 0.5, 4)
         opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9, n_dirs=2,
                        seed=13, masks=masks, backend=backend)
         for _ in range(3):
@@ -116,8 +119,8 @@ def test_cuda_fused_matches_cpu_unfused_backend():
 
 
 @pytest.mark.parametrize("backend", ["fused", "unfused"])
-def test_zo_batch_fraction_uses_leading_samples_for_the_estimate_only(backend):
-    model, x, y = make_problem(21)
+def test_zo_batch_fraction_uses_leading_samples_for_the_estimate_only(backend, device):
+    model, x, y = make_problem(21, device=device)
     loss_fn = torch.nn.functional.cross_entropy
     rho, delta, frac = 0.05, 1e-2, 0.3
     opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.1, rho=rho, delta=delta, n_dirs=2,
@@ -138,7 +141,7 @@ def test_zo_batch_fraction_uses_leading_samples_for_the_estimate_only(backend):
     opt.step(closure)
     assert [c if c is None else (c.start, c.stop) for c in calls] == [(0, n)] * 4 + [None]
     eps, c = zosam_eps(sub, theta0, opt.last_seeds, rho, delta)
-    torch.testing.assert_close(opt.last_coefficients.double(), c, rtol=2e-3, atol=2e-4)
+    torch.testing.assert_close(opt.last_coefficients.double().cpu(), c, rtol=2e-3, atol=2e-4)
     expected = sgd_step(theta0, full.grad(theta0 + eps), 0.1)
     torch.testing.assert_close(full.flat(), expected, rtol=0, atol=2e-5)
 
@@ -174,9 +177,8 @@ def test_zo_autocast_applies_to_the_zeroth_order_passes_only():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (host-device syncs exist only there)")
 def test_cuda_step_without_finiteness_check_never_syncs():
-    model, x, y = make_problem(24, batchnorm=True)
-    model, x, y = model.cuda(), x.cuda(), y.cuda()
-    masks = {p: m.cuda() for p, m in random_masks(model, 0.5, 24).items()}
+    model, x, y = make_problem(24, batchnorm=True, device="cuda")
+    masks = random_masks(model, 0.5, 24)
     opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9, n_dirs=2,
                    masks=masks, check_finite=False)
     closure = lambda: torch.nn.functional.cross_entropy(model(x), y)  # noqa: E731
