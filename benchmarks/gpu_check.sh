@@ -12,7 +12,8 @@
 #   core  build; the GPU tests (kernels against the reference, the stream
 #         against the C++ one, the optimizers on CUDA, a step with no host
 #         sync); the kernel roofline; forward_cost (the ratio the passes
-#         allow); the main benchmark row, ResNet-32 batch 128, with a profile
+#         allow); the main benchmark row, ResNet-32 batch 128, with a profile;
+#         the Triton kernel's launch-geometry sweep
 #   rest  batch 512, the 2x-wide ResNet-32, the SAM family, bf16 +
 #         channels_last, the training loop's options; the whole suite; the ZO
 #         quality study; zosam-train epochs and resume
@@ -93,8 +94,9 @@ core() {
   step forward_cost 60 "$PY" benchmarks/forward_cost.py --reps 20
   step bench 150 "$PY" -m zosam_kernels.bench --methods sgd,sam,zosam,zosam-unfused,zosam-frac,zosam-bf16 \
     --json "$RAW/bench_resnet32.json" --profile "$RAW/profile"
+  step kernel_sweep 120 "$PY" benchmarks/kernels.py --sizes 1e7 --sweep 1e7,1e8 --json "$RAW/kernel_sweep.json"
   tail -n 6 "$RAW/gpu_tests.log" 2> /dev/null
-  cat "$RAW/kernels.log" "$RAW/forward_cost.log" "$RAW/bench.log" 2> /dev/null
+  cat "$RAW/kernels.log" "$RAW/forward_cost.log" "$RAW/bench.log" "$RAW/kernel_sweep.log" 2> /dev/null
 }
 
 rest() {

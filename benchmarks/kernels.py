@@ -2,6 +2,12 @@
 version and (on CUDA) a one-normal-per-Philox tl.randn kernel, in one run.
 
     python benchmarks/kernels.py [--device cuda|cpu] [--sizes 1e5,1e6,1e7,1e8] [--json PATH]
+                                 [--sweep 1e7,1e8]
+
+--sweep: the Triton add_directions_ (K = 1) over its launch geometry, Philox
+counters per program (BLOCK_Q, 4 elements each) x num_warps, against the copy
+at each size (the first thing to try when the kernel misses the roofline),
+each checked against the default geometry's result.
 
 Defaults: sizes 1e5..1e8 on CUDA, 1e5..1e7 on the CPU. Times are medians
 (triton.testing.do_bench on CUDA; 15 calls after a warm-up on the CPU).
@@ -72,11 +78,47 @@ def cases(n, device):
     return out
 
 
+def sweep(sizes, device, blocks=(64, 128, 256, 512, 1024), warps=(2, 4, 8)):
+    """Rows of the geometry sweep. The launchers read BLOCK_Q and the launch
+    options from their module at each call, so the sweep sets them there and
+    puts them back. Each geometry's result is also compared with the default
+    one's on the same input: every element is computed alike whatever the
+    tiling, so max_abs_diff must be 0."""
+    from zosam_kernels.ops import triton_kernels as tk
+    saved = tk.BLOCK_Q, dict(tk._LAUNCH_OPTIONS)
+    seeds = torch.arange(100, 101, device=device)
+    coefs = torch.full((1,), 1e-3, device=device)
+    rows = []
+    try:
+        for n in sizes:
+            theta, other = torch.randn(n, device=device), torch.randn(n, device=device)
+            expected = other.clone()
+            tk.add_directions_(expected, seeds, coefs)
+            copy_ms = median_ms(lambda: theta.copy_(other), device)
+            for block_q in blocks:
+                for w in warps:
+                    tk.BLOCK_Q, tk._LAUNCH_OPTIONS["num_warps"] = block_q, w
+                    got = other.clone()
+                    tk.add_directions_(got, seeds, coefs)
+                    diff = (got - expected).abs().max().item()
+                    ms = median_ms(lambda: tk.add_directions_(theta, seeds, coefs), device)
+                    rows.append(dict(elements=n, block_q=block_q, num_warps=w, ms=ms,
+                                     gb_per_s=8 * n / ms / 1e6, vs_copy=copy_ms / ms, max_abs_diff=diff))
+                    print(f"| {n:.0e} | {block_q} | {w} | {ms:.3f} | {8 * n / ms / 1e6:.1f} | "
+                          f"{copy_ms / ms:.2f} | {diff:.1e} |", flush=True)
+    finally:
+        tk.BLOCK_Q = saved[0]
+        tk._LAUNCH_OPTIONS.clear()
+        tk._LAUNCH_OPTIONS.update(saved[1])
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sizes", default=None, help="comma-separated element counts")
     p.add_argument("--json", default=None)
+    p.add_argument("--sweep", default=None, help="comma-separated element counts for the geometry sweep")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     sizes = [int(float(s)) for s in (args.sizes or ("1e5,1e6,1e7,1e8" if device.type == "cuda"
@@ -97,9 +139,16 @@ def main(argv=None):
                              vs_copy=copy_ms / ms))
             print(f"| {n:.0e} | {op} | {ms:.3f} | {f'{gbs:.1f}' if gbs else '-'} | {n / ms / 1e6:.2f} | "
                   f"{copy_ms / ms:.2f} |", flush=True)
+    sweep_rows = []
+    if args.sweep:
+        print("\nadd_directions_ K=1 (Triton) over the launch geometry; default BLOCK_Q 256, num_warps 4")
+        print("| elements | BLOCK_Q | num_warps | ms | GB/s | x copy | max diff from default |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        sweep_rows = sweep([int(float(s)) for s in args.sweep.split(",")], device)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"device": name, "torch": torch.__version__, "rows": rows}, fh, indent=2)
+            json.dump({"device": name, "torch": torch.__version__, "rows": rows, "sweep": sweep_rows},
+                      fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,13 @@ def run_script(name, argv, monkeypatch):
 
 def test_kernel_roofline_reports_every_op(tmp_path, monkeypatch):
     out = tmp_path / "k.json"
-    run_script("kernels.py", ["--device", "cpu", "--sizes", "1000,4097", "--json", str(out)], monkeypatch)
-    rows = json.loads(out.read_text())["rows"]
+    run_script("kernels.py", ["--device", "cpu", "--sizes", "1000,4097", "--sweep", "1000", "--json", str(out)],
+               monkeypatch)
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert [(r["block_q"], r["num_warps"]) for r in result["sweep"]] == \
+        [(b, w) for b in (64, 128, 256, 512, 1024) for w in (2, 4, 8)]
+    assert all(r["max_abs_diff"] == 0 for r in result["sweep"])   # the tiling changes no element
     assert [r["elements"] for r in rows].count(4097) == 7
     assert {r["op"] for r in rows} >= {"copy_ (roofline)", "add_directions_ K=4", "naive randn * c + add_"}
     assert all(r["ms"] > 0 for r in rows)
