@@ -51,6 +51,15 @@ step() {
   echo "$name: rc=$rc $((SECONDS - t0))s (limit ${limit}s)" | tee -a "$OUT/summary.txt"
 }
 
+# pytest's closing summary (failures, errors, skips and the count) from a log
+pytest_summary() {
+  if grep -q "short test summary" "$1" 2> /dev/null; then
+    sed -n '/short test summary/,$p' "$1" | tail -n 60
+  else
+    tail -n 1 "$1" 2> /dev/null
+  fi
+}
+
 # pytest in parallel where pytest-xdist is installed (the device image has it)
 pytest_n() {
   if "$PY" -c "import xdist" 2> /dev/null; then echo "-n $1"; fi
@@ -89,13 +98,13 @@ GPU_TESTS="tests/test_triton_kernels.py tests/test_stream_agreement.py tests/tes
 
 core() {
   # shellcheck disable=SC2046,SC2086
-  step gpu_tests 180 "$PY" -m pytest -q -rs -p no:cacheprovider $(pytest_n 8) $GPU_TESTS
+  step gpu_tests 180 "$PY" -m pytest -q -rfEs -p no:cacheprovider $(pytest_n 8) $GPU_TESTS
   step kernels 120 "$PY" benchmarks/kernels.py --json "$RAW/kernels.json"
   step forward_cost 60 "$PY" benchmarks/forward_cost.py --reps 20
   step bench 150 "$PY" -m zosam_kernels.bench --methods sgd,sam,zosam,zosam-unfused,zosam-frac,zosam-bf16 \
     --json "$RAW/bench_resnet32.json" --profile "$RAW/profile"
   step kernel_sweep 120 "$PY" benchmarks/kernels.py --sizes 1e7 --sweep 1e7,1e8 --json "$RAW/kernel_sweep.json"
-  tail -n 6 "$RAW/gpu_tests.log" 2> /dev/null
+  pytest_summary "$RAW/gpu_tests.log"
   cat "$RAW/kernels.log" "$RAW/forward_cost.log" "$RAW/bench.log" "$RAW/kernel_sweep.log" 2> /dev/null
 }
 
@@ -109,12 +118,12 @@ rest() {
   step bench_bf16 60 "$PY" -m zosam_kernels.bench --bf16 --channels-last --methods sgd,sam,zosam \
     --json "$RAW/bench_bf16.json"
   # shellcheck disable=SC2046
-  step suite 240 "$PY" -m pytest tests -q -rs -p no:cacheprovider $(pytest_n 12)
+  step suite 240 "$PY" -m pytest tests -q -rfEs -p no:cacheprovider $(pytest_n 12)
   step train 150 bash -c train
   step bench_loop 60 "$PY" -m zosam_kernels.bench \
     --methods sgd,zosam,zosam-no-crn,zosam-clip,zosam-scaler,zosam-micro4 --json "$RAW/bench_loop.json"
   step zo_quality 60 "$PY" benchmarks/zo_quality.py --json "$RAW/zo_quality.json"
-  tail -n 6 "$RAW/suite.log" 2> /dev/null
+  pytest_summary "$RAW/suite.log"
   for f in bench_b512 bench_wide bench_family bench_bf16 train bench_loop zo_quality; do
     echo "== $f"; cat "$RAW/$f.log" 2> /dev/null
   done
