@@ -32,8 +32,16 @@ class Counter:
         self.bytes = 0
         self._count("all_reduce", lambda tensor, *a, **k: [tensor])
         self._count("_broadcast_coalesced", lambda group, tensors, *a, **k: tensors)
-        self._count("all_gather_single", lambda output, input, *a, **k: [output])   # FSDP2
-        self._count("reduce_scatter_single", lambda output, input, *a, **k: [input])  # FSDP2
+        # FSDP2's collectives: all_gather_single / reduce_scatter_single in newer
+        # torch, all_gather_into_tensor / reduce_scatter_tensor in older (2.11)
+        self._count(self._first("all_gather_single", "all_gather_into_tensor"),
+                    lambda output, input, *a, **k: [output])
+        self._count(self._first("reduce_scatter_single", "reduce_scatter_tensor"),
+                    lambda output, input, *a, **k: [input])
+
+    @staticmethod
+    def _first(*names):
+        return next(name for name in names if hasattr(dist, name))
 
     def _count(self, name, tensors_of):
         original = getattr(dist, name)

@@ -13,6 +13,11 @@ four normals of each counter out as a [BLOCK_Q, 4] tile whose element (a, r)
 is stream element 4q + r, i.e. local element i = 4q + r - offset. Loads and
 stores are masked to 0 <= i < n. Program ids and all indices are int64, so
 buffers over 2**31 elements and stream offsets up to 2**63 work.
+
+K, the number of directions in one launch, is a compile-time constant: one
+compile per K (ZOSAM launches K = 1, 2 and its n_dirs), and Triton 3.6's
+interpreter (the device image's version) cannot take a run-time loop bound
+under numpy >= 2.4.
 """
 import contextlib
 
@@ -66,7 +71,7 @@ def _scaled(d, s, HAS_SCALE: tl.constexpr, SCALE_POWER: tl.constexpr):
 
 
 @triton.jit
-def _direction_tile(seeds_ptr, coefs_ptr, base_ptr, mask_ptr, scale_ptr, n, K, q_first, start,
+def _direction_tile(seeds_ptr, coefs_ptr, base_ptr, mask_ptr, scale_ptr, n, K: tl.constexpr, q_first, start,
                     HAS_MASK: tl.constexpr, HAS_SCALE: tl.constexpr,
                     SCALE_POWER: tl.constexpr, HAS_BASE: tl.constexpr, BLOCK_Q: tl.constexpr):
     """d = (sum_k coefs[k] u(seeds[k])) * |scale| ** SCALE_POWER on this
@@ -114,7 +119,7 @@ def _fill_gaussian_kernel(out_ptr, n, seed, q_first, start, BLOCK_Q: tl.constexp
 
 @triton.jit
 def _add_directions_kernel(theta_ptr, seeds_ptr, coefs_ptr, base_ptr, mask_ptr, scale_ptr,
-                           n, K, q_first, start,
+                           n, K: tl.constexpr, q_first, start,
                            HAS_MASK: tl.constexpr, HAS_SCALE: tl.constexpr,
                            SCALE_POWER: tl.constexpr, HAS_BASE: tl.constexpr,
                            BLOCK_Q: tl.constexpr):
@@ -130,7 +135,7 @@ def _add_directions_kernel(theta_ptr, seeds_ptr, coefs_ptr, base_ptr, mask_ptr, 
 
 @triton.jit
 def _sq_norm_partials_kernel(partials_ptr, seeds_ptr, coefs_ptr, mask_ptr, scale_ptr,
-                             n, K, q_first, start,
+                             n, K: tl.constexpr, q_first, start,
                              HAS_MASK: tl.constexpr, HAS_SCALE: tl.constexpr,
                              SCALE_POWER: tl.constexpr, BLOCK_Q: tl.constexpr):
     d, _, i, keep = _direction_tile(seeds_ptr, coefs_ptr, None, mask_ptr, scale_ptr, n, K,
