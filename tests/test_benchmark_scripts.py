@@ -1,9 +1,11 @@
 """The scripts in benchmarks/ run end to end on tiny sizes (their figures live
 in benchmarks/RESULTS.md; here only that they run and report every row)."""
 import json
+import os
 import pathlib
 import re
 import runpy
+import subprocess
 import sys
 
 import pytest
@@ -43,6 +45,23 @@ def test_zo_quality_compares_every_variant_with_the_reference(tmp_path, monkeypa
     reference = data["rows"][0]
     assert reference["sign_agreement"] == 1 and abs(reference["cosine"] - 1) < 1e-6
     assert all(-1 <= r["cosine"] <= 1 + 1e-6 for r in data["rows"])
+
+
+def test_triton_sass_reads_every_kernel_compiled_for_hopper(tmp_path):
+    """Compiled ahead of time for sm_90 (no GPU needed), in a process without
+    the interpreter that this one runs the kernels through."""
+    out = tmp_path / "sass.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, str(BENCHMARKS / "triton_sass.py"), "--json", str(out)],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {r["case"]: r for r in json.loads(out.read_text())["rows"]}
+    assert len(rows) == 6 and all(r["registers"] > 0 for r in rows.values())
+    # every case makes each normal once: 4x the special-function work per element
+    # would mean threads computing the same counter's normals over again
+    assert len({r["mufu_per_element"] for r in rows.values()}) == 1
+    # the aligned, unmasked add moves the weights 16 bytes at a time
+    assert rows["add K=1, n % 16 = 0"]["accesses"].get("STG.E.128") == 2
 
 
 def test_tl_randn_variant_adds_one_normal_per_element():
@@ -97,8 +116,6 @@ def test_compile_batchnorm_counts_graphs_and_statistics(monkeypatch, capsys):
 
 
 def test_ddp_comm_counts_bytes_beyond_sgd():
-    import os
-    import subprocess
     from test_distributed import free_port
     port = free_port()
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

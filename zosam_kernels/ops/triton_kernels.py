@@ -35,28 +35,31 @@ _LAUNCH_OPTIONS = dict(num_warps=NUM_WARPS, enable_fp_fusion=False)
 
 
 @triton.jit
-def _interleave(x0, x1, x2, x3, r):
-    """Row a of the result is (x0[a], x1[a], x2[a], x3[a])."""
-    return tl.where(r == 0, x0[:, None],
-                    tl.where(r == 1, x1[:, None],
-                             tl.where(r == 2, x2[:, None], x3[:, None])))
+def _interleave(x0, x1, x2, x3):
+    """Row a of the result is (x0[a], x1[a], x2[a], x3[a]). tl.join adds a
+    last axis: join(join(x0, x2), join(x1, x3))[a, j, t] is x(j * 2 + t), so
+    the row-major reshape lays the four out in order. Joins keep each row in
+    one thread; selecting on the lane index instead let the compiler spread a
+    row over four threads that each made all four normals, 4x the Philox work
+    where no 16-byte access anchors the layout (benchmarks/triton_sass.py)."""
+    BLOCK: tl.constexpr = x0.shape[0]
+    return tl.reshape(tl.join(tl.join(x0, x2), tl.join(x1, x3)), (BLOCK, 4))
 
 
 @triton.jit
-def _stream_tile(seed, q, r):
-    """[BLOCK_Q, 4] tile of stream elements 4q + r for counters q, r = arange(4)[None, :]."""
+def _stream_tile(seed, q):
+    """[BLOCK_Q, 4] tile of stream elements 4q + r for counters q, r = 0..3 along the row."""
     n0, n1, n2, n3 = tl.randn4x(seed, q)
-    return _interleave(n0, n1, n2, n3, r)
+    return _interleave(n0, n1, n2, n3)
 
 
 @triton.jit
 def _local_index(n, start, BLOCK_Q: tl.constexpr):
-    """Counter offsets from q_first, the [1, 4] lane index r, the [BLOCK_Q, 4]
-    local element index i and its in-range mask, all int64."""
+    """Counter offsets from q_first, the [BLOCK_Q, 4] local element index
+    i = 4 q_local + r - start and its in-range mask, all int64."""
     q_local = tl.program_id(0).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    r = tl.arange(0, 4)[None, :]
-    i = 4 * q_local[:, None] + r - start
-    return q_local, r, i, (i >= 0) & (i < n)
+    i = 4 * q_local[:, None] + tl.arange(0, 4)[None, :] - start
+    return q_local, i, (i >= 0) & (i < n)
 
 
 @triton.jit
@@ -78,7 +81,7 @@ def _direction_tile(seeds_ptr, coefs_ptr, base_ptr, mask_ptr, scale_ptr, n, K: t
     program's tile, b the same with base[k] for coefs[k] (0 without base; the
     normals are made once for both), its local indices i, and `keep` = in range
     and mask[i]. d and b are only meaningful where keep is true."""
-    q_local, r, i, keep = _local_index(n, start, BLOCK_Q)
+    q_local, i, keep = _local_index(n, start, BLOCK_Q)
     q = q_local + q_first
     acc0 = tl.zeros([BLOCK_Q], dtype=tl.float32)
     acc1 = tl.zeros([BLOCK_Q], dtype=tl.float32)
@@ -105,15 +108,15 @@ def _direction_tile(seeds_ptr, coefs_ptr, base_ptr, mask_ptr, scale_ptr, n, K: t
     if HAS_MASK:
         keep = keep & (tl.load(mask_ptr + i, mask=keep, other=0) != 0)
     s = tl.load(scale_ptr + i, mask=keep, other=0.0) if HAS_SCALE else 0.0
-    d = _scaled(_interleave(acc0, acc1, acc2, acc3, r), s, HAS_SCALE, SCALE_POWER)
-    b = _scaled(_interleave(bac0, bac1, bac2, bac3, r), s, HAS_SCALE, SCALE_POWER)
+    d = _scaled(_interleave(acc0, acc1, acc2, acc3), s, HAS_SCALE, SCALE_POWER)
+    b = _scaled(_interleave(bac0, bac1, bac2, bac3), s, HAS_SCALE, SCALE_POWER)
     return d, b, i, keep
 
 
 @triton.jit(do_not_specialize=["seed"])  # seeds change every call: no recompiles on value
 def _fill_gaussian_kernel(out_ptr, n, seed, q_first, start, BLOCK_Q: tl.constexpr):
-    q_local, r, i, inside = _local_index(n, start, BLOCK_Q)
-    u = _stream_tile(seed, q_local + q_first, r)
+    q_local, i, inside = _local_index(n, start, BLOCK_Q)
+    u = _stream_tile(seed, q_local + q_first)
     tl.store(out_ptr + i, u, mask=inside)
 
 
