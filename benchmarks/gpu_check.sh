@@ -8,7 +8,9 @@
 #
 # Sized for the lease: 15 minutes of device time per task (the machine's
 # start included), at most 10 minutes per call, at most 8 files back. So two
-# calls, back to back while the machine is warm:
+# calls, back to back while the machine is warm (the device tool's
+# `run` with command "bash benchmarks/gpu_check.sh core", timeout_s 600; then
+# the same with "rest"; then give the machine back):
 #   core  build; the GPU tests (kernels against the reference, the stream
 #         against the C++ one, the optimizers on CUDA, a step with no host
 #         sync); the kernel roofline; forward_cost (the ratio the passes
