@@ -23,6 +23,7 @@ kernel can reach; a kernel whose issue or MUFU floor is near the memory floor
 cannot run at the copy's speed.
 """
 import argparse
+import collections
 import json
 import os
 import re
@@ -82,7 +83,7 @@ def compile_case(kernel, n, offset, k, masked, num_warps):
 
 
 def read_cubin(cubin):
-    """(registers, stack bytes, opcode counts) of a cubin's one kernel."""
+    """(registers, stack bytes, opcode counts of all, of what runs) of a cubin's one kernel."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
@@ -119,11 +120,8 @@ def count_ops(sass):
         branch = next(a for a, pred, o, r in region
                       if o == "BRA" and pred and end - 0x10 <= int(r.split()[-1], 16) <= end)
         slow.update(a for a, *_ in region if a > branch)
-    every, run = {}, {}
-    for addr, _, op, _ in lines:
-        every[op] = every.get(op, 0) + 1
-        if addr not in slow:
-            run[op] = run.get(op, 0) + 1
+    every = collections.Counter(op for _, _, op, _ in lines)
+    run = collections.Counter(op for addr, _, op, _ in lines if addr not in slow)
     return every, run
 
 
