@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from train_files import write_cifar10, write_cifar10c, write_imagefolder
 from zosam_kernels.models import MODELS
-from zosam_kernels.recipes import OPTIMIZERS
+from zosam_kernels.optim import FAMILY
 from zosam_kernels.train.build import SPARSE_METHODS
 from zosam_kernels.train.cli import train as zosam_train
 
@@ -72,7 +72,7 @@ def test_every_sparse_method(tmp_path, method):
     assert math.isfinite(rows[-1]["train_loss"]) and summary["complete"]
 
 
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("optimizer", FAMILY)
 def test_every_optimizer(tmp_path, optimizer):
     out, summary = train(tmp_path, "--optimizer", optimizer, "--sparse", "rigl", "--density", "0.3",
                          "--update-interval", "1")
@@ -240,10 +240,23 @@ def test_errors_that_name_what_to_do(tmp_path, capsys, monkeypatch):
 
 
 def test_divergence_stops_before_a_checkpoint(tmp_path):
-    with pytest.raises(RuntimeError, match="epoch 1: the weights are no longer finite"):
+    with pytest.raises(RuntimeError, match="epoch 1: the weights or buffers are no longer finite"):
         train(tmp_path, "--optimizer", "sgd", "--lr", "1e30", "--epochs", "2")
     assert not os.path.exists(tmp_path / "run" / "checkpoint.pt")
     assert metrics(str(tmp_path / "run")) == []
+
+
+def test_the_finiteness_check_covers_buffers(tmp_path):
+    """A BatchNorm statistic gone non-finite (weights still finite) is divergence too."""
+    from types import SimpleNamespace
+
+    from zosam_kernels.train.loop import Run
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    run = SimpleNamespace(model=model, args=SimpleNamespace(out=str(tmp_path)))
+    Run._check_finite(run, 2)                         # all finite: nothing to say
+    model[1].running_var[1] = float("nan")
+    with pytest.raises(RuntimeError, match="epoch 2: the weights or buffers are no longer finite"):
+        Run._check_finite(run, 2)
 
 
 def test_console_script_and_module(tmp_path):
