@@ -93,6 +93,9 @@ setup(
         # scipy: zosam-report's confidence intervals
         "train": ["torchvision", "tqdm", "matplotlib", "scikit-learn", "scipy"],
         "timm": ["timm"],          # zosam-train --model timm:<name>
+        # zosam_kernels.integrations: the versions tested (they accept torch 2.6 and later)
+        "lightning": ["lightning==2.6.6"],
+        "hf": ["transformers==5.25.0", "accelerate==1.16.0"],
         "test": ["pytest", "triton>=3.0", "torchvision", "tqdm", "matplotlib", "scikit-learn", "scipy", "timm"],
     },
     # The Makefile's `make bench` runs zosam-bench.
