@@ -37,7 +37,7 @@ def _worker(rank, world, port, job, out_dir, kwargs):
     dist.init_process_group("gloo", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     try:
-        result = JOBS[job](rank, world, **kwargs)
+        result = (JOBS[job] if isinstance(job, str) else job)(rank, world, **kwargs)
     except Exception:
         result = {"error": traceback.format_exc()}
     torch.save(result, pathlib.Path(out_dir) / f"{rank}.pt")
@@ -50,7 +50,8 @@ def _worker(rank, world, port, job, out_dir, kwargs):
 
 
 def spawn(job, tmp_path, **kwargs):
-    """Run JOBS[job](rank, world, **kwargs) on WORLD processes; their results, by rank."""
+    """Run JOBS[job](rank, world, **kwargs) on WORLD processes (job: a name, or a function
+    of a test module's top level); their results, by rank."""
     ctx = mp.get_context("spawn")
     port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, WORLD, port, job, str(tmp_path), kwargs))
