@@ -1,7 +1,10 @@
 """Lightning (the [lightning] extra): SharpnessAwareModule under automatic
 optimization, and the manual-optimization recipe, each against our plain loop
 `opt.step(closure)` on the same batches, from the same weights and seeds: bit
-for bit, the order of operations being the same."""
+for bit, the order of operations being the same; DDP through Lightning on 2
+gloo processes against one process on the whole batch (to float32 rounding)."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +13,7 @@ pl = pytest.importorskip("lightning.pytorch", reason="needs the [lightning] extr
 
 import zosam_kernels as zk  # noqa: E402
 from zosam_kernels.integrations.lightning import SharpnessAwareModule  # noqa: E402
+from test_distributed import spawn  # noqa: E402
 
 BATCH, SAMPLES = 16, 64
 
@@ -213,3 +217,38 @@ def test_manual_optimization_recipe(tmp_path):
     resumed = Manual()
     trainer(3).fit(resumed, loader(), ckpt_path=tmp_path / "manual.ckpt")
     assert_same_weights(resumed.net, plain_loop(zosam, 3))
+
+
+class Plain(Net):
+    """No BatchNorm: DDP's shards then see what one process sees of the whole batch."""
+
+    def __init__(self, make_opt):
+        super().__init__(make_opt)
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+
+
+def lightning_ddp(rank, world, make_opt):
+    os.environ.update(WORLD_SIZE=str(world), LOCAL_RANK=str(rank), NODE_RANK="0")   # launched here, not by Lightning
+    model = Plain(make_opt)
+    # rank r's batch t: samples 2(t B + j) + r, j < B; together the samples of batch t of 2B
+    shard = torch.utils.data.Subset(data(), range(rank, SAMPLES, world))
+    pl.Trainer(max_epochs=2, accelerator="cpu", devices=world, strategy="ddp", logger=False,
+               use_distributed_sampler=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False).fit(model, torch.utils.data.DataLoader(shard, batch_size=BATCH))
+    return {"params": [p.detach().clone() for p in model.net.parameters()], "steps": model.trainer.global_step}
+
+
+@pytest.mark.parametrize("make_opt", [zosam, sam])
+def test_ddp_on_two_processes_equals_one_process_on_the_whole_batch(tmp_path, make_opt):
+    ranks = spawn(lightning_ddp, tmp_path, make_opt=make_opt)
+    assert all("error" not in r for r in ranks), [r.get("error") for r in ranks]
+    assert [r["steps"] for r in ranks] == [2 * SAMPLES // (2 * BATCH)] * 2
+    whole = Plain(make_opt).net
+    opt = make_opt(whole.parameters())
+    for _ in range(2):
+        for x, y in torch.utils.data.DataLoader(data(), batch_size=2 * BATCH, shuffle=False):
+            opt.step(lambda: F.cross_entropy(whole(x), y))
+    for a, b, c in zip(ranks[0]["params"], ranks[1]["params"], whole.parameters()):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, c.detach(), rtol=1e-5, atol=1e-6)
