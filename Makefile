@@ -17,7 +17,7 @@ STAMP := $(VENV)/.zosam-installed
 
 .PHONY: bench test clean
 
-$(STAMP): setup.py $(wildcard csrc/*.cpp csrc/*.h)
+$(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH) numpy ninja setuptools wheel pytest pytest-benchmark matplotlib \
