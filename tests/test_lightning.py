@@ -126,10 +126,12 @@ def test_gradient_clipping_by_value():
     assert_same_weights(model.net, plain_loop(sam, 2, clip_value=0.01))
 
 
-def test_bf16_mixed_is_autocast_in_every_pass():
+def test_bf16_mixed_is_autocast_in_every_pass_and_clips():
     model = Net(zosam)
-    trainer(2, precision="bf16-mixed").fit(model, loader())
-    reference = plain_loop(zosam, 2, autocast=torch.bfloat16)
+    trainer(2, precision="bf16-mixed", gradient_clip_val=0.05).fit(model, loader())
+    clipped = lambda params: zk.ZOSAM(params, torch.optim.SGD, rho=0.05, n_dirs=2, lr=0.1, momentum=0.9,  # noqa: E731
+                                      max_grad_norm=0.05)
+    reference = plain_loop(clipped, 2, autocast=torch.bfloat16)
     assert_same_weights(model.net, reference)
     assert not torch.equal(reference[0].weight, plain_loop(zosam, 2)[0].weight)
 

@@ -96,7 +96,9 @@ class SharpnessAwareModule(pl.LightningModule):
             for callback in trainer.callbacks:
                 callback.on_before_optimizer_step(trainer, self, ours)
             self.on_before_optimizer_step(ours)
-            self.configure_gradient_clipping(ours, gradient_clip_val=trainer.gradient_clip_val,
+            # Clipped as the base optimizer's: the gradients are the same, unscaled already, and Lightning
+            # refuses to clip for an optimizer that unscales itself (ours does, with a grad_scaler of its own).
+            self.configure_gradient_clipping(base_optimizer, gradient_clip_val=trainer.gradient_clip_val,
                                              gradient_clip_algorithm=trainer.gradient_clip_algorithm)
         return hook
 
