@@ -97,7 +97,7 @@ def benchmark(argv=None):
         r.counter.reset()
     for i in range(args.steps):
         for r in runs:
-            r.times.append(measure.timed(r, device))
+            r.times.append(measure.timed(r.step, device))
         report.progress(i + 1, args.steps, "timing")
 
     # the mean, not the median: LookSAM-style methods pay a full step every k steps
