@@ -1,4 +1,5 @@
-"""The README and the design document: every Python snippet of the README runs
+"""The README and the design document: it opens with install, the Python API
+and the trainers; every Python snippet of the README runs
 (in README order, each in a fresh namespace holding what the snippets take as
 given: a small model, a loader, a batch), every zosam-train / zosam-bench
 command it shows parses, every extra it installs exists, and every citation of
@@ -49,6 +50,13 @@ def prelude():
 
 
 SNIPPETS = python_snippets()
+
+
+def test_the_readme_starts_with_install_the_python_api_and_the_trainers():
+    sections = re.findall(r"^## (.+)$", README, re.M)
+    assert sections[:3] == ["Install", "Python API", "The trainers: Lightning, the Hugging Face Trainer, Accelerate"]
+    assert sections.index("Command line") < sections.index("Benchmarks") < sections.index("Internals")
+    assert re.search(r"^### Composing an optimizer$", README, re.M)
 
 
 def test_the_readme_has_its_snippets():
