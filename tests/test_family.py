@@ -244,7 +244,7 @@ def test_gsam_rho_follows_an_lr_scheduler():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 - t / 4)
     seen = []
     for _ in range(4):
-        seen.append(opt._rho(opt.param_groups[0]))
+        seen.append(opt.radius(opt.param_groups[0]))
         opt.step(lambda: F.cross_entropy(model(x), y))
         sched.step()
     assert seen == pytest.approx([0.1, 0.0775, 0.055, 0.0325])

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from train_files import write_cifar10, write_cifar10c, write_imagefolder
 from zosam_kernels.models import MODELS
-from zosam_kernels.recipes import OPTIMIZERS
+from zosam_kernels.optim.family import FAMILY
 from zosam_kernels.train.build import SPARSE_METHODS
 from zosam_kernels.train.cli import train as zosam_train
 
@@ -72,7 +72,7 @@ def test_every_sparse_method(tmp_path, method):
     assert math.isfinite(rows[-1]["train_loss"]) and summary["complete"]
 
 
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("optimizer", FAMILY)
 def test_every_optimizer(tmp_path, optimizer):
     out, summary = train(tmp_path, "--optimizer", optimizer, "--sparse", "rigl", "--density", "0.3",
                          "--update-interval", "1")

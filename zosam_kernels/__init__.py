@@ -7,6 +7,6 @@ except importlib.metadata.PackageNotFoundError:   # a source tree on sys.path, n
     __version__ = "unknown"
 
 from . import ops
-from .optim import ESAM, GSAM, SAM, SSAM, ZOSAM, ZOSSAM, LookSAM, ZOLookSAM
+from .optim import ESAM, GSAM, SAM, SSAM, ZOSAM, ZOSSAM, Engine, LookSAM, ZOLookSAM
 
-__all__ = ["ops", "ESAM", "GSAM", "LookSAM", "SAM", "SSAM", "ZOLookSAM", "ZOSAM", "ZOSSAM"]
+__all__ = ["ops", "Engine", "ESAM", "GSAM", "LookSAM", "SAM", "SSAM", "ZOLookSAM", "ZOSAM", "ZOSSAM"]

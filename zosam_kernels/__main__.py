@@ -10,7 +10,7 @@ import sys
 import torch
 
 import zosam_kernels
-from zosam_kernels import optim
+from zosam_kernels.optim import FAMILY
 from zosam_kernels.ops import library
 
 ENTRY_POINTS = {
@@ -40,7 +40,7 @@ def main():
     print("entry points:")
     for name, what in ENTRY_POINTS.items():
         print(f"  {name:<13} {what}")
-    print("optimizers: " + ", ".join(optim.__all__) + " (README, \"Python API\")")
+    print("optimizers (zosam-train --optimizer): " + ", ".join(FAMILY) + " (README, \"Python API\")")
     trainers = {name: importlib.util.find_spec(name) is not None for name in ("lightning", "transformers", "accelerate")}
     print("trainers (zosam_kernels.integrations): "
           + ", ".join(f"{name} {'yes' if found else 'no'}" for name, found in trainers.items())

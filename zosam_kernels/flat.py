@@ -1,12 +1,20 @@
 """The layout of the direction stream, and flat parameters.
 
-Layout: the order in which an optimizer sees its parameters, which is also
-the order of the direction stream: the trainable parameters (tied ones once,
-requires_grad=False ones left out) grouped by (device, dtype) into buckets,
-buckets in order of first appearance, parameters in their given order. Every
-per-weight quantity of an optimizer (masks, perturbation masks, Fisher sums,
-saved weights) is one flat buffer per bucket in this order, with a view per
-parameter.
+Layout: the order in which an optimizer sees its weights, which is also the
+order of the direction stream (docs/DESIGN.md). A weight is a region of
+memory, not a Parameter object: two Parameters on one storage (`.data`
+tying, a reshaped view) are one weight, held by the first of them (its
+owner); the later ones are its aliases, perturbed once with it and never a
+stream slot of their own. Owners that require grad are grouped by (device,
+dtype) into buckets, buckets in order of first appearance, parameters in
+their given order. Every per-weight quantity of an optimizer (masks,
+perturbation masks, Fisher sums, saved weights) is one flat buffer per
+bucket in this order, with a view per parameter.
+
+A parameter's slot holds its elements in memory order, and its views carry
+the parameter's own strides, so channels_last weights stay channels_last;
+for a contiguous parameter memory order is the row-major order of
+`p.reshape(-1)`.
 
 FlatParams: every parameter of a bucket becomes a view of one contiguous
 buffer, so each fused op is one launch for the whole model and the stream
@@ -17,29 +25,70 @@ import contextlib
 import torch
 
 
-def unique_trainable(params):
-    """Parameters in order, tied ones once, requires_grad=False ones left out."""
-    seen, out = set(), []
-    for p in params:
-        if p.requires_grad and id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
+def dense_strides(t):
+    """t's strides if its elements fill a block of memory without gaps or overlaps
+    (contiguous, channels_last, a transpose), else the contiguous strides."""
+    dims = sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1)
+    expected = 1
+    for stride, size in dims:
+        if stride != expected:
+            return _contiguous_strides(t.shape)
+        expected *= size
+    return t.stride()
+
+
+def _contiguous_strides(shape):
+    out, step = [], 1
+    for n in reversed(shape):
+        out.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(out))
+
+
+def _region(p):
+    """(storage pointer, first byte, end byte) of p's elements, None when p has no
+    plain storage to compare (a DTensor, a meta tensor)."""
+    try:
+        start = p.untyped_storage().data_ptr() if p.device.type != "meta" else None
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+    if start is None or not p.numel():
+        return None
+    span = 1 + sum((n - 1) * s for n, s in zip(p.shape, p.stride()))
+    first = p.storage_offset() * p.element_size()
+    return start, first, first + span * p.element_size()
 
 
 class Layout:
-    """buckets: lists of parameters; offsets / numels: each bucket's first stream
-    index and size; params: all of them in stream order."""
+    """buckets: lists of owner parameters; offsets / numels: each bucket's first
+    stream index and size; params: all owners in stream order; aliases: pairs
+    (alias, owner); known: the ids of every parameter given, frozen ones too;
+    signature: which parameters, and whether each required grad, to notice a change."""
 
     def __init__(self, params):
+        params = list(params)
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError("params: a parameter is listed twice (in one group or in two); list each "
+                             "once (for tied weights, the shared Parameter once)")
+        self.signature = tuple((id(p), p.requires_grad) for p in params)
+        self.known = frozenset(id(p) for p in params)
+        owners, self.aliases = _owners_and_aliases([p for p in params if p.requires_grad])
         groups = {}
-        for p in unique_trainable(params):
+        for p in owners:
             groups.setdefault((p.device, p.dtype), []).append(p)
         self.buckets = list(groups.values())
         self.params = [p for b in self.buckets for p in b]
         self.numels = [sum(p.numel() for p in b) for b in self.buckets]
         self.offsets = [sum(self.numels[:i]) for i in range(len(self.buckets))]
         self.numel = sum(self.numels)
+        self._owner = {id(p): p for p in self.params} | {id(a): o for a, o in self.aliases}
+
+    def owner(self, p):
+        """The owner of parameter p's weights (p itself if it owns them), None if p is not laid out."""
+        return self._owner.get(id(p))
+
+    def owner_by_id(self, i):
+        return self._owner.get(i)
 
     def param_offsets(self):
         """The first stream index of every parameter, in stream order."""
@@ -61,17 +110,61 @@ class Layout:
                 for v in (bucket_views(b, buf) if buf is not None else [None] * len(b))]
 
 
+def _owners_and_aliases(params):
+    """Split params into owners and (alias, owner) pairs: an alias covers exactly
+    its owner's memory, in the same element order. Any other overlap cannot be
+    laid out flat and is refused."""
+    owners, aliases, seen = [], [], {}
+    for p in params:
+        region = _region(p)
+        owner = seen.get(region) if region is not None else None
+        if owner is None:
+            if region is not None:
+                for (ptr, lo, hi), q in seen.items():
+                    if ptr == region[0] and lo < region[2] and region[1] < hi:
+                        raise ValueError(f"params: a parameter of shape {tuple(p.shape)} overlaps part of "
+                                         f"another's memory (shape {tuple(q.shape)}); the optimizer keeps "
+                                         "shared weights shared only when they cover the same memory "
+                                         "(.data tying, a reshaped view): give it the parameters whose "
+                                         "memory does not overlap")
+                seen[region] = p
+            owners.append(p)
+        elif (p.dtype, p.numel()) == (owner.dtype, owner.numel()) and _memory_order_matches(p, owner):
+            aliases.append((p, owner))
+        else:
+            raise ValueError(f"params: a parameter of shape {tuple(p.shape)} shares memory with one of shape "
+                             f"{tuple(owner.shape)} but orders its elements differently; tie weights with "
+                             "`a.weight = b.weight` or `a.weight.data = b.weight.data`")
+    return owners, aliases
+
+
+def _memory_order_matches(a, b):
+    """Whether a and b, over the same memory, map memory positions to elements alike
+    (each dense: then element k of memory is element k of both flat slots)."""
+    return dense_strides(a) == a.stride() and dense_strides(b) == b.stride()
+
+
 def bucket_views(bucket, buffer):
-    """Views of a bucket's flat buffer, one per parameter, of the parameters' shapes."""
+    """Views of a bucket's flat buffer, one per parameter, of the parameters'
+    shapes and (dense) strides."""
     out, start = [], 0
     for p in bucket:
-        out.append(buffer[start:start + p.numel()].view(p.shape))
+        out.append(slot_view(buffer, start, p))
         start += p.numel()
     return out
 
 
+def slot_view(buffer, start, p):
+    """p's slot of a flat buffer (elements start.. start + p.numel()), as a tensor of
+    p's shape and memory layout."""
+    if not p.numel():
+        return buffer[start:start].view(p.shape)
+    return buffer.as_strided(p.shape, dense_strides(p), buffer.storage_offset() + start)
+
+
 class FlatParams:
-    """Rebinds the layout's parameters into one buffer per bucket (`buffers`)."""
+    """Rebinds the layout's parameters into one buffer per bucket (`buffers`);
+    an alias is rebound to its owner's slot, so it stays tied."""
 
     def __init__(self, layout):
         self.layout = layout
@@ -79,19 +172,23 @@ class FlatParams:
         self.buffers = [torch.empty(n, dtype=b[0].dtype, device=b[0].device)
                         for b, n in zip(layout.buckets, layout.numels)]
         self.views = layout.views(self.buffers)
+        by_owner = dict(zip(map(id, layout.params), self.views))
         with torch.no_grad():
             for p, view in zip(layout.params, self.views):
                 view.copy_(p)
+            for p, view in zip(layout.params, self.views):
                 p.data = view        # the parameter now lives in the buffer
-                if p.grad is not None:
-                    p.grad = p.grad.contiguous()
+            for alias, owner in layout.aliases:
+                alias.data = by_owner[id(owner)].as_strided(alias.shape, alias.stride(),
+                                                            by_owner[id(owner)].storage_offset())
+        self._bound = [(p, p.data_ptr()) for p in layout.params] + [(a, a.data_ptr()) for a, _ in layout.aliases]
 
     def check_bound(self):
         """Raise if a parameter was re-bound away from its buffer (model.to(),
         model.half(), load_state_dict(assign=True) on the same Parameter objects),
         which the fused ops would otherwise silently miss."""
-        for p, view in zip(self.layout.params, self.views):
-            if p.data_ptr() != view.data_ptr() or p.shape != view.shape:
+        for p, ptr in self._bound:
+            if p.data_ptr() != ptr:
                 raise RuntimeError(
                     f"a parameter of shape {tuple(p.shape)} no longer lives in the optimizer's "
                     "flat buffer: build the optimizer after moving or casting the model")
@@ -103,3 +200,4 @@ class FlatParams:
     def gathering(self):
         """Around a pass (sharded.ShardedParams: FSDP2 must gather the weights anew)."""
         return contextlib.nullcontext()
+

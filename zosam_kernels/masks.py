@@ -11,23 +11,22 @@ its version moved, so drop-and-grow reaches it without a call from the user.
 """
 import torch
 
-from .flat import bucket_views
+from .flat import Layout, bucket_views
 
 
-def normalize_masks(params, masks):
+def normalize_masks(layout, masks):
     """Validate `masks` (a mapping parameter -> bool tensor, a masking object, or
-    None) against `params`; returns a dict id(param) -> mask of the masked ones."""
+    None) against the layout; returns (id(owner) -> mask of the masked weights,
+    id(param) -> mask of the layout's parameters that are not laid out now:
+    frozen ones, whose mask waits until they train)."""
     if masks is None:
-        return {}
+        return {}, {}
     if hasattr(masks, "param_masks"):   # a sparse-training masking object
         masks = masks.param_masks()
     if not hasattr(masks, "items"):
         raise TypeError(f"masks must be a mapping from parameter to bool tensor, got {type(masks).__name__}")
-    by_id = {id(p): p for p in params}
-    out = {}
+    out, dormant = {}, {}
     for p, m in masks.items():
-        if id(p) not in by_id:
-            raise ValueError("masks has a key that is not one of the optimized parameters")
         if not torch.is_tensor(m) or m.dtype != torch.bool:
             raise TypeError(f"masks: the mask of a parameter of shape {tuple(p.shape)} must be a bool "
                             f"tensor, got {getattr(m, 'dtype', type(m).__name__)}")
@@ -36,8 +35,19 @@ def normalize_masks(params, masks):
                              f"shape {tuple(p.shape)}")
         if m.device != p.device:
             raise ValueError(f"masks: mask is on {m.device} but its parameter is on {p.device}")
-        out[id(p)] = m
-    return out
+        owner = layout.owner(p)
+        if owner is None:
+            if id(p) not in layout.known:
+                raise ValueError("masks has a key that is not one of the optimized parameters")
+            dormant[id(p)] = m
+            continue
+        if owner.shape != p.shape:
+            raise ValueError(f"masks: a parameter of shape {tuple(p.shape)} is tied to one of shape "
+                             f"{tuple(owner.shape)}: give the mask of the tied weight under that one")
+        if id(owner) in out and not torch.equal(out[id(owner)], m):
+            raise ValueError("masks: two tied parameters have different masks; they are one weight")
+        out[id(owner)] = m
+    return out, dormant
 
 
 class Masks:
@@ -51,18 +61,22 @@ class Masks:
 
     def __init__(self, layout, masks):
         self.version = getattr(masks, "version", None)
-        # a fixed mapping is read once and not kept: it may be large, and the caller owns it
+        # a fixed mapping is read once and not kept (it may be large, and the caller owns it),
+        # but for the parameters that are frozen now, whose masks wait in `dormant`
         self.source = masks if self.version is not None else None
         self.buffers, self._views = [], {}
         self.changes = 0   # topology changes seen (refresh_), for what must follow them
-        self._write(layout, normalize_masks(layout.params, masks))
+        by_id, self.dormant = normalize_masks(layout, masks)
+        self._write(layout, by_id)
 
     def relayout_(self, layout):
-        """Follow a new layout (parameters added to the optimizer): the masks of
-        known parameters are kept, new parameters are dense."""
-        kept = {id(p): self._views[id(p)].clone() for p in self.masked}
+        """Follow a new layout (parameters added, frozen or unfrozen): masks of
+        parameters that stay or come back are kept, new parameters are dense."""
+        kept = {id(p): self._views[id(p)].clone() for p in self.masked} | self.dormant
+        self.dormant = {i: m for i, m in kept.items() if i in layout.known and layout.owner_by_id(i) is None}
+        by_id = {id(layout.owner_by_id(i)): m for i, m in kept.items() if layout.owner_by_id(i) is not None}
         self.buffers, self._views = [], {}
-        self._write(layout, kept)
+        self._write(layout, by_id)
 
     @torch.no_grad()
     def _write(self, layout, by_id):
@@ -96,7 +110,8 @@ class Masks:
         if version == self.version:
             return False
         self.version = version
-        self._write(self.layout, normalize_masks(self.layout.params, self.source))
+        by_id, self.dormant = normalize_masks(self.layout, self.source)
+        self._write(self.layout, by_id)
         self.mask_params_()
         self.changes += 1
         return True
@@ -118,6 +133,17 @@ class Masks:
         for p in self.masked:
             if p.grad is not None:
                 zero_pruned_(p.grad, self._views[id(p)])
+
+
+def mask_plain_optimizer(optimizer, masks):
+    """Keep a plain torch optimizer's weights to fixed `masks` (a mapping parameter ->
+    bool tensor), as the family's optimizers keep theirs: pruned weights are
+    zeroed now, their gradients before every step and their values after it."""
+    held = Masks(Layout(p for g in optimizer.param_groups for p in g["params"]), masks)
+    held.mask_params_()
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: held.mask_grads_())
+    optimizer.register_step_post_hook(lambda opt, args, kwargs: held.mask_params_())
+    return optimizer
 
 
 def zero_pruned_(t, mask):

@@ -7,11 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from ..data import synthetic_cifar
-from ..flat import Layout
-from ..masks import Masks
+from ..masks import mask_plain_optimizer
 from ..models import MODELS
-from ..optim.base import SharpnessAwareOptimizer
-from ..recipes import OPTIMIZERS, make_optimizer, options_of
+from ..optim import FAMILY, is_engine
+from ..recipes import make_optimizer, options_of
 
 BASE = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)   # the CIFAR recipe of the papers
 
@@ -22,13 +21,13 @@ def _method(name, options=lambda args, params: {}):
         kw = {} if name == "sgd" else {"masks": masks}
         if "n_dirs" in options_of(name):
             kw["n_dirs"] = args.n_dirs
-        if OPTIMIZERS[name][1].get("mask") == "dynamic":
+        if FAMILY[name].needs_total_steps:
             kw["total_steps"] = 78000            # 200 CIFAR epochs of batch 128
         return make_optimizer(name, params, torch.optim.SGD, BASE, **kw, **options(args, params))
     return make
 
 
-METHODS = {name: _method(name) for name in OPTIMIZERS}
+METHODS = {name: _method(name) for name in FAMILY}
 METHODS.update({
     "zosam-unfused": _method("zosam", lambda args, params: dict(backend="unfused")),
     "zosam-frac": _method("zosam", lambda args, params: dict(zo_batch_fraction=args.zo_batch_fraction)),
@@ -91,11 +90,9 @@ class Run:
                          else contextlib.nullcontext())
         self.counter = PassCounter(self.model, args.batch_size)
         self.opt = METHODS[method](list(self.model.parameters()), args, masks)
-        # plain torch optimizers get the masks applied around their step
-        self.plain = not isinstance(self.opt, SharpnessAwareOptimizer)
-        self.masks = Masks(Layout(self.model.parameters()), masks) if self.plain else None
-        if self.plain:
-            self.masks.mask_params_()
+        self.plain = not is_engine(self.opt)
+        if self.plain and masks:
+            mask_plain_optimizer(self.opt, masks)
         self.times = []
 
     def closure(self, indices=None):
@@ -111,7 +108,5 @@ class Run:
         self.opt.zero_grad()
         loss = self.closure().mean()
         loss.backward()
-        self.masks.mask_grads_()
         self.opt.step()
-        self.masks.mask_params_()
         return loss.detach()

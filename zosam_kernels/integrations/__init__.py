@@ -9,22 +9,22 @@ backward, the Hugging Face Trainer and Accelerate call backward and then
 
     lightning.py    SharpnessAwareModule: a LightningModule base class for automatic
                     optimization (manual optimization needs nothing: README)
-    transformers.py SharpnessAwareTrainer: a transformers.Trainer whose training_step
+    hf.py           SharpnessAwareTrainer: a transformers.Trainer whose training_step
                     takes the step
     accelerate.py   prepare(): accelerator.prepare, refusing what cannot work
 
-Each needs its extra (pip install 'zosam_kernels[lightning]' or '[hf]').
+They work for every member of the family (optim.is_engine), through its
+public API only: step(closure), base_optimizer, state_dict. Each needs its
+extra (pip install 'zosam_kernels[lightning]' or '[hf]').
 """
-from .. import optim
-
-FAMILY = tuple(getattr(optim, name) for name in optim.__all__)
+from ..optim import is_engine
 
 
 def unwrap(optimizer):
-    """The package's optimizer inside a trainer's wrappers (Lightning's
+    """The family's optimizer inside a trainer's wrappers (Lightning's
     LightningOptimizer, whose class subclasses the wrapped one's, and
     Accelerate's AcceleratedOptimizer hold it as `.optimizer`), or None if
     there is none of ours."""
     while hasattr(optimizer, "optimizer"):
         optimizer = optimizer.optimizer
-    return optimizer if isinstance(optimizer, FAMILY) else None
+    return optimizer if is_engine(optimizer) else None

@@ -1,10 +1,12 @@
-from .esam import ESAM
-from .gsam import GSAM
-from .looksam import LookSAM
-from .sam import SAM
-from .ssam import SSAM
-from .zolooksam import ZOLookSAM
-from .zosam import ZOSAM
-from .zossam import ZOSSAM
+"""The family: one engine (engine.py), ascents (ascents.py), parts (parts.py,
+perturbation_mask.py), and the public optimizers as compositions of them
+(family.py)."""
+from .ascents import GradientAscent, ZerothOrderAscent
+from .engine import Engine, is_engine
+from .family import ESAM, FAMILY, GSAM, SAM, SSAM, ZOSAM, ZOSSAM, LookSAM, ZOLookSAM
+from .parts import DataSelection, LearningRateRadius, LookAhead, Reuse, SurrogateGap
+from .perturbation_mask import PerturbationMasking
 
-__all__ = ["ESAM", "GSAM", "LookSAM", "SAM", "SSAM", "ZOLookSAM", "ZOSAM", "ZOSSAM"]
+__all__ = ["ESAM", "GSAM", "LookSAM", "SAM", "SSAM", "ZOLookSAM", "ZOSAM", "ZOSSAM", "Engine", "FAMILY", "is_engine",
+           "GradientAscent", "ZerothOrderAscent", "DataSelection", "LearningRateRadius", "LookAhead", "Reuse",
+           "SurrogateGap", "PerturbationMasking"]

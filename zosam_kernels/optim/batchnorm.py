@@ -11,8 +11,12 @@ invisible to a torch.compile'd graph, which updates the buffers anyway, and
 hooks registered anew per pass change what Dynamo guards on, so every pass
 recompiled; a copy changes nothing a graph sees.
 
+A step that is skipped (a non-finite loss) or fails (an exception in the
+closure) leaves them as the step found them: `begin_step` copies them once
+per step and `roll_back` puts the copy back.
+
 The optimizer holds only parameters, so it finds the layers itself, once: the
-first frozen pass runs with torch.compile switched off and a global forward
+first pass runs with torch.compile switched off and a global forward
 pre-hook that, for every module the closure calls, collects the BatchNorm
 layers below it. Below, not only the ones that run: a block that stochastic
 depth skips in that pass may run in a later one. Later passes copy the
@@ -30,20 +34,37 @@ class BatchNormStatistics:
     """The running statistics of the BatchNorm layers in the models an optimizer's closure calls."""
 
     def __init__(self):
-        self.layers = None   # None until the first frozen pass has found them
-        self._buffers, self._saved = [], []   # their buffers as last seen, and room for a copy
+        self.layers = None   # None until the first pass has found them
+        self._buffers, self._saved, self._start = [], [], []   # buffers as last seen; room for copies
+        self._started = False   # whether _start holds this step's statistics
 
     def forget(self):
-        """Find the layers again in the next frozen pass (new parameters may come with new layers)."""
+        """Find the layers again in the next pass (new parameters may come with new layers)."""
         self.layers = None
 
+    def begin_step(self):
+        """Keep the statistics as the step finds them, for `roll_back`."""
+        self._started = self.layers is not None
+        if self._started:
+            buffers, _ = self._current()
+            _copy(self._start, buffers)
+
+    def roll_back(self):
+        """The statistics as the step found them (after a skipped or failed step)."""
+        if self._started:
+            _copy(self._buffers, self._start)
+
     @contextlib.contextmanager
-    def frozen(self):
+    def frozen(self, freeze=True):
         """Passes in the block use batch statistics as usual; when it ends, however
-        it ends, the running statistics are what they were before it."""
+        it ends, the running statistics are what they were before it (freeze=False:
+        the block may move them, as the one updating pass of a step does)."""
         if self.layers is None:
-            with self._finding():
+            with self._finding(freeze):
                 yield
+            return
+        if not freeze:
+            yield
             return
         buffers, saved = self._current()
         _copy(saved, buffers)
@@ -53,21 +74,23 @@ class BatchNormStatistics:
             _copy(buffers, saved)
 
     def _current(self):
-        """The layers' buffers and the room for their copy, made anew only when a
+        """The layers' buffers and the room for their copies, made anew only when a
         buffer was replaced (e.g. `bn.running_mean = ...`). Module._buffers rather
         than buffers(): the public generator costs 25x more, per pass."""
         buffers = [b for m in self.layers for b in m._buffers.values() if b is not None]
         if len(buffers) != len(self._buffers) or any(a is not b for a, b in zip(buffers, self._buffers)):
             self._buffers, self._saved = buffers, [torch.empty_like(b) for b in buffers]
+            self._start, self._started = [b.clone() for b in buffers], False
         return self._buffers, self._saved
 
     @contextlib.contextmanager
-    def _finding(self):
-        """The first frozen pass, run eagerly. The hook meets the module the closure
+    def _finding(self, freeze):
+        """The first pass, run eagerly. The hook meets the module the closure
         calls first (the model) before anything below it runs, and copies the
         buffers of every BatchNorm below it; a module met later that is not below
         a former one adds its own. The layers are kept only if the pass completes
-        (else the next frozen pass looks again); their copies become the room."""
+        (else the next pass looks again); their copies, the statistics before
+        the pass, become the step's start (the first pass of a step finds them)."""
         seen, layers, buffers, copies = set(), [], [], []
 
         def find(module, args):
@@ -93,10 +116,15 @@ class BatchNormStatistics:
             hook = register_module_forward_pre_hook(find)
             try:
                 yield
+            except BaseException:
+                _copy(buffers, copies)   # a pass that failed midway moved nothing
+                raise
             finally:
                 hook.remove()
+            if freeze:
                 _copy(buffers, copies)
-        self.layers, self._buffers, self._saved = layers, buffers, copies
+        self.layers, self._buffers, self._start = layers, buffers, copies
+        self._saved, self._started = [torch.empty_like(b) for b in buffers], True
 
 
 @torch.no_grad()   # the copies are no part of any graph, and autograd's checks would double their cost

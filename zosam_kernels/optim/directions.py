@@ -23,6 +23,7 @@ They read the same stream at the same positions and agree to rounding.
 import torch
 
 from .. import ops
+from ..flat import dense_strides
 
 
 def _seeds_tensor(seeds, device):
@@ -47,6 +48,12 @@ class FusedDirections:
         for buf, offset, mask, s in zip(self.flat.buffers, self.flat.offsets, masks, scale):
             ops.add_directions_(buf, seeds[buf.device][lo:hi], coefs.to(buf.device), mask, s,
                                 power or 1, offset, base.to(buf.device))
+
+    def materialized(self, seeds, coefs, masks):
+        out = [torch.zeros_like(b) for b in self.flat.buffers]
+        for buf, offset, mask in zip(out, self.flat.offsets, masks):
+            ops.add_directions_(buf, seeds[buf.device], coefs.to(buf.device), mask, None, 1, offset)
+        return out
 
     def sq_norm(self, seeds, coefs, masks, scale, power):
         total = torch.zeros((), dtype=torch.float32, device=coefs.device)
@@ -74,7 +81,7 @@ class UnfusedDirections:
             d = torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
             for k, seed in enumerate(seeds):
                 d.add_(ops.gaussian(seed, p.numel(), offset, device=p.device) * coefs[k].to(p.device))
-            d = d.view_as(p)
+            d = d.as_strided(p.shape, dense_strides(p))   # the stream runs over p's memory order
             if mask is not None:
                 d = d * mask
             if power:
@@ -86,6 +93,14 @@ class UnfusedDirections:
         take_back = self._directions(seeds[lo:hi], base, masks, scale, power)
         for (p, b), (_, d) in zip(take_back, self._directions(seeds[lo:hi], coefs, masks, scale, power)):
             p.sub_(b).add_(d)
+
+    @torch.no_grad()
+    def materialized(self, seeds, coefs, masks):
+        layout = self.flat.layout
+        out = layout.new_buffers(torch.float32, fill=0.0)
+        for view, (_, d) in zip(layout.views(out), self._directions(seeds, coefs, masks, [None] * len(masks), 0)):
+            view.copy_(d)
+        return out
 
     @torch.no_grad()
     def sq_norm(self, seeds, coefs, masks, scale, power):
@@ -127,6 +142,10 @@ class Walk:
         self.directions.move_(self.seeds, lo, hi, self.net[lo:hi], target, self.masks,
                               self._scale(power), power)
         self.net[lo:hi] = target
+
+    def materialized(self, coefs):
+        """Σ_i coefs[i]·u_i as new flat buffers, one per bucket (the weights are not touched)."""
+        return self.directions.materialized(self.seeds, coefs, self.masks)
 
     def sq_norm(self, coefs, power=0):
         """‖Σ_i coefs[i]·u_i (⊙ |θ| ** power)‖² of the step's directions."""

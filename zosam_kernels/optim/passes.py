@@ -105,6 +105,11 @@ class Passes:
         devices = {torch.device(d) for d in devices}
         self.batch_fraction, self.autocast, self.name = float(batch_fraction), autocast, name
         self.device_type = next(iter(sorted(d.type for d in devices if d.type != "cpu")), "cpu")
+        if grad_scaler is not None and grad_scaler.is_enabled():
+            # scale() makes a fresh scaler's scale, so a call of scaler.step(optimizer, closure)
+            # reaches the optimizer, which says how to drive it (torch would assert first)
+            grad_scaler.scale(torch.zeros((), device=min((d for d in devices if d.type == self.device_type),
+                                                         key=str)))
         self.micro, self.grad_scaler = MicroBatches(micro_batches), grad_scaler
         self.random = RandomState(devices) if common_random_numbers else None
         self.batchnorm = BatchNormStatistics()   # what the extra and frozen gradient passes restore
@@ -121,6 +126,12 @@ class Passes:
         """Called once at the start of a step, before any pass."""
         if self.random is not None:
             self.random.save()
+        self.batchnorm.begin_step()
+
+    def roll_back(self):
+        """After a step that is skipped or fails: the buffers the passes moved
+        (BatchNorm's running statistics) as the step found them."""
+        self.batchnorm.roll_back()
 
     def _replay(self):
         if self.random is not None:
@@ -165,10 +176,9 @@ class Passes:
             p.grad = None
         if replay:
             self._replay()
-        ctx = self.batchnorm.frozen() if freeze_batchnorm else contextlib.nullcontext()
         parts = self.micro.parts(indices)
         returned = []
-        with torch.enable_grad(), ctx, phase("grad_pass"):
+        with torch.enable_grad(), self.batchnorm.frozen(freeze_batchnorm), phase("grad_pass"):
             for idx in parts:
                 part = evaluate(closure, idx)
                 # one part: the mean, as one pass; several: their sums, divided by the count below

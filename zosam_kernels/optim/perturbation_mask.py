@@ -1,6 +1,7 @@
 """SSAM's perturbation masks (Mi et al., "Make Sharpness-Aware Minimization
-Stronger: A Sparsified Perturbation Approach", NeurIPS 2022), shared by SSAM
-and ZOSSAM.
+Stronger: A Sparsified Perturbation Approach", NeurIPS 2022), and the part
+that keeps an ascent's eps to one (SSAM with the gradient ascent, ZO-SSAM
+with the zeroth-order ascent).
 
 A perturbation mask keeps k = round((1 - sparsity) * n) of the n active
 (unpruned) weights in the perturbation; it is remade every `update_interval`
@@ -25,7 +26,8 @@ import torch
 
 from ..masks import keep_top_across
 from ..seeds import check_seed, derived_seed
-from .base import check_nonnegative, check_positive_int
+from .checks import check_nonnegative, check_positive_int
+from .components import Part
 
 KINDS = ("fisher", "dynamic")
 
@@ -140,26 +142,76 @@ def active_weights(masks):
             for m, b, n in zip(masks.buffers, masks.layout.buckets, masks.layout.numels)]
 
 
-class PerturbationMasked:
-    """Mixed into an optimizer of the shared base (before it in the bases) that
-    sets `perturbation_mask`: the mask follows the optimizer's layout, is
-    remade from a step's gradients when due, and lives in its state_dict."""
+class PerturbationMasking(Part):
+    """PerturbationMasking(sparsity=0.5, mask="fisher", update_interval=1950, drop_rate=0.5,
+    total_steps=None, seed=0): eps kept to a perturbation mask among the active weights.
 
-    def _relayout(self, layout):
-        super()._relayout(layout)
+    With the gradient ascent (SSAM), the mask of step t is remade (t = 0, T,
+    2T, ...) from this step's gradient at theta before eps is formed, and the
+    Fisher sums those gradients; as in the paper, ||g|| is the whole
+    gradient's norm, so ||eps|| <= rho. With the zeroth-order ascent (ZO-SSAM)
+    the directions themselves are restricted to the mask, so the estimate and
+    eps live on it and ||eps|| = rho; the only gradient of a step is the
+    update's, grad L(theta + eps): the Fisher sums those, SSAM-D drops by
+    them, the mask of step t is made from step t - 1's, and step 0's is random
+    (both kinds). The restriction costs nothing in the fused ops: they read
+    the perturbation mask instead of the sparse one (kept within the active
+    weights when the sparse topology changes)."""
+
+    uses_theta_gradient = True
+    restricts_directions = True
+    state_keys = ("perturbation_mask",)
+
+    def __init__(self, sparsity=0.5, mask="fisher", update_interval=1950, drop_rate=0.5, total_steps=None,
+                 seed=0):
+        self.perturbation_mask = PerturbationMask(sparsity, mask, update_interval, drop_rate, total_steps, seed)
+
+    def relayout(self, engine, layout):
         self.perturbation_mask.relayout_(layout)
+        self.first_order = engine.ascent.first_order
+        self._masks, self._topology = engine.masks, engine.masks.changes
+        self._pending = None
 
-    def _mask_for_step(self, step, grads):
-        """(mask, remade): the mask of `step`, remade from `grads` (new tensors,
-        installed by commit_ once the step is taken) when due, else the one in use."""
+    def _for_step(self, step_index, grads):
+        """(mask, remade): the mask of a step, remade from `grads` (new tensors,
+        installed by commit once the step is taken) when due, else the one in use."""
         pm = self.perturbation_mask
-        if pm.due(step):
-            return pm.remade(step, grads, active_weights(self.masks)), True
+        if pm.due(step_index):
+            return pm.remade(step_index, grads, active_weights(self._masks)), True
         return pm.buffers, False
 
-    def _extra_state(self):
-        return super()._extra_state() | {"perturbation_mask": self.perturbation_mask.state_dict()}
+    def before_ascent(self, step):
+        if self.first_order:
+            if step.plan == "full":
+                self._pending = self._for_step(step.index, step.theta_grads)
+                step.restriction = self._pending[0]
+            return
+        pm = self.perturbation_mask
+        if pm.buffers is None:   # installed by commit if the step is taken
+            self._pending = pm.random(step.index, active_weights(self._masks))
+            step.restriction = self._pending
+            return
+        if self._topology != self._masks.changes:   # perturbed weights that were pruned leave it
+            for b, a in zip(pm.buffers, active_weights(self._masks)):
+                b.logical_and_(a)
+            self._topology = self._masks.changes
+        step.restriction = pm.buffers
 
-    def _load_extra_state(self, extra):
-        super()._load_extra_state(extra)
-        self.perturbation_mask.load_state_dict(extra.get("perturbation_mask", {}))
+    def commit(self, step):
+        pm = self.perturbation_mask
+        if self.first_order:
+            if self._pending is not None:
+                pm.commit_(self._pending[0], step.theta_grads, self._pending[1])
+        else:
+            if pm.buffers is None:
+                pm.commit_(self._pending, [], remade=True)
+            grads = step.grads()
+            mask, remade = self._for_step(step.index + 1, grads)   # the next step's mask, from this one's
+            pm.commit_(mask, grads, remade)
+        self._pending = None
+
+    def state_dict(self):
+        return {"perturbation_mask": self.perturbation_mask.state_dict()}
+
+    def load_state_dict(self, state):
+        self.perturbation_mask.load_state_dict(state.get("perturbation_mask", {}))

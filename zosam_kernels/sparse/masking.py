@@ -68,7 +68,7 @@ import torch
 from torch import nn
 
 from ..masks import keep_top, keep_top_across, zero_pruned_
-from ..optim.base import SharpnessAwareOptimizer
+from ..optim import is_engine
 from .densities import check_density, layer_counts
 
 # layer types -> fnmatch patterns of the names, inside the layer, of the weights masked by default
@@ -198,7 +198,7 @@ class Masking:
         optimizer, its gradients and weights). Returns the optimizer."""
         self.optimizers.append(optimizer)
         self.apply_()           # state made before the attach (e.g. dense pre-training) too
-        if not isinstance(optimizer, SharpnessAwareOptimizer):
+        if not is_engine(optimizer):
             optimizer.register_step_pre_hook(lambda opt, args, kwargs: self._before_plain_step())
             optimizer.register_step_post_hook(lambda opt, args, kwargs: self.apply_())
         return optimizer

@@ -5,7 +5,7 @@ gradient of exactly the gradient passes whose update needs it.
 """
 import math
 
-from ..optim.base import check_positive_int
+from ..optim.checks import check_positive_int
 
 
 

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from .. import sparse
 from ..models import MODELS
-from ..recipes import OPTIMIZERS, make_optimizer, options_of
+from ..optim.family import FAMILY
+from ..recipes import make_optimizer, options_of
 
 STATIC = ("snip", "grasp", "synflow")          # pruning at initialisation
 DYNAMIC = {"set": sparse.SET, "dsr": sparse.DSR, "rigl": sparse.RigL, "mest": sparse.MEST}
@@ -122,7 +123,7 @@ def optimizer_arguments(args, masking=None, total_steps=1):
         options["masks"] = masking
         if "seed" in takes:
             options["seed"] = args.seed
-        if OPTIMIZERS[name][1].get("mask") == "dynamic":
+        if FAMILY[name].needs_total_steps:
             options["total_steps"] = total_steps
         if args.zo_bf16:
             options["zo_autocast"] = torch.bfloat16

@@ -20,7 +20,7 @@ import sys
 import torch
 
 from ..models import MODELS
-from ..recipes import OPTIMIZERS
+from ..optim.family import FAMILY
 from .. import sparse
 from ..diagnostics import CORRUPTIONS
 from .build import SPARSE_METHODS, check_optimizer
@@ -144,7 +144,7 @@ def parser():
                    help="set/dsr/rigl/mest: steps between topology updates")
     g.add_argument("--lth-rounds", type=int, default=1, help="lth: pruning rounds before the last round")
     g = p.add_argument_group("optimizer (options left unset take the method's default, see README)")
-    g.add_argument("--optimizer", default="zosam", choices=list(OPTIMIZERS),
+    g.add_argument("--optimizer", default="zosam", choices=list(FAMILY),
                    help="every one wraps SGD (momentum, weight decay) at its paper's defaults")
     g.add_argument("--epochs", type=int, default=160, help="epochs (per round, for lth)")
     g.add_argument("--batch-size", type=int, default=128, help="training images per step")

@@ -24,6 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ..optim import is_engine
 from . import outputs
 from .build import make_model, make_optimizer_for, make_sparsity, prune_at_init
 from .datasets import cifar10c, load
@@ -108,7 +109,7 @@ class Run:
         """(mean training loss, accuracy %, the ascent cosines of the first
         --diagnostics-batches steps when `ascent`)."""
         model, opt, args = self.model, self.optimizer, self.args
-        plain = isinstance(opt, torch.optim.SGD)
+        plain = not is_engine(opt)
         model.train()
         seen, cosines = {}, []
         # loss · samples, correct, samples: summed on the device, read once per epoch (no sync per step)
@@ -207,10 +208,13 @@ class Run:
                                      robustness, self.rounds)
 
     def _check_finite(self, epoch):
-        """Diverged weights are not checkpointed: the last checkpoint stays the last good one.
-        (The package's optimizers skip a step whose loss is not finite; SGD does not.)"""
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            raise RuntimeError(f"epoch {epoch}: the weights are no longer finite (the training diverged); "
+        """Diverged weights or buffers (BatchNorm's statistics) are not checkpointed: the
+        last checkpoint stays the last good one. (The package's optimizers skip a step
+        whose loss is not finite, and put back what its passes moved; SGD does not.)"""
+        state = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        if not all(bool(torch.isfinite(t).all()) for t in state):
+            raise RuntimeError(f"epoch {epoch}: the weights or buffers are no longer finite (the training "
+                               "diverged); "
                                f"{'the checkpoint of epoch ' + str(epoch - 1) if epoch > 1 else 'no checkpoint'}"
                                f" is kept in {self.args.out}. Try a lower --lr, --warmup-epochs or "
                                f"--max-grad-norm, in a new --out")

@@ -1,0 +1,337 @@
+"""Ascents: how a step finds its perturbation eps (engine.py runs them).
+
+GradientAscent (SAM, Foret et al. 2021; ASAM, Kwon et al. 2021; ESAM's
+stochastic weight perturbation, Du et al. 2022)
+
+    g = grad L(theta),  eps = rho g / (||g|| + 1e-12)     (adaptive: rho T^2 g / ||T g||, T = |theta|)
+
+one forward + backward at theta, and one parameter-sized copy of theta to
+restore it exactly. rho may differ per param group.
+
+ZerothOrderAscent (ZO-SAM, arXiv 2603.13115)
+
+    c_i   = (L(theta + delta u_i) - L(theta - delta u_i)) / (2 delta),   u_i ~ N(0, I), i < m
+    g_hat = 1/m sum_i c_i u_i,   eps = rho g_hat / (||g_hat|| + 1e-12)   (adaptive: as above)
+
+2m no-grad forward passes. The directions are never stored: they are
+regenerated from seeds derived from (seed, step, i), so eps is m
+coefficients on them and every move of the weights is one pass of a fused
+op over the flat buffers (directions.Walk); a resumed run replays the same
+directions.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Optional
+
+import torch
+
+from ..flat import FlatParams
+from ..masks import zero_pruned_
+from ..seeds import check_seed, derived_seed
+from . import formulas
+from .checks import check_fraction, check_nonnegative, check_positive, check_positive_int
+from .components import Ascent, same_in_every_group
+from .directions import FusedDirections, UnfusedDirections, Walk
+from .passes import mean_loss, phase
+
+BACKENDS = {"fused": FusedDirections, "unfused": UnfusedDirections}
+
+
+class GradientAscent(Ascent):
+    """GradientAscent(rho=0.05, adaptive=False, m_sharpness=False, beta=1.0, seed=0)
+
+    m_sharpness: under DDP, eps from each rank's own gradient (the SAM paper's
+    m-sharpness, m = the per-rank batch) instead of DDP's average; parts that
+    use the gradient at theta for more than eps refuse it (the ranks' states
+    would differ). beta < 1: ESAM's stochastic weight perturbation: each
+    parameter tensor joins the perturbation with probability beta, drawn from
+    (seed, step); the others sit out the backward at theta (requires_grad off
+    while it runs: the saving) and eps = rho g_S / (beta (||g_S|| + 1e-12)),
+    the authors' rescaling."""
+
+    first_order = True
+    state_keys = ("seed",)
+
+    def __init__(self, rho: float = 0.05, adaptive: bool = False, m_sharpness: bool = False,
+                 beta: float = 1.0, seed: int = 0):
+        check_nonnegative("rho", rho)
+        check_fraction("beta", beta)
+        check_seed(seed)
+        self.rho, self.adaptive, self.m_sharpness = rho, bool(adaptive), bool(m_sharpness)
+        self.beta, self.seed = float(beta), seed
+        self.last_perturbed: list = []
+        self._saved = self._kept = self._pending = None
+
+    def group_defaults(self):
+        return {"rho": self.rho, "adaptive": self.adaptive}
+
+    def check_group(self, group):
+        check_nonnegative("rho", group["rho"])
+
+    def relayout(self, engine, layout):
+        self._saved = self._kept = None   # theta's copy, and a kept eps, are of the old layout
+
+    def observe(self, step):
+        chosen = self._draw(len(step.params), step.index)
+        left_out = [p for p, c in zip(step.params, chosen) if not c] if any(chosen) else []
+        for p in left_out:
+            p.requires_grad_(False)
+        try:
+            step.at_theta = step.gradient("the first pass", local=self.m_sharpness)
+        finally:
+            for p in left_out:
+                p.requires_grad_(True)
+        for p, c in zip(step.params, chosen):
+            if not c:   # only reached when no tensor was chosen: eps is then 0
+                p.grad = None
+        step.loss = mean_loss(step.at_theta)
+        step.theta_grads = step.grads()
+        self.last_perturbed = chosen
+
+    def _draw(self, n, index):
+        if self.beta == 1:
+            return [True] * n
+        g = torch.Generator().manual_seed(derived_seed(self.seed, index, 0))
+        return (torch.rand(n, generator=g) < self.beta).tolist()
+
+    @torch.no_grad()
+    def _eps(self, step):
+        adaptive = same_in_every_group(step.groups, "adaptive")
+        rho_of = {id(p): step.radius(g) for g in step.groups for p in g["params"]}
+        pairs = [(p, p.grad) for p in step.params if p.grad is not None]
+        if not pairs:
+            return [], []
+        params = [p for p, _ in pairs]
+        rhos = [rho_of[id(p)] for p in params]
+        for rho in rhos:
+            check_nonnegative("rho", rho)
+        eps = formulas.sam_perturbation([g for _, g in pairs], params, rhos, adaptive)
+        if self.beta < 1:
+            torch._foreach_div_(eps, self.beta)
+        if step.restriction is not None:   # a perturbation mask (SSAM)
+            by_param = dict(zip(map(id, step.params), step.masks.layout.views(step.restriction)))
+            for e, p in zip(eps, params):
+                zero_pruned_(e, by_param[id(p)])
+        return params, eps
+
+    @contextlib.contextmanager
+    def perturbed(self, step):
+        if step.plan == "none":
+            yield
+            return
+        params, eps = self._kept if step.plan == "reuse" else self._eps(step)
+        self._pending = (params, eps)
+        if self._saved is None:
+            self._saved = [torch.empty_like(p) for p in step.params]
+        with torch.no_grad(), phase("perturb"):
+            torch._foreach_copy_(self._saved, [p.detach() for p in step.params])
+            if params:
+                torch._foreach_add_(params, eps)
+        try:
+            yield
+        finally:
+            with torch.no_grad(), phase("restore"):
+                torch._foreach_copy_(step.params, self._saved)
+
+    def can_reuse(self):
+        return self._kept is not None
+
+    def commit(self, step):
+        if step.keep_eps:   # one parameter-sized set of tensors, kept between steps
+            self._kept = self._pending
+        self._pending = None
+
+    def direction(self, step):
+        return step.theta_grads
+
+    def state_dict(self):
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state):
+        self.seed = int(state.get("seed", self.seed))
+
+
+class ZerothOrderAscent(Ascent):
+    """ZerothOrderAscent(rho=0.05, delta=1e-3, n_dirs=1, seed=0, adaptive=False,
+    backend="fused", batch_fraction=1.0, autocast=None)
+
+    batch_fraction < 1 and autocast make the 2m passes cheaper (passes.Passes:
+    a leading fraction of the batch, whose closure takes `indices` and returns
+    per-sample losses; bf16/fp16 autocast). backend="unfused" materialises each
+    direction per tensor (the baseline the fused ops are measured against).
+    rho and delta must be the same in every param group: eps is normalised
+    over the whole model and the directions are one stream, so a per-group
+    radius would need a per-weight scale buffer the fused ops do not read.
+    `last_seeds`, `last_coefficients` (the c_i) and `last_eps` (eps = sum_i
+    last_eps[i] u_i, times T^2 when adaptive) tell what the last step taken used."""
+
+    compares_losses = True   # L(theta + delta u) - L(theta - delta u): common random numbers by default
+    state_keys = ("seed", "n_dirs")
+
+    def __init__(self, rho: float = 0.05, delta: float = 1e-3, n_dirs: int = 1, seed: int = 0,
+                 adaptive: bool = False, backend: str = "fused", batch_fraction: float = 1.0,
+                 autocast: Optional[torch.dtype] = None):
+        check_nonnegative("rho", rho)
+        check_positive("delta", delta)
+        check_positive_int("n_dirs", n_dirs)
+        check_seed(seed)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be 'fused' or 'unfused', got {backend!r}")
+        self.rho, self.delta, self.adaptive = rho, delta, bool(adaptive)
+        self.n_dirs, self.seed, self.backend = n_dirs, seed, backend
+        self.batch_fraction, self.autocast = batch_fraction, autocast
+        self.last_seeds: list = []
+        self.last_coefficients: Optional[torch.Tensor] = None
+        self.last_eps: Optional[torch.Tensor] = None
+        self._kept = self._pending = None
+
+    def pass_options(self):
+        return {"batch_fraction": self.batch_fraction, "autocast": self.autocast, "name": "zo"}
+
+    def group_defaults(self):
+        return {"rho": self.rho, "delta": self.delta, "adaptive": self.adaptive}
+
+    def check_group(self, group):
+        check_nonnegative("rho", group["rho"])
+        check_positive("delta", group["delta"])
+        for p in group["params"]:
+            if p.requires_grad and p.dtype != torch.float32:
+                raise TypeError(f"params: the zeroth-order ascent perturbs float32 parameters, got {p.dtype} "
+                                f"(shape {tuple(p.shape)}); {_WHY_FLOAT32.get(p.dtype, _WHY_FLOAT32[None])}")
+
+    def check_groups(self, groups):
+        for name in ("rho", "delta", "adaptive"):
+            same_in_every_group(groups, name, when="at construction")
+
+    def relayout(self, engine, layout):
+        self.flat = engine.flat
+        sharded = not isinstance(self.flat, FlatParams)
+        if sharded and (self.backend != "fused" or engine.masks.masked or
+                        any(getattr(p, "restricts_directions", False) for p in engine.parts)):
+            raise NotImplementedError("params: the zeroth-order ascent on FSDP2 (fully_shard) needs "
+                                      "backend='fused', no masks and directions over all weights (no "
+                                      "perturbation mask)")
+        self.directions = BACKENDS[self.backend](self.flat)
+        self._masks = engine.masks
+        self._saved = None   # theta, for the adaptive eps (one parameter-sized copy, kept between steps)
+
+    def _direction_masks(self, step):
+        if step.restriction is not None:
+            return step.restriction
+        return self._masks.buffers if isinstance(self.flat, FlatParams) else [None] * len(self.flat.buffers)
+
+    @contextlib.contextmanager
+    def perturbed(self, step):
+        if step.plan == "none":
+            yield
+            return
+        rho, delta = same_in_every_group(step.groups, "rho"), same_in_every_group(step.groups, "delta")
+        adaptive = same_in_every_group(step.groups, "adaptive")
+        check_nonnegative("rho", rho)
+        reuse = step.plan == "reuse"
+        seeds = self._kept[0] if reuse else [derived_seed(self.seed, step.index, i) for i in range(self.n_dirs)]
+        saved = self._saved_theta() if adaptive else None
+        with phase("perturb"):
+            walk = Walk(self.directions, seeds, self._direction_masks(step), saved)
+        try:
+            if reuse:
+                eps = self._kept[1]
+            else:
+                plus, minus = self._estimate(walk, step, delta)
+                coefs = formulas.zo_coefficients(plus, minus, delta)
+                with phase("perturb"):   # ||g_hat|| (||T g_hat|| when adaptive)
+                    norm = walk.sq_norm(coefs / walk.m, power=1 if adaptive else 0).sqrt()
+                eps = formulas.zo_perturbation(coefs, norm, rho)
+                step.losses["the +delta passes"], step.losses["the -delta passes"] = plus, minus
+                step.loss = (plus.mean() + minus.mean()) / 2
+                self._pending = (seeds, coefs, eps)
+            walk.move_(eps, power=2 if adaptive else 0)   # theta + eps; the last -delta u rides along
+            yield
+        finally:
+            with phase("restore"):
+                walk.restore_()
+
+    def _estimate(self, walk, step, delta):
+        """(L(theta + delta u_i), L(theta - delta u_i)) for every direction i, as two
+        device tensors (the global batch's under DDP); per-sample losses at theta
+        in step.at_theta when a part asks for them. The move to theta + delta u_i
+        also takes back the -delta u_{i-1} of the direction before; the weights
+        are left at theta - delta u_{m-1}."""
+        up = torch.full((2,), delta, device=walk.device)
+        up[0] = 0.0                                     # (u_{i-1}, u_i) to (0, +delta)
+        down = torch.full((1,), -delta, device=walk.device)
+        plus, minus, per_sample = [], [], []
+        for i in range(walk.m):
+            with phase("perturb"):
+                walk.move_(up if i else up[1:], lo=max(i - 1, 0))
+            plus.append(step.extra("zo_forward", reduce=not step.per_sample_at_theta))
+            with phase("perturb"):
+                walk.move_(down, lo=i)
+            minus.append(step.extra("zo_forward", reduce=not step.per_sample_at_theta))
+            if step.per_sample_at_theta:
+                per_sample.append((plus[-1] + minus[-1]) / 2)
+                plus[-1], minus[-1] = mean_loss(plus[-1]), mean_loss(minus[-1])
+        if per_sample:   # L(theta) per sample, to O(delta^2): what ESAM's data selection compares
+            step.at_theta = torch.stack(per_sample).mean(0)
+        losses = step.mean_over_ranks_(torch.stack([torch.stack(plus), torch.stack(minus)]).float()
+                                       .to(walk.device))
+        return losses[0], losses[1]
+
+    def _saved_theta(self):
+        if self._saved is None:
+            self._saved = [torch.empty_like(b) for b in self.flat.buffers]
+        return self._saved
+
+    def can_reuse(self):
+        return self._kept is not None
+
+    def direction(self, step):
+        """g_hat = 1/m sum_i c_i u_i, materialised (one parameter-sized buffer per bucket)."""
+        seeds, coefs, _ = self._pending
+        walk = Walk(self.directions, seeds, self._direction_masks(step))
+        return self._masks.layout.views(walk.materialized(coefs / walk.m))
+
+    def commit(self, step):
+        if step.plan != "full":
+            return
+        self.last_seeds, self.last_coefficients, self.last_eps = self._pending
+        if step.keep_eps:   # m seeds and m coefficients: no parameter-sized buffer
+            self._kept = (self._pending[0], self._pending[2])
+
+    def kept_state(self):
+        """The eps kept for reuse (seeds and coefficients), for a part that reuses it."""
+        if self._kept is None:
+            return {"eps_seeds": [], "eps": None}
+        return {"eps_seeds": list(self._kept[0]), "eps": self._kept[1].tolist()}
+
+    def load_kept_state(self, state):
+        seeds, eps = list(state.get("eps_seeds", [])), state.get("eps")
+        device = self.flat.buffers[0].device
+        self._kept = None if eps is None else (seeds, torch.tensor(eps, dtype=torch.float32, device=device))
+        if self._kept is not None:
+            self.last_seeds, self.last_eps = self._kept
+
+    def state_dict(self):
+        return {"seed": self.seed, "n_dirs": self.n_dirs}
+
+    def load_state_dict(self, state):
+        for name in ("seed", "n_dirs"):
+            value = int(state.get(name, getattr(self, name)))
+            if value != getattr(self, name):
+                warnings.warn(f"load_state_dict: the checkpoint's {name}={value} replaces "
+                              f"{name}={getattr(self, name)} given to the constructor (a resumed run "
+                              "replays the checkpoint's directions)", UserWarning, stacklevel=3)
+            setattr(self, name, value)
+
+
+
+
+_WHY_FLOAT32 = {
+    torch.float16: "delta is below the resolution of fp16 weights: keep float32 master weights "
+                   "and use autocast (zo_autocast for the zeroth-order passes)",
+    torch.bfloat16: "delta is below the resolution of bf16 weights: keep float32 master weights "
+                    "and use autocast (zo_autocast for the zeroth-order passes)",
+    None: "the fused ops work on float32 buffers: convert the model with model.float()",
+}

@@ -1,0 +1,229 @@
+"""Parts: what an ascent can be composed with (engine.py; the perturbation
+mask of SSAM is perturbation_mask.PerturbationMasking).
+
+Reuse(k)                     eps found every k-th step, reused in between (ZO-LookSAM)
+LookAhead(k, alpha)          LookSAM's g_v: SAM every k-th step, g + alpha ||g||/||g_v|| g_v between
+SurrogateGap(alpha)          GSAM's gradient surgery: g_p - alpha g_perp
+LearningRateRadius(rho_min)  GSAM's radius schedule: rho follows the learning rate
+DataSelection(gamma)         ESAM's sharpness-sensitive data selection
+
+Each says in `refuses` which compositions its math does not allow.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import formulas
+from .checks import check_fraction, check_nonnegative, check_positive_int
+from .components import Part, same_in_every_group
+from .passes import check_takes_indices
+
+
+class Reuse(Part):
+    """Reuse(k): every k-th step (step 0 included) the ascent finds eps and keeps
+    it; in between the step is one forward + backward at theta + eps_kept.
+    The zeroth-order ascent keeps eps as m seeds and m coefficients (no
+    parameter-sized buffer), the gradient ascent as tensors (one). The loss
+    of an in-between step is the loss at theta + eps (no pass at theta)."""
+
+    state_keys = ("k", "eps_seeds", "eps")
+
+    def __init__(self, k: int = 5):
+        check_positive_int("k", k)
+        self.k = k
+
+    def refuses(self, ascent, parts):
+        if any(isinstance(p, LookAhead) for p in parts):
+            return "Reuse and LookAhead both decide which steps are full; use one"
+        return None
+
+    def relayout(self, engine, layout):
+        self.ascent = engine.ascent
+
+    def plan(self, step):
+        if step.index % self.k and self.ascent.can_reuse():
+            step.plan = "reuse"
+        else:
+            step.keep_eps = True
+
+    def state_dict(self):
+        state = {"k": self.k}
+        if hasattr(self.ascent, "kept_state"):
+            state.update(self.ascent.kept_state())
+        return state
+
+    def load_state_dict(self, state):
+        self.k = int(state.get("k", self.k))
+        if hasattr(self.ascent, "load_kept_state"):
+            self.ascent.load_kept_state(state)
+
+
+class LookAhead(Part):
+    """LookSAM (Liu et al., CVPR 2022): every k-th step (step 0 included) is a full
+    step, g = the ascent's gradient at theta, g_s = grad L(theta + eps), and it
+    keeps the part of g_s orthogonal to g,
+
+        g_v = g_s - (<g_s, g> / ||g||^2) g;
+
+    in between, one forward + backward gives g at theta, no perturbation (the
+    weights never move, so there is nothing to restore), and the update uses
+
+        g + alpha (||g|| / ||g_v||) g_v.
+
+    Norms over the whole model. g_v lives in the optimizer state
+    ("looksam_g_v", one tensor per weight), so it resumes from a checkpoint."""
+
+    uses_theta_gradient = True
+    state_keys = ("k",)
+
+    def __init__(self, k: int = 5, alpha: float = 0.7):
+        check_positive_int("k", k)
+        check_nonnegative("alpha", alpha)
+        self.k, self.alpha = k, alpha
+
+    def group_defaults(self):
+        return {"alpha": self.alpha}
+
+    def relayout(self, engine, layout):
+        self.ascent = engine.ascent
+
+    def plan(self, step):
+        if step.index % self.k:
+            step.plan = "none"
+
+    def after_update(self, step):
+        if step.plan == "full":
+            step.masks.mask_grads_()   # g_v (and its norm) on the active weights only
+            pairs = [(p, d) for p, d in zip(step.params, self.ascent.direction(step))
+                     if p.grad is not None and d is not None]
+            self._perturbed = [p for p, _ in pairs]
+            self._g_v = formulas.orthogonal_part([p.grad for p in self._perturbed], [d for _, d in pairs])
+            return
+        alpha = same_in_every_group(step.groups, "alpha")
+        check_nonnegative("alpha", alpha)
+        with torch.no_grad():
+            pairs = [(p.grad, step.state(p)["looksam_g_v"]) for p in step.params
+                     if p.grad is not None and "looksam_g_v" in step.state(p)]
+            if pairs:
+                grads, g_v = [g for g, _ in pairs], [v for _, v in pairs]
+                torch._foreach_add_(grads, torch._foreach_mul(g_v, formulas.looksam_scale(grads, g_v, alpha)))
+
+    def commit(self, step):
+        if step.plan == "full":
+            for p, v in zip(self._perturbed, self._g_v):
+                step.state(p)["looksam_g_v"] = v
+        self._g_v = self._perturbed = None
+
+    def state_dict(self):
+        return {"k": self.k}
+
+    def load_state_dict(self, state):
+        self.k = int(state.get("k", self.k))
+
+
+class SurrogateGap(Part):
+    """GSAM (Zhuang et al., ICLR 2022): the update minus the part of the ascent's
+    gradient g that raises the surrogate gap,
+
+        g_perp = g - (<g, g_p> / ||g_p||^2) g_p,   update along g_p - alpha g_perp,
+
+    g_p = grad L(theta + eps). With the zeroth-order ascent g is its estimate
+    g_hat (materialised: one parameter-sized buffer for the step)."""
+
+    uses_theta_gradient = True
+
+    def __init__(self, alpha: float = 0.02):
+        check_nonnegative("alpha", alpha)
+        self.alpha = alpha
+
+    def group_defaults(self):
+        return {"alpha": self.alpha}
+
+    def relayout(self, engine, layout):
+        self.ascent = engine.ascent
+
+    def after_update(self, step):
+        alpha = same_in_every_group(step.groups, "alpha")
+        check_nonnegative("alpha", alpha)
+        g = self.ascent.direction(step)
+        pairs = [(p.grad, d) for p, d in zip(step.params, g) if p.grad is not None and d is not None]
+        if pairs:
+            with torch.no_grad():
+                formulas.gsam_update_([p for p, _ in pairs], [d for _, d in pairs], alpha)
+
+
+class LearningRateRadius(Part):
+    """GSAM's schedule: rho_t = rho_min + (rho - rho_min)(lr - lr_min)/(lr_max - lr_min)
+    per param group, lr the group's current learning rate (so any LR scheduler
+    drives it), lr_max its lr when the optimizer is built unless given."""
+
+    def __init__(self, rho_min: float, lr_max: Optional[float] = None, lr_min: float = 0.0):
+        check_nonnegative("rho_min", rho_min)
+        check_nonnegative("lr_min", lr_min)
+        if lr_max is not None:
+            check_nonnegative("lr_max", lr_max)
+        self.rho_min, self.lr_max, self.lr_min = rho_min, lr_max, lr_min
+
+    def group_defaults(self):
+        return {"rho_min": self.rho_min, "lr_min": self.lr_min, "lr_max": self.lr_max}
+
+    def check_group(self, group):
+        if group["lr_max"] is None:   # rho follows the group's own learning rate from where it starts
+            group["lr_max"] = group["lr"]
+        if not group["lr_max"] > group["lr_min"]:
+            raise ValueError(f"lr_max must exceed lr_min for rho to follow the learning rate, "
+                             f"got lr_max={group['lr_max']!r}, lr_min={group['lr_min']!r}")
+
+    def radius(self, group):
+        return formulas.lr_following_radius(group["rho"], group["rho_min"], group["lr"], group["lr_min"],
+                                            group["lr_max"])
+
+
+class DataSelection(Part):
+    """ESAM's sharpness-sensitive data selection (Du et al., ICLR 2022): from
+    per-sample losses l(theta) and l(theta + eps) (one no-grad pass), the
+    update's gradient pass runs on the k = max(1, floor(gamma B)) samples whose
+    loss rose most (torch.topk). With the gradient ascent l(theta) comes from
+    its pass at theta; with the zeroth-order ascent it is the mean of the
+    +-delta passes' per-sample losses (exact to O(delta^2)). The closure must
+    take `indices` and return per-sample losses. `last_indices`: the samples
+    of the last step."""
+
+    compares_losses = True   # ranks losses after - before: common random numbers by default
+
+    def __init__(self, gamma: float = 0.5):
+        check_fraction("gamma", gamma)
+        self.gamma = float(gamma)
+        self.last_indices = None
+
+    def refuses(self, ascent, parts):
+        if getattr(ascent, "batch_fraction", 1.0) < 1:
+            return ("data selection compares per-sample losses of the whole batch, and the zeroth-order "
+                    "passes run on a fraction of it (zo_batch_fraction < 1)")
+        return None
+
+    def plan(self, step):
+        check_takes_indices(step.closure, "ESAM's data selection (gamma < 1)")
+        step.per_sample_at_theta = True
+
+    def before_update(self, step):
+        if step.plan != "full":   # nothing measured at theta: the whole batch
+            return
+        before = step.at_theta
+        if before.dim() != 1:
+            raise ValueError("closure must return per-sample losses (a 1-D tensor) for ESAM's data "
+                             f"selection (gamma={self.gamma} < 1), got a scalar")
+        after = step.extra("selection_pass", reduce=False)
+        if after.shape != before.shape:
+            raise ValueError(f"closure returned {tuple(after.shape)} losses at theta + eps but "
+                             f"{tuple(before.shape)} at theta: ESAM needs one loss per sample")
+        step.losses["the selection pass"] = after
+        k = max(1, int(self.gamma * before.numel()))
+        step.indices = torch.topk(after - before, k).indices
+
+    def commit(self, step):
+        self.last_indices = step.indices
+
+
