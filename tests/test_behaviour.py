@@ -6,39 +6,11 @@ import torch
 import torch.nn.functional as F
 
 import zosam_kernels as zk
+from family_cases import builder, plain_closure_cases
 from test_zosam import make_problem, random_masks
 from zosam_kernels import sparse
 
-OPTIMIZERS = {
-    "zosam": lambda params, **kw: zk.ZOSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9,
-                                           n_dirs=2, **kw),
-    "zosam-unfused": lambda params, **kw: zk.ZOSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9,
-                                                   n_dirs=2, backend="unfused", **kw),
-    "zosam-adaptive": lambda params, **kw: zk.ZOSAM(params, torch.optim.AdamW, lr=0.01, n_dirs=1,
-                                                    adaptive=True, **kw),
-    "sam": lambda params, **kw: zk.SAM(params, torch.optim.SGD, lr=0.05, momentum=0.9, **kw),
-    "esam": lambda params, **kw: zk.ESAM(params, torch.optim.SGD, lr=0.05, momentum=0.9, beta=0.5,
-                                         gamma=1.0, seed=1, **kw),
-    "looksam": lambda params, **kw: zk.LookSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9, k=2,
-                                               **kw),
-    "looksam-every-step": lambda params, **kw: zk.LookSAM(params, torch.optim.AdamW, lr=0.01, k=1,
-                                                          **kw),
-    "gsam": lambda params, **kw: zk.GSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9, alpha=0.3,
-                                         rho_min=0.01, **kw),
-    "ssam-fisher": lambda params, **kw: zk.SSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9,
-                                                update_interval=2, **kw),
-    "ssam-dynamic": lambda params, **kw: zk.SSAM(params, torch.optim.AdamW, lr=0.01, mask="dynamic",
-                                                 update_interval=2, total_steps=6, **kw),
-    "zolooksam": lambda params, **kw: zk.ZOLookSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9,
-                                                   k=2, n_dirs=2, **kw),
-    "zolooksam-adaptive": lambda params, **kw: zk.ZOLookSAM(params, torch.optim.AdamW, lr=0.01, k=3,
-                                                            adaptive=True, backend="unfused", **kw),
-    "zossam-fisher": lambda params, **kw: zk.ZOSSAM(params, torch.optim.SGD, lr=0.05, momentum=0.9,
-                                                    n_dirs=2, update_interval=2, **kw),
-    "zossam-dynamic": lambda params, **kw: zk.ZOSSAM(params, torch.optim.AdamW, lr=0.01, n_dirs=2,
-                                                     mask="dynamic", update_interval=2, total_steps=6,
-                                                     backend="unfused", **kw),
-}
+OPTIMIZERS = {case: builder(case) for case in plain_closure_cases()}
 
 
 def bn_first_problem():

@@ -6,6 +6,7 @@ import re
 import sys
 
 import pytest
+import torch
 
 from zosam_kernels.bench import benchmark
 from zosam_kernels.bench.cli import parse
@@ -24,10 +25,12 @@ def test_bench_counts_passes_and_writes_json_and_csv(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["device"] == "cpu" and len(data["results"]) == 5
     assert all(r["step_ms"] > 0 and r["images_per_s"] > 0 for r in data["results"])
-    # SGD keeps its momentum; SAM also the weights it restores; ZO-SAM only the momentum
+    # SGD keeps its momentum; SAM also the weights it restores; ZO-SAM only the momentum.
+    # Both keep two copies of BatchNorm's running statistics (a frozen pass's, and the
+    # step's start for a skipped step): 1 % of ResNet-20's weights
     buffers = {r["method"]: r["param_buffers"] for r in rows}
-    assert abs(buffers["sgd"] - 1) < 0.01 and abs(buffers["sam"] - 2) < 0.01
-    assert abs(buffers["zosam"] - 1) < 0.01 and buffers["zosam-unfused"] < 1.01
+    assert abs(buffers["sgd"] - 1) < 0.01 and abs(buffers["sam"] - 2) < 0.02
+    assert abs(buffers["zosam"] - 1) < 0.02 and buffers["zosam-unfused"] < 1.02
     peak = {r["method"]: r["peak_mem_bytes"] for r in rows}
     assert all(v > 0 for v in peak.values())
     out = capsys.readouterr().out
@@ -115,3 +118,14 @@ def test_bench_help_shows_every_default_and_explains_the_ratios(monkeypatch, cap
     # the epilog keeps its line breaks: one column per line
     assert "\n  × SAM     SAM's mean step time / this method's: > 1 means faster than SAM\n" in epilog
     assert "\n  × SGD     SGD's mean step time / this method's: > 1 means faster than SGD\n" in epilog
+
+
+def test_bench_channels_last_compares_like_for_like():
+    """Every method trains the same memory format: the optimizers keep channels_last weights."""
+    from zosam_kernels.bench.methods import Run
+    args = parse(["--model", "resnet20", "--batch-size", "4", "--device", "cpu", "--channels-last"])
+    for method in ("sgd", "sam", "zosam", "zosam-unfused"):
+        run = Run(method, args, torch.device("cpu"))
+        run.step()
+        convs = [p for p in run.model.parameters() if p.dim() == 4]
+        assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs), method

@@ -50,8 +50,8 @@ def _worker(rank, world, port, job, out_dir, kwargs):
 
 
 def spawn(job, tmp_path, **kwargs):
-    """Run JOBS[job](rank, world, **kwargs) on WORLD processes (job: a name, or a function
-    of a test module's top level); their results, by rank."""
+    """Run JOBS[job] (or job, a module-level function) as job(rank, world, **kwargs) on
+    WORLD processes; their results, by rank."""
     ctx = mp.get_context("spawn")
     port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, WORLD, port, job, str(tmp_path), kwargs))
@@ -337,11 +337,15 @@ def test_sam_m_sharpness_takes_eps_from_each_rank_and_the_update_from_all(tmp_pa
     assert max((a - b).abs().max() for a, b in zip(ranks[0]["params"], model.parameters())) > 1e-4
 
 
-@pytest.mark.parametrize("cls", [zk.GSAM, zk.LookSAM, zk.SSAM, zk.ESAM])
-def test_m_sharpness_refused_where_the_first_gradient_does_more(cls):
+@pytest.mark.parametrize("part", [zk.optim.SurrogateGap(), zk.optim.LookAhead(), zk.optim.PerturbationMasking()])
+def test_m_sharpness_refused_where_the_first_gradient_does_more(part):
     model, _ = problem()
-    with pytest.raises(ValueError, match="m_sharpness"):
-        cls(model.parameters(), torch.optim.SGD, lr=0.1, m_sharpness=True)
+    with pytest.raises(ValueError, match="m_sharpness: .* uses the gradient at theta for more than eps"):
+        zk.Engine(model.parameters(), torch.optim.SGD, ascent=zk.optim.GradientAscent(m_sharpness=True),
+                  parts=[part], lr=0.1)
+    for cls in (zk.GSAM, zk.LookSAM, zk.SSAM, zk.ESAM):   # their classes do not offer it
+        with pytest.raises(TypeError, match="m_sharpness"):
+            cls(model.parameters(), torch.optim.SGD, lr=0.1, m_sharpness=True)
 
 
 def test_ranks_that_train_models_of_their_own_are_told_and_can_opt_out(tmp_path):

@@ -35,7 +35,7 @@ SCHEDULES = {
 
 
 def train_step(opt, model, closure):
-    if isinstance(opt, zk.optim.base.SharpnessAwareOptimizer):
+    if zk.optim.is_engine(opt):
         return opt.step(closure)
     opt.zero_grad()
     loss = closure()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from train_files import write_cifar10, write_cifar10c, write_imagefolder
 from zosam_kernels.models import MODELS
-from zosam_kernels.optim.family import FAMILY
+from zosam_kernels.optim import FAMILY
 from zosam_kernels.train.build import SPARSE_METHODS
 from zosam_kernels.train.cli import train as zosam_train
 
@@ -265,10 +265,23 @@ def test_bad_input_is_one_line_before_any_data_and_leaves_nothing(tmp_path, caps
 
 
 def test_divergence_stops_before_a_checkpoint(tmp_path):
-    with pytest.raises(RuntimeError, match="epoch 1: the weights are no longer finite"):
+    with pytest.raises(RuntimeError, match="epoch 1: the weights or buffers are no longer finite"):
         train(tmp_path, "--optimizer", "sgd", "--lr", "1e30", "--epochs", "2")
     assert not os.path.exists(tmp_path / "run" / "checkpoint.pt")
     assert metrics(str(tmp_path / "run")) == []
+
+
+def test_the_finiteness_check_covers_buffers(tmp_path):
+    """A BatchNorm statistic gone non-finite (weights still finite) is divergence too."""
+    from types import SimpleNamespace
+
+    from zosam_kernels.train.loop import Run
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    run = SimpleNamespace(model=model, args=SimpleNamespace(out=str(tmp_path)))
+    Run._check_finite(run, 2)                         # all finite: nothing to say
+    model[1].running_var[1] = float("nan")
+    with pytest.raises(RuntimeError, match="epoch 2: the weights or buffers are no longer finite"):
+        Run._check_finite(run, 2)
 
 
 def test_console_script_and_module(tmp_path):

@@ -214,30 +214,13 @@ def test_checkpoint_arguments_replace_the_constructors_with_a_warning(arg, given
     assert torch.equal(flat(model.parameters()), straight)   # the checkpoint's directions replayed
 
 
-# ---------------------------------------------------------------- renamed and removed options
+# ---------------------------------------------------------------- options that do not exist
 
-def test_backend_reference_is_unfused_with_a_future_warning():
-    runs = []
-    for backend in ["reference", "unfused"]:
-        model, x, y = make_problem(38, batchnorm=True)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            opt = zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9, n_dirs=2,
-                           seed=4, masks=random_masks(model, 0.5, 38), backend=backend)
-        future = [w for w in caught if issubclass(w.category, FutureWarning)]
-        assert len(future) == (backend == "reference")
-        if future:
-            assert 'backend="unfused"' in str(future[0].message)
-        assert opt.backend == "unfused"
-        for _ in range(2):
-            opt.step(cross_entropy(model, x, y))
-        runs.append(flat(model.parameters()))
-    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=1e-6)
-
-
-def test_zo_inference_mode_was_removed():
+def test_an_unknown_backend_or_option_is_named():
     model, _, _ = make_problem(39)
-    with pytest.raises(TypeError, match="zo_inference_mode was removed"):
+    with pytest.raises(ValueError, match="backend must be 'fused' or 'unfused', got 'reference'"):
+        zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.1, backend="reference")
+    with pytest.raises(TypeError, match="zo_inference_mode"):
         zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.1, zo_inference_mode=True)
 
 

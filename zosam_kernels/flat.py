@@ -162,6 +162,20 @@ def slot_view(buffer, start, p):
     return buffer.as_strided(p.shape, dense_strides(p), buffer.storage_offset() + start)
 
 
+class InPlaceParams:
+    """What FlatParams offers, for an optimizer that moves each parameter where it
+    lives (the gradient ascent: no fused op, so no flat buffer and no rebinding)."""
+
+    def __init__(self, layout):
+        self.layout = layout
+
+    def check_bound(self):
+        """Nothing is bound: a parameter may live anywhere."""
+
+    def gathering(self):
+        return contextlib.nullcontext()
+
+
 class FlatParams:
     """Rebinds the layout's parameters into one buffer per bucket (`buffers`);
     an alias is rebound to its owner's slot, so it stays tied."""

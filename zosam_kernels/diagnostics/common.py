@@ -6,6 +6,7 @@ import contextlib
 
 import torch
 
+from ..flat import Layout
 from ..masks import normalize_masks
 
 
@@ -15,7 +16,7 @@ def active_parameters(model, masks):
     masking object with param_masks()); a mask given for a frozen parameter is
     ignored, since frozen parameters are not counted at all."""
     # validated against all parameters so that a mask of a frozen one is not an error
-    by_id = normalize_masks(list(model.parameters()), masks)
+    by_id, _ = normalize_masks(Layout(model.parameters()), masks)
     active = [(p, by_id.get(id(p))) for p in model.parameters() if p.requires_grad]
     if not active:
         raise ValueError("model has no parameter with requires_grad=True; unfreeze the weights "

@@ -168,6 +168,7 @@ class ZerothOrderAscent(Ascent):
     last_eps[i] u_i, times T^2 when adaptive) tell what the last step taken used."""
 
     compares_losses = True   # L(theta + delta u) - L(theta - delta u): common random numbers by default
+    flattens = True
     state_keys = ("seed", "n_dirs")
 
     def __init__(self, rho: float = 0.05, delta: float = 1e-3, n_dirs: int = 1, seed: int = 0,

@@ -108,7 +108,7 @@ class BatchNormStatistics:
         try:
             eager = torch.compiler.set_stance("force_eager")   # in force from here; the block restores
         except RuntimeError as e:   # torch refuses to change its stance while compiling
-            raise RuntimeError(_COMPILED_STEP) from e
+            raise RuntimeError(COMPILED_STEP) from e
         with eager, warnings.catch_warnings():
             # torch.compile(module) warns that global hooks fire for its wrapper too: harmless here
             warnings.filterwarnings("ignore", message=r"Using `torch\.compile\(module\)` when there "
@@ -133,7 +133,7 @@ def _copy(dst, src):
         torch._foreach_copy_(dst, src)
 
 
-_COMPILED_STEP = ("step() runs inside a torch.compile'd function, where the optimizer cannot find the "
+COMPILED_STEP = ("the optimizer runs inside a torch.compile'd function, where it cannot find the "
                   "BatchNorm layers whose statistics its extra passes must leave alone (that takes one "
                   "eager pass, and torch.compiler.set_stance refuses to switch inside a compiled "
                   "function): compile the model, or the closure, and call step() outside torch.compile")

@@ -33,8 +33,10 @@ class Component:
 
 
 class Ascent(Component):
-    """How eps is found. first_order: it takes the gradient at theta (observe)."""
+    """How eps is found. first_order: it takes the gradient at theta (observe);
+    flattens: it moves the weights with the fused ops, over flat buffers (flat.py)."""
     first_order = False
+    flattens = False
 
     def pass_options(self):
         """Options of the extra passes (passes.Passes: batch_fraction, autocast, name)."""

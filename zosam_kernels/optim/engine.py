@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
-from ..flat import FlatParams, Layout, dense_strides
+from ..flat import FlatParams, InPlaceParams, Layout, dense_strides
 from ..masks import Masks
 from ..sharded import ShardedParams, is_sharded
 from .checks import check_positive
@@ -191,6 +191,12 @@ class Engine(torch.optim.Optimizer):
 
     def _check_composition(self):
         """Refuse, with the reason, a composition the math does not allow."""
+        if getattr(self.ascent, "m_sharpness", False):
+            for part in self.parts:
+                if part.uses_theta_gradient:
+                    raise ValueError(f"m_sharpness: {type(part).__name__} uses the gradient at theta for more "
+                                     "than eps, and under m-sharpness it differs between the ranks (their "
+                                     "states would drift apart); use m_sharpness with the ascent alone")
         for part in self.parts:
             reason = part.refuses(self.ascent, self.parts)
             if reason:
@@ -237,7 +243,9 @@ class Engine(torch.optim.Optimizer):
         self.layout = layout
         self.trainable = layout.params + [a for a, _ in layout.aliases]
         sharded = [is_sharded(p) for p in layout.params]
-        if any(sharded):
+        if not self.ascent.flattens:
+            self.flat = InPlaceParams(layout)
+        elif any(sharded):
             if not all(sharded) or layout.aliases:
                 raise NotImplementedError("params: on FSDP2 (fully_shard) every parameter must be sharded, "
                                           "none tied to another")
@@ -278,6 +286,10 @@ class Engine(torch.optim.Optimizer):
             owner.grad = g if owner.grad is None else owner.grad.add_(g)
 
     # ---- the step ---------------------------------------------------------------------
+    # Never traced: called from a torch.compile'd function, the step runs eagerly (the model
+    # inside the closure stays compiled), as it must to find the BatchNorm layers in one eager
+    # pass and to move the weights between passes.
+    @torch.compiler.disable
     def step(self, closure: Optional[Closure] = None) -> torch.Tensor:  # type: ignore[override]
         """One step of the method: evaluates `closure` as often as the method needs
         (see the class docstring for what it must be), backpropagates itself,

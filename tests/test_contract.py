@@ -1,0 +1,219 @@
+"""The contract every composition of the family keeps (family_cases.CASES, every
+member of the registry FAMILY): its first step equals its equations in
+float64; a resumed run continues bit for bit; a closure that raises at any
+pass, or a non-finite loss, leaves weights, buffers and optimizer state as
+they were; two DDP ranks stay bit-identical."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from f64 import Float64Model, adamw_step, directions, sam_eps, sgd_step, zosam_eps
+from family_cases import CASES, build
+from test_behaviour import assert_equal_trees
+from zosam_kernels.optim import FAMILY
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*non-finite loss:RuntimeWarning")
+
+
+def problem(seed=0, batchnorm=False):
+    torch.manual_seed(seed)
+    layers = [torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)]
+    if batchnorm:
+        layers.insert(1, torch.nn.BatchNorm1d(8))
+    return torch.nn.Sequential(*layers), torch.randn(16, 5), torch.randint(0, 3, (16,))
+
+
+def closure_of(model, x, y):
+    def closure(indices=None):
+        xi, yi = (x, y) if indices is None else (x[indices], y[indices])
+        return F.cross_entropy(model(xi), yi, reduction="none")
+    return closure
+
+
+def top_k_mask(scores, k):
+    out = torch.zeros_like(scores, dtype=torch.float64)
+    out[torch.topk(scores, k).indices] = 1.0
+    return out
+
+
+def perturbation_mask_of(opt, model):
+    views = dict(zip(map(id, opt.params), opt.perturbation_mask.views()))
+    return torch.cat([views[id(p)].reshape(-1) for p in model.parameters()]).double()
+
+
+def tensor_mask(model, chosen):
+    return torch.cat([torch.full((p.numel(),), float(c), dtype=torch.float64)
+                      for p, c in zip(model.parameters(), chosen)])
+
+
+def orth(a, b):
+    return a - (a @ b) / (b @ b) * b
+
+
+def expected_first_step(case, opt, model, f, per_sample, theta):
+    """theta after the first step of `case`, from its equations in float64."""
+    member, _, (base, base_kwargs) = CASES[case]
+    o = opt.param_groups[0]                         # rho, delta, alpha, adaptive: the group's
+    rho, adaptive = o["rho"], o["adaptive"]
+    if member in ("sam", "looksam"):
+        update = f.grad(theta + sam_eps(f, theta, rho))
+    elif member == "esam":
+        s = tensor_mask(model, opt.last_perturbed)
+        g_s = f.grad(theta) * s
+        update = f.grad(theta + rho * g_s / (opt.beta * (g_s.norm() + 1e-12)))
+    elif member == "gsam":                          # at step 0 rho_t = rho: lr is lr_max
+        g = f.grad(theta)
+        g_p = f.grad(theta + rho * g / g.norm())
+        update = g_p - o["alpha"] * orth(g, g_p)
+    elif member in ("ssam-f", "ssam-d"):
+        g = f.grad(theta)
+        k = round((1 - opt.perturbation_mask.sparsity) * theta.numel())
+        mask = top_k_mask(g * g, k) if member == "ssam-f" else perturbation_mask_of(opt, model)
+        assert int(mask.sum()) == k
+        update = f.grad(theta + rho * g / g.norm() * mask)
+    else:                                           # the zeroth-order ascent
+        mask = perturbation_mask_of(opt, model) if member == "zossam" else None   # step 0's: random
+        eps, c = zosam_eps(f, theta, opt.last_seeds, rho, o["delta"], mask, adaptive)
+        update = f.grad(theta + eps)
+        if member == "zogsam":
+            g_hat = sum(ci * u for ci, u in zip(c, directions(opt.last_seeds, theta.numel()))) / len(c)
+            update = update - o["alpha"] * orth(g_hat, update)
+        elif member == "zoesam":
+            us = directions(opt.last_seeds, theta.numel())
+            with torch.no_grad():
+                before = sum(per_sample.loss(theta + o["delta"] * u) + per_sample.loss(theta - o["delta"] * u)
+                             for u in us) / (2 * len(us))
+                after = per_sample.loss(theta + eps)
+            top = torch.topk(after - before, max(1, int(opt.gamma * len(before)))).indices
+            assert sorted(opt.last_indices.tolist()) == sorted(top.tolist())
+            update = Float64Model(model, f.x[top].float(), f.y[top], F.cross_entropy).grad(theta + eps)
+    if base is torch.optim.AdamW:
+        return adamw_step(theta, update, base_kwargs["lr"])
+    return sgd_step(theta, update, base_kwargs["lr"])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_first_step_matches_float64(case):
+    model, x, y = problem(1)
+    f = Float64Model(model, x, y, F.cross_entropy)
+    per_sample = Float64Model(model, x, y, lambda out, t: F.cross_entropy(out, t, reduction="none"))
+    theta = f.flat()
+    opt = build(case, model.parameters())
+    opt.step(closure_of(model, x, y))
+    expected = expected_first_step(case, opt, model, f, per_sample, theta)
+    torch.testing.assert_close(f.flat(), expected, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_resume_continues_bit_for_bit(case, tmp_path):
+    def run(model, opt, x, y, steps):
+        for _ in range(steps):
+            opt.step(closure_of(model, x, y))
+
+    model, x, y = problem(2, batchnorm=True)
+    run(model, build(case, model.parameters()), x, y, 5)
+    straight = copy.deepcopy(model.state_dict())
+    model, x, y = problem(2, batchnorm=True)
+    opt = build(case, model.parameters())
+    run(model, opt, x, y, 2)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
+    model, _, _ = problem(9, batchnorm=True)           # other weights: the checkpoint's replace them
+    opt = build(case, model.parameters())
+    ckpt = torch.load(tmp_path / "ckpt.pt")
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    run(model, opt, x, y, 3)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, straight[k]), k
+
+
+def assert_as_before(model, opt, before):
+    params, buffers, state = before
+    for a, (n, b) in zip(params, model.named_parameters()):   # the walk back is exact to float32 rounding
+        torch.testing.assert_close(b.detach(), a, rtol=0, atol=1e-6, msg=n)
+    for n, b in model.named_buffers():
+        assert torch.equal(b, buffers[n]), n
+    assert_equal_trees(opt.state_dict(), state)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def snapshot(model, opt):
+    return ([p.detach().clone() for p in model.parameters()],
+            {n: b.clone() for n, b in model.named_buffers()}, copy.deepcopy(opt.state_dict()))
+
+
+def passes_of_step(case, index):
+    """How many times step `index` of `case` calls its closure (on a twin run)."""
+    model, x, y = problem(3, batchnorm=True)
+    opt = build(case, model.parameters())
+    calls, closure = [0], closure_of(model, x, y)
+
+    def counting(indices=None):
+        calls[0] += 1
+        return closure(indices)
+    for _ in range(index + 1):
+        calls[0] = 0
+        opt.step(counting)
+    return calls[0]
+
+
+@pytest.mark.parametrize("index", [0, 1])
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_fault_at_any_pass_leaves_everything_as_before(case, index):
+    """Step 0 (the first pass finds the BatchNorm layers) and step 1 (for the
+    methods that reuse, an in-between step), failing at each of their passes."""
+    model, x, y = problem(3, batchnorm=True)
+    opt = build(case, model.parameters())
+    closure = closure_of(model, x, y)
+    calls = [0]
+    for _ in range(index):
+        opt.step(closure)
+    for fail_at in range(1, passes_of_step(case, index) + 1):
+        for fault in ("raise", "nan"):
+            before, calls[0] = snapshot(model, opt), 0
+
+            def faulty(indices=None):
+                calls[0] += 1
+                if calls[0] == fail_at and fault == "raise":
+                    raise RuntimeError("the data loader died")
+                loss = closure(indices)
+                return loss * float("nan") if calls[0] == fail_at else loss
+            if fault == "raise":
+                with pytest.raises(RuntimeError, match="the data loader died"):
+                    opt.step(faulty)
+            else:
+                with pytest.warns(RuntimeWarning, match="non-finite loss"):
+                    opt.step(faulty)
+            assert_as_before(model, opt, before)
+    assert opt.step_count == index
+    opt.step(closure)
+    assert int(model[1].num_batches_tracked) == index + 1
+
+
+def ddp_run(rank, world, steps=3):
+    """Every case over DDP on this rank's half of each batch; the weights after, by case."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    out = {}
+    for case in CASES:
+        model, x, y = problem(4)
+        net = DDP(model, find_unused_parameters=CASES[case][0] == "esam")   # ESAM's beta leaves tensors out
+        opt = build(case, list(net.parameters()))
+        for step in range(steps):
+            g = torch.Generator().manual_seed(step)
+            xs = torch.randn(16, 5, generator=g).chunk(world)[rank]
+            ys = torch.randint(0, 3, (16,), generator=g).chunk(world)[rank]
+            opt.step(closure_of(net, xs, ys))
+        out[case] = [p.detach().clone() for p in model.parameters()]
+    return out
+
+
+def test_two_ddp_ranks_stay_bit_identical(tmp_path):
+    from test_distributed import spawn
+    ranks = spawn(ddp_run, tmp_path)
+    assert "error" not in ranks[0] and "error" not in ranks[1], ranks[0].get("error") or ranks[1].get("error")
+    assert set(ranks[0]) == set(CASES)
+    for case in CASES:
+        for a, b in zip(ranks[0][case], ranks[1][case]):
+            assert torch.equal(a, b), case
