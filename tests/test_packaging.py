@@ -61,6 +61,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
                     "-q", str(wheel)], check=True, timeout=300, capture_output=True)
     run = lambda *cmd: subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)  # noqa: E731
+    assert os.path.exists(os.path.join(site, "zosam_kernels", "py.typed"))   # the type hints are public
     done = run(python, "-c", SMOKE.format(env=site))
     assert done.returncode == 0 and "smoke ok" in done.stdout, done.stderr
     done = run(python, "-m", "zosam_kernels")
