@@ -32,7 +32,7 @@ def coefficients_with_noise_fixed_by_hand(model, x, y, rng_seed, seeds, delta):
     """c_i = (L(θ + δu_i) − L(θ − δu_i)) / 2δ in float64, where L uses the noise and
     the dropout mask that the closure draws first after torch.manual_seed(rng_seed),
     drawn here once and then held fixed."""
-    lin1, lin2 = model[0], model[3]
+    lin1 = model[0]
     torch.manual_seed(rng_seed)
     noise = torch.randn_like(x)
     keep = F.dropout(torch.ones(x.shape[0], lin1.out_features), 0.5, training=True)   # same draw as nn.Dropout

@@ -23,7 +23,6 @@ forward; later passes reshard the ones found and register no hook.
 """
 import contextlib
 
-import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, Shard
