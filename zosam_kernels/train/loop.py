@@ -63,7 +63,8 @@ class Run:
         self.round_steps = args.epochs * self.steps_per_epoch
         self.rounds = args.lth_rounds + 1 if args.sparse == "lth" else 1
 
-        self.model = make_model(args.model, self.data.num_classes, args.model_kwargs).to(self.device)
+        self.model = make_model(args.model, self.data.num_classes, args.model_kwargs,
+                                self.data.image_shape).to(self.device)
         self.sparsity = make_sparsity(args, self.model, self.round_steps)
         self.optimizer = None
         self.probes = Probes(self)
