@@ -22,11 +22,18 @@ NOT_CONFIGURATION = EXECUTION | {"seed", "data_dir", "targets"}
 # column -> (header, how to read it from summary.json)
 COLUMNS = {
     "final_test_acc": ("test acc %", lambda s: s.get("final_test_acc")),
+    # runs with a validation split (mnist1d), and runs with label noise whose fit is measured
+    "test_acc_at_best_val": ("test acc at best val %", lambda s: s.get("test_acc_at_best_val")),
+    "best_val_epoch": ("best val epoch", lambda s: s.get("best_val_epoch")),
+    "final_fit_clean": ("clean fit %", lambda s: s.get("final_fit_clean")),
+    "final_fit_noisy": ("noisy fit %", lambda s: s.get("final_fit_noisy")),
     "corrupt": ("corrupted acc %", lambda s: (s.get("corrupt") or s.get("cifar10c") or {}).get("mean")),
     "gradvar": ("grad variance", lambda s: ((s.get("diagnostics") or {}).get("gradvar") or {}).get("variance")),
     "hessian": ("top eigenvalue",
                 lambda s: ((s.get("diagnostics") or {}).get("hessian") or {}).get("top_eigenvalue")),
 }
+
+DIGITS = {"gradvar": 4, "hessian": 4, "best_val_epoch": 1}     # decimals of a cell; 2 for the others
 
 
 def load_runs(dirs):
@@ -89,8 +96,7 @@ def table(runs, target):
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for args, summaries in groups.values():
         row = [str(args.get(k)) for k in varying] + [str(len(summaries))]
-        row += [cell([COLUMNS[c][1](s) for s in summaries], 4 if c in ("gradvar", "hessian") else 2)
-                for c in present]
+        row += [cell([COLUMNS[c][1](s) for s in summaries], DIGITS.get(c, 2)) for c in present]
         reached = [s["epochs_to"].get(f"{target:g}") for s in summaries]
         never = sum(r is None for r in reached)
         row.append(cell([r for r in reached if r is not None], 1) + (f" ({never} never)" if never else ""))
