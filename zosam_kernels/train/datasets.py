@@ -95,7 +95,8 @@ def load(name, data_dir=None, *, train_size=None, test_size=None, val_size=None,
     labels) replaced by a different class, chosen with `seed` (see
     NoisyLabels). image_size: the side of imagefolder's crops. seed:
     synthetic's class templates and the label noise; the other datasets'
-    splits are fixed.
+    splits are fixed (mnist1d is generated with MNIST1D_SEED whatever the
+    seed, so that runs of every seed share one test set).
     """
     if name not in DATASETS:
         raise ValueError(f"--data must be one of {', '.join(DATASETS)}, got {name!r}")
