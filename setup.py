@@ -1,5 +1,5 @@
-"""Build for zosam_kernels: the Python package plus one optional C++ extension,
-zosam_kernels._C, holding the CPU kernels (csrc/).
+"""The C++ extension of zosam_kernels: zosam_kernels._C, the CPU kernels (csrc/).
+The package's metadata is in pyproject.toml; this file only adds the extension.
 
 The extension is optional: if it cannot be compiled (no compiler, no OpenMP,
 torch missing at build time), the install still succeeds and the CPU ops fall
@@ -13,19 +13,21 @@ import glob
 import os
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 EXT_NAME = "zosam_kernels._C"
 
 # Results must be reproducible, so no -ffast-math: -ffp-contract=off keeps
 # a*b+c from becoming an FMA (the normals would then depend on the target),
-# and -fno-math-errno lets sqrt vectorise. -march=native: the Philox and
-# Box-Muller loops are compute bound; on an AVX-512 machine (Zen 4) they run
-# 2x faster than with AVX2 and 2.8x faster than with the x86-64 baseline.
-# The price is an extension tied to the CPU it was built on (fine for a
-# source or editable install, which is what this build is for).
-CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
+# and -fno-math-errno lets sqrt vectorise. Portable by default: the extension
+# (and a wheel of it) runs on any CPU of its architecture. ZOSAM_NATIVE=1 adds
+# -march=native: the Philox and Box-Muller loops are compute bound, and on an
+# AVX-512 machine (Zen 4) they run 2x faster than with AVX2 and 2.8x faster
+# than with the x86-64 baseline, but the extension is then tied to CPUs with
+# the building machine's instruction set (an illegal instruction elsewhere).
+NATIVE = os.environ.get("ZOSAM_NATIVE", "0") not in ("", "0")
+CXX_FLAGS = ["-O3", *(["-march=native"] if NATIVE else []), "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
 LINK_FLAGS = ["-fopenmp"]
 
 
@@ -80,25 +82,4 @@ def _extension_build():
 
 ext_modules, cmdclass = _extension_build()
 
-setup(
-    name="zosam_kernels",
-    version="0.1.0",
-    description="ZO-SAM optimizer with fused direction kernels (C++ CPU, Triton GPU)",
-    packages=find_packages(include=["zosam_kernels*"]),
-    python_requires=">=3.10",
-    install_requires=["torch>=2.6", "numpy"],   # 2.6: torch.compiler.set_stance
-    extras_require={
-        "triton": ["triton>=3.0"],
-        # zosam-train: transforms and ImageFolder, progress bars, curves.png, the digits data
-        # scipy: zosam-report's confidence intervals
-        "train": ["torchvision", "tqdm", "matplotlib", "scikit-learn", "scipy"],
-        "timm": ["timm"],          # zosam-train --model timm:<name>
-        "test": ["pytest", "triton>=3.0", "torchvision", "tqdm", "matplotlib", "scikit-learn", "scipy", "timm"],
-    },
-    # The Makefile's `make bench` runs zosam-bench.
-    entry_points={"console_scripts": ["zosam-bench = zosam_kernels.bench.cli:main",
-                                      "zosam-train = zosam_kernels.train.cli:main",
-                                      "zosam-report = zosam_kernels.train.report:main"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

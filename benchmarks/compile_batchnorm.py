@@ -10,15 +10,15 @@ of the first BatchNorm (the step number when the statistics move once per
 step); at the end, whether its running_mean equals that of an eager copy of
 the model trained by the same optimizer, and the step time after warm-up.
 """
-import argparse
 import copy
-import time
 
 import torch
 import torch.nn.functional as F
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import zosam_kernels as zk
+
+import harness
 
 METHODS = {
     "zosam": lambda p: zk.ZOSAM(p, torch.optim.SGD, lr=0.05, momentum=0.9, n_dirs=2),
@@ -59,15 +59,15 @@ def run(method, backend, steps, timed):
         graphs.append(counter.frame_count)
         tracked.append(int(model[1].num_batches_tracked))
     same_stats = torch.allclose(model[1].running_mean, eager[1].running_mean, atol=1e-5)
-    start = time.perf_counter()
-    for _ in range(timed):
-        opt.step(closure)
-    ms = (time.perf_counter() - start) / timed * 1e3 if timed else float("nan")
+    def steps():
+        for _ in range(timed):
+            opt.step(closure)
+    ms = harness.timed(steps, next(model.parameters()).device) / timed * 1e3 if timed else float("nan")
     return graphs, tracked, same_stats, ms
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--backend", default="aot_eager")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--timed", type=int, default=0, help="steps timed after the counted ones")
@@ -76,9 +76,13 @@ def main(argv=None):
     print(f"torch {torch.__version__}, backend {args.backend}, {torch.get_num_threads()} threads")
     print("method | graphs after each step | num_batches_tracked after each step | "
           "running_mean = eager's | ms/step")
+    rows = []
     for method in args.methods:
         graphs, tracked, same, ms = run(method, args.backend, args.steps, args.timed)
         print(f"{method} | {graphs} | {tracked} | {same} | {ms:.1f}")
+        rows.append(dict(method=method, graphs=graphs, num_batches_tracked=tracked, running_mean_as_eager=same,
+                         ms_per_step=ms))
+    harness.save(args, rows)
 
 
 if __name__ == "__main__":

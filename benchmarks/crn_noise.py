@@ -12,14 +12,14 @@ too); without, the two passes draw apart and their loss difference, divided by
 2δ, swamps it. Prints mean and standard deviation of c over the draws, and the
 share of draws whose sign agrees with the mean's.
 """
-import argparse
-import json
 import statistics
 
 import torch
 import torch.nn.functional as F
 
 import zosam_kernels as zk
+
+import harness
 
 
 def coefficients(dropout, crn, draws, delta):
@@ -44,11 +44,10 @@ def coefficients(dropout, crn, draws, delta):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--draws", type=int, default=300)
     p.add_argument("--dropout", type=float, nargs="+", default=[0.1, 0.5])
     p.add_argument("--delta", type=float, default=1e-3)
-    p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     rows = []
     print(f"MLP 32-256-256-10 with dropout, input noise 0.1, batch 256, δ = {args.delta}, "
@@ -63,9 +62,7 @@ def main(argv=None):
             rows.append(dict(dropout=p_drop, crn=crn, mean=mean, std=std, agree=agree))
             print(f"| {p_drop} | {'on' if crn else 'off'} | {mean:.4f} | {std:.4f} | "
                   f"{std / abs(mean):.2f} | {agree:.2f} |", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"config": vars(args), "rows": rows, "torch": torch.__version__}, f, indent=2)
+    harness.save(args, rows)
 
 
 if __name__ == "__main__":

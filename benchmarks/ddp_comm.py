@@ -12,8 +12,6 @@ bytes); with --fsdp, FSDP2's all-gathers of the parameters (one per layer
 and forward) and reduce-scatters of the gradients instead. Times steps/s on
 the global batch, split over the ranks. Rank 0 prints.
 """
-import argparse
-import time
 
 import torch
 import torch.distributed as dist
@@ -23,6 +21,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import zosam_kernels as zk
 from zosam_kernels.data import synthetic_cifar
 from zosam_kernels.models import MODELS
+
+import harness
 
 
 class Counter:
@@ -82,19 +82,19 @@ def run(method, args, counter, rank, world):
             opt.step(closure)
     step()   # warm-up
     counter.bytes = 0
-    dist.barrier()
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    dist.barrier()
-    seconds = (time.perf_counter() - t0) / args.steps
+    def steps():
+        dist.barrier()
+        for _ in range(args.steps):
+            step()
+        dist.barrier()
+    seconds = harness.timed(steps, next(model.parameters()).device) / args.steps
     grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     reducer = grad_bytes if world > 1 and not args.fsdp else 0   # DDP's C++ all-reduce, uncounted
     return counter.bytes / args.steps + reducer, seconds
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--model", default="resnet20", choices=sorted(MODELS))
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=6)
@@ -112,6 +112,8 @@ def main(argv=None):
         print("| --- | ---: | ---: | ---: | ---: |")
         for m, (b, s) in rows.items():
             print(f"| {m} | {b:,.0f} | {b - rows['sgd'][0]:,.0f} | {s:.3f} | {1 / s:.2f} |")
+        harness.save(args, [dict(method=m, bytes_per_step=b, beyond_sgd=b - rows["sgd"][0], s_per_step=s,
+                                 world=world, fsdp=args.fsdp) for m, (b, s) in rows.items()])
     dist.destroy_process_group()
 
 

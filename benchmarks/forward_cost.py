@@ -17,9 +17,7 @@ Last line: the speed-up over SAM that the passes allow,
 t(SAM) / t(ZOSAM), all from this run. On CUDA each call is timed between two
 device synchronisations.
 """
-import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -29,9 +27,11 @@ from zosam_kernels.data import synthetic_cifar
 from zosam_kernels.models import MODELS
 from zosam_kernels.optim.passes import Passes
 
+import harness
+
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--model", default="resnet32", choices=sorted(MODELS))
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--reps", type=int, default=6)
@@ -88,17 +88,12 @@ def main(argv=None):
              "forward + backward": forward_backward,
              "step: SGD": sgd_step, "step: SAM": sam_step,
              "step: ZOSAM's passes by hand": by_hand, "step: ZOSAM": zosam_step}
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = {name: [] for name in cases}
     for f in cases.values():
         f()
-    for _ in range(args.reps):
+    for _ in range(args.reps):   # interleaved, so drift hits every case alike
         for name, f in cases.items():
-            sync()
-            t0 = time.perf_counter()
-            f()
-            sync()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(harness.timed(f, device))
     med = {name: 1e3 * statistics.median(t) for name, t in times.items()}
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"cpu, {torch.get_num_threads()} threads")
@@ -114,6 +109,8 @@ def main(argv=None):
     fb, pass_ms = med["forward + backward"], med["extra_pass (no_grad, BN restored)"]
     allowed, got = 2 * fb / (2 * m * pass_ms + fb), sam_ms / zo_ms
     print(f"x SAM allowed by the passes {allowed:.2f}, measured {got:.2f} ({got / allowed:.1%} of it)")
+    harness.save(args, [dict(case=name, ms=ms, per_forward_backward=ms / fb) for name, ms in med.items()],
+                 device=where, speedup_over_sam=dict(allowed=allowed, measured=got))
 
 
 if __name__ == "__main__":

@@ -17,27 +17,19 @@ something. "x copy" is the op's elements/s over theta.copy_(other)'s,
 measured at the same size in the same run: 1.0 means the op runs as fast as
 memory can move the weights.
 """
-import argparse
-import json
-import statistics
-import time
 
 import torch
 
 from zosam_kernels import ops
 
+import harness
+
 
 def median_ms(f, device):
+    """The median of 15 timed calls (100 on a GPU, after 25 warm-up calls there)."""
     if device.type == "cuda":
-        import triton.testing
-        return triton.testing.do_bench(f, warmup=25, rep=100, return_mode="median")
-    f()
-    times = []
-    for _ in range(15):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+        return harness.median_ms(f, device, reps=100, warmup=25)
+    return harness.median_ms(f, device, reps=15)
 
 
 def randn_variant():
@@ -114,10 +106,9 @@ def sweep(sizes, device, blocks=(64, 128, 256, 512, 1024), warps=(2, 4, 8)):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sizes", default=None, help="comma-separated element counts")
-    p.add_argument("--json", default=None)
     p.add_argument("--sweep", default=None, help="comma-separated element counts for the geometry sweep")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -145,10 +136,7 @@ def main(argv=None):
         print("| elements | BLOCK_Q | num_warps | ms | GB/s | x copy | max diff from default |")
         print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         sweep_rows = sweep([int(float(s)) for s in args.sweep.split(",")], device)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"device": name, "torch": torch.__version__, "rows": rows, "sweep": sweep_rows},
-                      fh, indent=2)
+    harness.save(args, rows, device=name, sweep=sweep_rows)
 
 
 if __name__ == "__main__":

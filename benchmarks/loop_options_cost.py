@@ -10,9 +10,6 @@ clipping (the global norm and the scaling), against an SGD step of the same
 model timed in the same run. Micro-batches change the passes themselves:
 zosam-bench --methods zosam,zosam-micro4 times them whole.
 """
-import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -22,19 +19,11 @@ from zosam_kernels.models import MODELS
 from zosam_kernels.optim.batchnorm import BatchNormStatistics
 from zosam_kernels.optim.passes import RandomState
 
-
-def median_ms(f, reps):
-    f()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+import harness
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--model", default="resnet32", choices=sorted(MODELS))
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--reps", type=int, default=50)
@@ -50,7 +39,8 @@ def main(argv=None):
         sgd.zero_grad()
         F.cross_entropy(model(x), y).backward()
         sgd.step()
-    step_ms = median_ms(sgd_step, max(3, args.reps // 10))
+    cpu = torch.device("cpu")
+    step_ms = harness.median_ms(sgd_step, cpu, max(3, args.reps // 10))
 
     passes = 2 * args.n_dirs + 1
     random_state = RandomState([torch.device("cpu")])
@@ -85,11 +75,11 @@ def main(argv=None):
         with statistics.frozen():
             pass
 
-    copy_ms = median_ms(lambda: [q.grad.copy_(g) for q, g in zip(params, grads)], args.reps)
-    rows = {"common random numbers": median_ms(crn, args.reps),
-            "grad scaler": median_ms(grad_scaler, args.reps),
-            "max_grad_norm": median_ms(clip, args.reps) - copy_ms,
-            "BatchNorm freezing, per extra pass": median_ms(freeze, args.reps)}
+    copy_ms = harness.median_ms(lambda: [q.grad.copy_(g) for q, g in zip(params, grads)], cpu, args.reps)
+    rows = {"common random numbers": harness.median_ms(crn, cpu, args.reps),
+            "grad scaler": harness.median_ms(grad_scaler, cpu, args.reps),
+            "max_grad_norm": harness.median_ms(clip, cpu, args.reps) - copy_ms,
+            "BatchNorm freezing, per extra pass": harness.median_ms(freeze, cpu, args.reps)}
     n = sum(q.numel() for q in params)
     print(f"{args.model} ({n} weights), batch {args.batch_size}, n_dirs {args.n_dirs}, cpu, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; SGD step {step_ms:.1f} ms")
@@ -97,6 +87,8 @@ def main(argv=None):
     print("| --- | ---: | ---: |")
     for name, ms in rows.items():
         print(f"| {name} | {ms:.3f} | {ms / step_ms:.2%} |")
+    harness.save(args, [dict(option=name, ms=ms, share_of_sgd_step=ms / step_ms) for name, ms in rows.items()],
+                 sgd_step_ms=step_ms)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def commands(args):
 def collect(args):
     acc, epochs = defaultdict(list), defaultdict(list)
     runs, _ = load_runs([os.path.join(args.runs, d) for d in sorted(os.listdir(args.runs))])
-    for a, summary in runs:
+    for _, a, summary in runs:
         if a["out"].rstrip("/").split("/")[-1].startswith("convergence-"):
             epochs[a["optimizer"]].append(summary["epochs_to"][f"{CONVERGENCE['target']:g}"])
         else:

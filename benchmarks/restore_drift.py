@@ -7,8 +7,6 @@ float32 rounding in θ + δu − 2δu + (ε + δu) − ε.
 Prints ‖θ_t − θ_0‖ / ‖θ_0‖ and the share of weights that moved at powers of
 ten of t; a small MLP on a fixed random batch keeps 1e5 steps to minutes.
 """
-import argparse
-import json
 import time
 
 import torch
@@ -16,16 +14,17 @@ import torch.nn.functional as F
 
 import zosam_kernels as zk
 
+import harness
+
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--steps", type=int, default=100_000)
     p.add_argument("--n-dirs", type=int, default=1)
     p.add_argument("--rho", type=float, default=0.05)
     p.add_argument("--delta", type=float, default=1e-3)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--adaptive", action="store_true")
-    p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(32, args.width), torch.nn.Tanh(),
@@ -54,9 +53,7 @@ def main(argv=None):
             print(f"| {t} | {row['relative']:.2e} | {row['moved']:.3f} | {row['max_relative']:.2e} |",
                   flush=True)
     print(f"{time.perf_counter() - t0:.0f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"config": vars(args), "rows": rows, "torch": torch.__version__}, f, indent=2)
+    harness.save(args, rows)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ lanes x 1.98 GHz); MUFU, at 16 per clock per SM. The largest is what the
 kernel can reach; a kernel whose issue or MUFU floor is near the memory floor
 cannot run at the copy's speed.
 """
-import argparse
 import collections
-import json
 import os
 import re
 import subprocess
@@ -36,6 +34,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from zosam_kernels.ops import triton_kernels as tk
+
+import harness
 
 H200 = dict(sms=132, clock_hz=1.98e9, copy_bytes_per_s=4.3e12, mufu_per_clock=16)
 N_FLOOR = 10**8
@@ -141,9 +141,8 @@ def summarise(name, regs, stack, every, run, per_thread):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--num-warps", type=int, default=tk.NUM_WARPS)
-    p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if not isinstance(tk._add_directions_kernel, triton.runtime.JITFunction):
         p.error("the kernels were loaded for Triton's interpreter: unset TRITON_INTERPRET")
@@ -164,10 +163,7 @@ def main(argv=None):
               f"{row['mufu_per_element']:.2f} | "
               f"{row['philox_multiplies_per_element']:.1f} | "
               f"{f['memory']:.3f} / {f['issue']:.3f} / {f['mufu']:.3f} |", flush=True)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(dict(triton=triton.__version__, block_q=tk.BLOCK_Q, num_warps=args.num_warps,
-                           h200=H200, rows=rows), fh, indent=2)
+    harness.save(args, rows, triton=triton.__version__, block_q=tk.BLOCK_Q, num_warps=args.num_warps, h200=H200)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ and is compared with full-batch float32:
   with directions_sq_norm: <A, B> = (‖A + B‖² − ‖A − B‖²) / 4.
 - noise: std(c − c_ref) / std(c_ref), the error relative to the signal.
 """
-import argparse
-import json
 import math
 
 import torch
@@ -27,6 +25,8 @@ from zosam_kernels.data import synthetic_cifar
 from zosam_kernels.flat import FlatParams, Layout
 from zosam_kernels.models import MODELS
 from zosam_kernels.optim.passes import Passes
+
+import harness
 
 VARIANTS = {   # name: (zo_batch_fraction, autocast dtype)
     "fp32, full batch": (1.0, None),
@@ -67,13 +67,12 @@ def cosine(seeds, a, b, numel):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--model", default="resnet20", choices=sorted(MODELS))
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seeds", type=int, default=32)
     p.add_argument("--delta", type=float, default=1e-3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -100,10 +99,7 @@ def main(argv=None):
                    noise=float((c - ref).std() / ref.std()))
         rows.append(row)
         print(f"| {name} | {row['sign_agreement']:.2f} | {row['cosine']:.3f} | {row['noise']:.3f} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": label, "config": vars(args), "rows": rows,
-                       "coefficients": {k: v.tolist() for k, v in results.items()}}, f, indent=2)
+    harness.save(args, rows, device=label, coefficients={k: v.tolist() for k, v in results.items()})
 
 
 if __name__ == "__main__":

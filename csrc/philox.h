@@ -1,4 +1,4 @@
-// The direction stream (DESIGN.md, "The direction stream"), header-only.
+// The direction stream (docs/DESIGN.md, "The direction stream"), header-only.
 //
 // Element j of the direction with seed s is normal (j % 4) of the Philox4x32-10
 // block with counter (q_lo, q_hi, 0, 0), q = j / 4, and key (s_lo, s_hi):

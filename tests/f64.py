@@ -52,7 +52,7 @@ def directions(seeds, numel):
 
 
 def zosam_eps(f, theta, seeds, rho, delta, mask=None, adaptive=False):
-    """DESIGN.md: c_i = (L(θ+δu_i) − L(θ−δu_i)) / 2δ, ĝ = 1/m Σ c_i u_i, ε = ρ ĝ/(‖ĝ‖+1e-12)
+    """docs/DESIGN.md, Purpose: c_i = (L(θ+δu_i) − L(θ−δu_i)) / 2δ, ĝ = 1/m Σ c_i u_i, ε = ρ ĝ/(‖ĝ‖+1e-12)
     (adaptive: ε = ρ T²ĝ/(‖Tĝ‖+1e-12), T = |θ|); directions masked."""
     us = directions(seeds, theta.numel())
     if mask is not None:

@@ -31,6 +31,13 @@ CASES = {
     "zogsam": ("zogsam", ZO | dict(alpha=0.3), (torch.optim.SGD, SGD)),
     # data selection: its closure must take `indices` and return per-sample losses
     "zoesam": ("zoesam", ZO | dict(gamma=0.5), (torch.optim.SGD, SGD)),
+    "msam": ("msam", {}, (torch.optim.SGD, SGD)),
+    "msam-adamw": ("msam", dict(sign=1), (torch.optim.AdamW, ADAMW)),
+    "rwp": ("rwp", {}, (torch.optim.SGD, SGD)),
+    "zosam-coin": ("zosam-coin", ZO, (torch.optim.SGD, SGD)),
+    "oracle": ("oracle", dict(cosine=0.3), (torch.optim.SGD, SGD)),
+    "zosam-guided": ("zosam-guided", ZO, (torch.optim.SGD, SGD)),
+    "zosam-guided-gradient": ("zosam-guided", dict(n_dirs=0, prior="gradient"), (torch.optim.SGD, SGD)),
 }
 NEEDS_PER_SAMPLE = {"zoesam"}
 

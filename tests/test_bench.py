@@ -65,10 +65,11 @@ def test_bench_options_sparsity_bf16_channels_last(capsys):
 
 @pytest.mark.parametrize("argv,words", [(["--methods", "sgd,adam"], "--methods: unknown ['adam']"),
                                         (["--sparsity", "1"], "--sparsity"),
-                                        (["--zo-batch-fraction", "0"], "--zo-batch-fraction")])
+                                        (["--zo-batch-fraction", "0"], "--zo-batch-fraction"),
+                                        (["--steps", "0"], "--steps must be >= 1")])
 def test_bench_rejects_bad_options(argv, words, capsys):
     with pytest.raises(SystemExit):
-        benchmark(argv)
+        parse(["--device", "cpu", *argv])
     assert words in capsys.readouterr().err
 
 

@@ -12,11 +12,53 @@ import pytest
 import torch
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+# the scripts that measure: each takes --json and --csv from harness.parser and writes its rows through it
+MEASURING = ["compile_batchnorm.py", "crn_noise.py", "ddp_comm.py", "forward_cost.py", "kernels.py",
+             "loop_options_cost.py", "restore_drift.py", "triton_sass.py", "zo_quality.py"]
+
+
+@pytest.fixture(autouse=True)
+def beside_the_scripts(monkeypatch):
+    """The scripts import harness.py from beside them, where `python benchmarks/NAME.py` finds
+    it; only for each test here (on sys.path for good, benchmarks/kernels.py would shadow the
+    `kernels` package that transformers imports)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
 
 
 def run_script(name, argv, monkeypatch):
     monkeypatch.setattr(sys, "argv", [name] + argv)
     runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
+
+
+@pytest.mark.parametrize("name", MEASURING)
+def test_every_measuring_script_takes_the_shared_output_options(name, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_script(name, ["--help"], monkeypatch)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--json PATH" in out and "--csv PATH" in out
+
+
+def test_json_rows_and_csv_rows_are_the_same(tmp_path, monkeypatch):
+    import csv
+    out, table = tmp_path / "crn.json", tmp_path / "crn.csv"
+    for _ in range(2):   # the CSV grows by the rows of each run, under one header
+        run_script("crn_noise.py", ["--draws", "3", "--json", str(out), "--csv", str(table)], monkeypatch)
+    rows = json.loads(out.read_text())["rows"]
+    with open(table) as f:
+        lines = list(csv.DictReader(f))
+    assert len(lines) == 2 * len(rows)
+    for line, row in zip(lines, rows + rows):
+        assert line.keys() == row.keys()
+        assert all(line[k] == str(v) for k, v in row.items())
+
+
+def test_benchmarks_and_tests_collect_together():
+    """No two test modules share a basename (pytest imports them by it)."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           "tests/test_cpu_kernels.py", "benchmarks"], cwd=BENCHMARKS.parent,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:]
 
 
 def test_kernel_roofline_reports_every_op(tmp_path, monkeypatch):

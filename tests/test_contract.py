@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from f64 import Float64Model, adamw_step, directions, sam_eps, sgd_step, zosam_eps
 from family_cases import CASES, build
 from test_behaviour import assert_equal_trees
-from zosam_kernels.optim import FAMILY
+from zosam_kernels.seeds import derived_seed
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*non-finite loss:RuntimeWarning")
 
@@ -56,7 +56,7 @@ def expected_first_step(case, opt, model, f, per_sample, theta):
     """theta after the first step of `case`, from its equations in float64."""
     member, _, (base, base_kwargs) = CASES[case]
     o = opt.param_groups[0]                         # rho, delta, alpha, adaptive: the group's
-    rho, adaptive = o["rho"], o["adaptive"]
+    rho, adaptive = o["rho"], o.get("adaptive", False)
     if member in ("sam", "looksam"):
         update = f.grad(theta + sam_eps(f, theta, rho))
     elif member == "esam":
@@ -73,7 +73,27 @@ def expected_first_step(case, opt, model, f, per_sample, theta):
         mask = top_k_mask(g * g, k) if member == "ssam-f" else perturbation_mask_of(opt, model)
         assert int(mask.sum()) == k
         update = f.grad(theta + rho * g / g.norm() * mask)
-    else:                                           # the zeroth-order ascent
+    elif member == "msam":                          # no momentum before the first step: no eps
+        update = f.grad(theta)
+    elif member == "rwp":
+        (u,) = directions(opt.last_seeds, theta.numel())
+        update = f.grad(theta + rho * u / u.norm())
+    elif member == "oracle":
+        g = f.grad(theta)
+        (u,) = directions([derived_seed(opt.seed, 0, 0)], theta.numel())
+        g_unit = g / g.norm()
+        u_perp = u - (u @ g_unit) * g_unit
+        c = opt.cosine
+        update = f.grad(theta + rho * (c * g_unit + (1 - c * c) ** 0.5 * u_perp / u_perp.norm()))
+    elif member == "zosam-guided" and opt.n_dirs == 0:   # no prior and no direction: no eps
+        update = f.grad(theta)
+    elif member == "zosam-coin":
+        _, c = zosam_eps(f, theta, opt.last_seeds, rho, o["delta"])
+        signed = torch.sign(opt.last_coefficients.double()) * c.abs()
+        us = directions(opt.last_seeds, theta.numel())
+        g_hat = sum(ci * u for ci, u in zip(signed, us)) / len(us)
+        update = f.grad(theta + rho * g_hat / g_hat.norm())
+    else:                                           # the zeroth-order ascent (the guided one: no prior yet)
         mask = perturbation_mask_of(opt, model) if member == "zossam" else None   # step 0's: random
         eps, c = zosam_eps(f, theta, opt.last_seeds, rho, o["delta"], mask, adaptive)
         update = f.grad(theta + eps)

@@ -25,7 +25,7 @@ SEEDS = [0, 1, 2**40 + 7, 2**63 - 1]
 # counter's high word changes inside the range.
 OFFSETS = [0, 1, 2, 3, 2**32 - 3, 2**34 - 5]
 SIZES = [1, 3, 4, 5, 4097, 100003]
-# The contract (DESIGN.md): normals agree with the reference within 1e-5.
+# The contract (docs/DESIGN.md, The direction stream): normals agree with the reference within 1e-5.
 NORMAL_ATOL = 1e-5
 
 

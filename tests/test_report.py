@@ -45,6 +45,19 @@ def test_groups_by_configuration_with_t_intervals(tmp_path, capsys):
     assert (tmp_path / "acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_seed_run_twice_counts_once_and_is_named(tmp_path, capsys):
+    dirs = [fake_run(tmp_path, "a", 0, "sgd", 90.0), fake_run(tmp_path, "b", 0, "sgd", 91.0),
+            fake_run(tmp_path, "c", 1, "sgd", 93.0)]
+    main(dirs)
+    out, err = capsys.readouterr()
+    per_seed = [90.5, 93.0]   # seed 0: the mean of its two runs
+    half = 12.706204736174698 * statistics.stdev(per_seed) / math.sqrt(2)   # t, 1 degree of freedom
+    assert out.splitlines()[2] == f"| sgd | 2 (3 runs) | {statistics.mean(per_seed):.2f} ± {half:.2f} | - (2 never) |"
+    assert f"{dirs[0]}, {dirs[1]} repeat one configuration with seed 0" in err
+    main(dirs[:2])   # one seed, run twice: no interval
+    assert capsys.readouterr().out.splitlines()[2] == "| sgd | 1 (2 runs) | 90.50 | - (1 never) |"
+
+
 def test_reads_real_runs(tmp_path, capsys):
     small = ["--model", "resnet20", "--train-size", "32", "--test-size", "32", "--batch-size", "32",
              "--epochs", "1", "--progress", "off", "--optimizer", "sgd"]

@@ -219,17 +219,15 @@ def test_argument_errors(tmp_path, capsys, argv, message):
 
 
 def test_errors_that_name_what_to_do(tmp_path, capsys, monkeypatch):
-    with pytest.raises(ValueError, match="--delta: not an option of --optimizer sam"):
-        train(tmp_path, "--optimizer", "sam", "--delta", "0.01", out="a")
-    with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz"):
-        train(tmp_path, "--data", "cifar10", "--data-dir", str(tmp_path / "nowhere"), out="b")
+    assert "--delta: not an option of --optimizer sam" in error_of(tmp_path, capsys, "--optimizer", "sam",
+                                                                   "--delta", "0.01")
+    assert "cifar-10-python.tar.gz" in error_of(tmp_path, capsys, "--data", "cifar10",
+                                                "--data-dir", str(tmp_path / "nowhere"))
     monkeypatch.setitem(sys.modules, "timm", None)     # import timm now fails, as when it is absent
-    with pytest.raises(ImportError, match="pip install timm"):
-        train(tmp_path, "--model", "timm:resnet18", out="c")
+    assert "pip install timm" in error_of(tmp_path, capsys, "--model", "timm:resnet18")
     monkeypatch.undo()
     if "timm" in sys.modules or pytest.importorskip("timm"):
-        with pytest.raises(ValueError, match="timm has no model 'resnet7'"):
-            train(tmp_path, "--model", "timm:resnet7", out="d")
+        assert "timm has no model 'resnet7'" in error_of(tmp_path, capsys, "--model", "timm:resnet7")
     assert "no checkpoint" in error_of(tmp_path, capsys, "--resume")
     train(tmp_path, "--optimizer", "sgd", out="e")
     with pytest.raises(SystemExit) as e:
@@ -237,6 +235,33 @@ def test_errors_that_name_what_to_do(tmp_path, capsys, monkeypatch):
     assert "add --resume" in str(e.value.code) + capsys.readouterr().err
     with pytest.raises(SystemExit, match=r"--lr 0.1 -> 0.2"):
         zosam_train([*SMALL, "--out", str(tmp_path / "e"), "--optimizer", "sgd", "--resume", "--lr", "0.2"])
+
+
+OPTIMIZER_ERRORS = [
+    (["--rho", "-1"], "--optimizer zosam: --rho must be a non-negative number, got -1.0"),
+    (["--n-dirs", "0"], "--optimizer zosam: --n-dirs must be an int >= 1, got 0"),
+    (["--delta", "0"], "--optimizer zosam: --delta must be a positive number, got 0.0"),
+    (["--optimizer", "sam", "--max-grad-norm", "0"], "--max-grad-norm must be a positive number"),
+]
+DATA_ERRORS = [
+    (["--data", "cifar10", "--data-dir", "nowhere"], "--data-dir nowhere is not a directory"),
+    (["--train-size", "16"], "--batch-size 32 is larger than the training set (16 images)"),
+    (["--sparse", "magnitude"], "argument --sparse: invalid choice"),
+]
+
+
+@pytest.mark.parametrize("argv, message", OPTIMIZER_ERRORS + DATA_ERRORS)
+def test_bad_input_is_one_line_before_any_data_and_leaves_nothing(tmp_path, capsys, monkeypatch, argv, message):
+    import zosam_kernels.train.loop as loop
+    out = tmp_path / "refused"
+    if (argv, message) in OPTIMIZER_ERRORS:   # refused before any data is read
+        monkeypatch.setattr(loop, "load", lambda *a, **k: pytest.fail("the data were read"))
+    with pytest.raises(SystemExit) as e:
+        zosam_train([*SMALL, "--out", str(out), *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.count("\n") == 1 and err.startswith("zosam-train: error: ") and message in err, err
+    assert not out.exists()
 
 
 def test_divergence_stops_before_a_checkpoint(tmp_path):

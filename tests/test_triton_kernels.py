@@ -131,7 +131,7 @@ def test_fill_gaussian_matches_reference(seed, offset, numel):
     out = big[1:1 + numel]
     fill_gaussian_(out, seed, offset)
     expected = torch.from_numpy(reference.stream(seed, numel, offset))
-    # DESIGN.md: normals agree to float32 rounding, |delta| <= 1e-5.
+    # docs/DESIGN.md, The direction stream: normals agree to float32 rounding, |delta| <= 1e-5.
     assert (out.cpu().double() - expected).abs().max().item() <= 1e-5
     assert big[0].isnan() and big[-1].isnan()
 
@@ -167,7 +167,7 @@ def _to_device(seeds, coefs, kw):
 def _direction_error_bound(numel, coefs, kw):
     """Per-element bound on |d_kernel - d_reference|.
 
-    Each normal is within 1e-5 of the float64 reference (DESIGN.md). The fp32
+    Each normal is within 1e-5 of the float64 reference (docs/DESIGN.md). The fp32
     sum over K adds 2K roundings of terms |c_k u_k| <= 6 |c_k| (|u| <= 5.7
     because u1 >= 1e-7), at most 2 * 5 * 6 * 6e-8 < 4e-6 per unit of
     sum |c_k| for K <= 5; the scale product adds two more relative roundings.

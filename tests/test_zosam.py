@@ -1,4 +1,4 @@
-"""One ZOSAM step against the DESIGN.md algorithm computed independently in float64."""
+"""One ZOSAM step against the algorithm of docs/DESIGN.md computed independently in float64."""
 import zlib
 
 import pytest

@@ -1,4 +1,11 @@
 """ZO-SAM: sharpness-aware minimisation with a zeroth-order perturbation step."""
+import importlib.metadata
+
+try:
+    __version__ = importlib.metadata.version("zosam_kernels")
+except importlib.metadata.PackageNotFoundError:   # a source tree on sys.path, not installed
+    __version__ = "unknown"
+
 from . import ops
 from .optim import ESAM, GSAM, SAM, SSAM, ZOSAM, ZOSSAM, Engine, LookSAM, ZOLookSAM
 

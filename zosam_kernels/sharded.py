@@ -2,7 +2,7 @@
 holds rows [start, start + n) of every parameter (DTensor, Shard(0) on a 1-D
 device mesh) and perturbs only those, in place, with no gather.
 
-The direction stream is defined by global position (DESIGN.md): element j of
+The direction stream is defined by global position (docs/DESIGN.md): element j of
 a parameter whose layout offset is o is stream element o + j on every rank.
 The local shard of rows [start, ...) is the contiguous run of elements
 starting at start · (elements per row), so each rank regenerates exactly the

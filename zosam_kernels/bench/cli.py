@@ -76,7 +76,8 @@ def parse(argv):
         p.error(f"--zo-batch-fraction must be in (0, 1], got {args.zo_batch_fraction}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
-    args.steps = args.steps or (50 if args.device.startswith("cuda") else 10)
+    if args.steps is None:   # 0 is refused below, not taken for the default
+        args.steps = 50 if args.device.startswith("cuda") else 10
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be >= 1 and --warmup >= 0")
     # found now, not after the whole benchmark has run; imported only by report.plot
@@ -96,7 +97,7 @@ def benchmark(argv=None):
         r.counter.reset()
     for i in range(args.steps):
         for r in runs:
-            r.times.append(measure.timed(r, device))
+            r.times.append(measure.timed(r.step, device))
         report.progress(i + 1, args.steps, "timing")
 
     # the mean, not the median: LookSAM-style methods pay a full step every k steps

@@ -12,17 +12,18 @@ import torch
 PHASES = ("zo_forward", "perturb", "grad_pass", "restore", "base_step")
 
 
-def timed(run, device):
-    """Seconds of one step: CUDA events on the GPU, a wall clock on the CPU."""
+def timed(fn, device):
+    """Seconds of one call of fn (a step, a kernel): CUDA events on the GPU, a wall
+    clock on the CPU. The package's one timer: zosam-bench and benchmarks/ use it."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        run.step()
+        fn()
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1e3
     t0 = time.perf_counter()
-    run.step()
+    fn()
     return time.perf_counter() - t0
 
 

@@ -53,15 +53,23 @@ def write_json(path, device, config, results, phases):
 
 def append_csv(path, device, config, results):
     """One row per method; the header is written when the file is new."""
-    fields = ("device", "model", "batch_size", "torch") + COLUMNS
+    append_rows(path, [{"device": device, "model": config["model"], "batch_size": config["batch_size"],
+                        "torch": config["torch"], **r} for r in results],
+                fields=("device", "model", "batch_size", "torch") + COLUMNS)
+
+
+def append_rows(path, rows, fields=None):
+    """Rows (dicts) appended to a CSV file, the header written when the file is new;
+    fields: the columns (default: every key, in the order first seen). Values that
+    are not scalars (a dict of floors, a list) are written as JSON."""
+    fields = fields or list(dict.fromkeys(k for r in rows for k in r))
     new = not os.path.exists(path) or os.path.getsize(path) == 0
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
             w.writeheader()
-        for r in results:
-            w.writerow({"device": device, "model": config["model"], "batch_size": config["batch_size"],
-                        "torch": config["torch"], **r})
+        for r in rows:
+            w.writerow({k: json.dumps(v) if isinstance(v, (dict, list, tuple)) else v for k, v in r.items()})
 
 
 def plot(path, title, results):

@@ -10,7 +10,7 @@
         -> || (sum_k coefs[k] * u(seeds[k])) * mask * |scale| ** scale_power ||^2
 
 seeds (int64) and coefs (float32) are 1-D tensors on the op's device, so no
-host-device synchronisation is needed; see DESIGN.md for the stream.
+host-device synchronisation is needed; docs/DESIGN.md describes the stream.
 """
 import torch
 

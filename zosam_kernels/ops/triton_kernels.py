@@ -6,7 +6,7 @@ beside the kernels are registered by library.py as the CUDA implementations;
 they do not validate their arguments (ops/__init__.py does).
 
 Stream element j of seed s is normal j % 4 of tl.randn4x(s, j // 4), the
-counter j // 4 being int64 so that its high word is used (DESIGN.md). Every
+counter j // 4 being int64 so that its high word is used (docs/DESIGN.md). Every
 kernel walks Philox counters: program p covers the BLOCK_Q counters
 q = q_first + p * BLOCK_Q + [0, BLOCK_Q), q_first = offset // 4, and lays the
 four normals of each counter out as a [BLOCK_Q, 4] tile whose element (a, r)

@@ -1,12 +1,15 @@
 """The family: one engine (engine.py), ascents (ascents.py), parts (parts.py,
 perturbation_mask.py), and the public optimizers as compositions of them
 (family.py)."""
-from .ascents import GradientAscent, ZerothOrderAscent
+from .ascents import CoinFlipAscent, GradientAscent, ZerothOrderAscent
+from .free_ascents import MomentumAscent, NoisyOracleAscent, RandomAscent
+from .guided import GuidedAscent
 from .engine import Engine, is_engine
 from .family import ESAM, FAMILY, GSAM, SAM, SSAM, ZOSAM, ZOSSAM, LookSAM, ZOLookSAM
 from .parts import DataSelection, LearningRateRadius, LookAhead, Reuse, SurrogateGap
 from .perturbation_mask import PerturbationMasking
 
 __all__ = ["ESAM", "GSAM", "LookSAM", "SAM", "SSAM", "ZOLookSAM", "ZOSAM", "ZOSSAM", "Engine", "FAMILY", "is_engine",
-           "GradientAscent", "ZerothOrderAscent", "DataSelection", "LearningRateRadius", "LookAhead", "Reuse",
+           "GradientAscent", "ZerothOrderAscent", "CoinFlipAscent", "MomentumAscent", "RandomAscent",
+           "NoisyOracleAscent", "GuidedAscent", "DataSelection", "LearningRateRadius", "LookAhead", "Reuse",
            "SurrogateGap", "PerturbationMasking"]

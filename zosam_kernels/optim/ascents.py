@@ -240,19 +240,26 @@ class ZerothOrderAscent(Ascent):
             if reuse:
                 eps = self._kept[1]
             else:
-                plus, minus = self._estimate(walk, step, delta)
-                coefs = formulas.zo_coefficients(plus, minus, delta)
-                with phase("perturb"):   # ||g_hat|| (||T g_hat|| when adaptive)
-                    norm = walk.sq_norm(coefs / walk.m, power=1 if adaptive else 0).sqrt()
-                eps = formulas.zo_perturbation(coefs, norm, rho)
-                step.losses["the +delta passes"], step.losses["the -delta passes"] = plus, minus
-                step.loss = (plus.mean() + minus.mean()) / 2
+                eps, coefs = self._eps(walk, step, rho, delta, adaptive)
                 self._pending = (seeds, coefs, eps)
             walk.move_(eps, power=2 if adaptive else 0)   # theta + eps; the last -delta u rides along
             yield
         finally:
             with phase("restore"):
                 walk.restore_()
+
+    def _eps(self, walk, step, rho, delta, adaptive):
+        """(eps, c): eps as coefficients on the directions, from the 2m passes."""
+        plus, minus = self._estimate(walk, step, delta)
+        coefs = self._coefficients(plus, minus, delta, step)
+        with phase("perturb"):   # ||g_hat|| (||T g_hat|| when adaptive)
+            norm = walk.sq_norm(coefs / walk.m, power=1 if adaptive else 0).sqrt()
+        step.losses["the +delta passes"], step.losses["the -delta passes"] = plus, minus
+        step.loss = (plus.mean() + minus.mean()) / 2
+        return formulas.zo_perturbation(coefs, norm, rho), coefs
+
+    def _coefficients(self, plus, minus, delta, step):
+        return formulas.zo_coefficients(plus, minus, delta)
 
     def _estimate(self, walk, step, delta):
         """(L(theta + delta u_i), L(theta - delta u_i)) for every direction i, as two
@@ -327,6 +334,23 @@ class ZerothOrderAscent(Ascent):
             setattr(self, name, value)
 
 
+
+class CoinFlipAscent(ZerothOrderAscent):
+    """The control of the zeroth-order ascent: its own passes, directions and
+    |c_i|, each c_i given a coin-flip sign drawn from (seed, step), so eps keeps
+    the estimate's size and support but none of its information about the
+    gradient's direction. Same cost as ZO-SAM."""
+
+    estimates_gradient = False
+
+    def _coefficients(self, plus, minus, delta, step):
+        c = formulas.zo_coefficients(plus, minus, delta)
+        g = torch.Generator().manual_seed(derived_seed(self.seed, step.index, COIN_INDEX))
+        signs = torch.randint(0, 2, (c.numel(),), generator=g).mul_(2).sub_(1)
+        return signs.to(c.device, c.dtype) * c.abs()
+
+
+COIN_INDEX = 1 << 32   # the coin's draw index: apart from the directions' (0 .. n_dirs - 1)
 
 
 _WHY_FLOAT32 = {

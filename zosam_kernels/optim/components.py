@@ -37,6 +37,9 @@ class Ascent(Component):
     flattens: it moves the weights with the fused ops, over flat buffers (flat.py)."""
     first_order = False
     flattens = False
+    estimates_gradient = True   # direction() estimates the gradient at theta (gradient surgery needs it)
+    measures_at_theta = True    # sets step.at_theta, per sample when asked (data selection needs it)
+    reusable = True             # can keep its eps and apply it again (Reuse)
 
     def pass_options(self):
         """Options of the extra passes (passes.Passes: batch_fraction, autocast, name)."""

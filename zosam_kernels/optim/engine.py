@@ -119,8 +119,13 @@ class Step:
         return self._engine.replicas.mean_(t)
 
     def state(self, p) -> dict:
-        """The optimizer state of weight p (shared with the base optimizer, saved with it)."""
-        return self._engine.state[p]
+        """The optimizer state of weight p (shared with the base optimizer, saved with
+        it), to read: an empty one is not created."""
+        return self._engine.state.get(p, {})
+
+    def keep(self, p, key: str, value: torch.Tensor) -> None:
+        """Keep `value` in weight p's optimizer state (saved and resumed with it)."""
+        self._engine.state[p][key] = value
 
 
 class Engine(torch.optim.Optimizer):

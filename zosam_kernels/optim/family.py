@@ -15,7 +15,9 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
-from .ascents import GradientAscent, ZerothOrderAscent
+from .ascents import CoinFlipAscent, GradientAscent, ZerothOrderAscent
+from .free_ascents import MomentumAscent, NoisyOracleAscent, RandomAscent
+from .guided import GuidedAscent
 from .checks import check_nonnegative
 from .engine import Engine
 from .parts import DataSelection, LearningRateRadius, LookAhead, Reuse, SurrogateGap
@@ -157,6 +159,43 @@ def zo_esam(params: Iterable, base_optimizer: type = SGD, rho: float = 0.05, gam
                   parts=[DataSelection(gamma)], masks=masks, check_finite=check_finite, **kwargs)
 
 
+def msam(params: Iterable, base_optimizer: type = SGD, rho: float = 0.3, sign: int = -1, masks: Any = None,
+         check_finite: bool = True, **kwargs: Any) -> Engine:
+    """MSAM (Becker et al. 2024): eps along the base optimizer's momentum, no extra pass."""
+    return Engine(params, base_optimizer, ascent=MomentumAscent(rho, sign), masks=masks,
+                  check_finite=check_finite, **kwargs)
+
+
+def rwp(params: Iterable, base_optimizer: type = SGD, rho: float = 0.05, seed: int = 0, masks: Any = None,
+        check_finite: bool = True, **kwargs: Any) -> Engine:
+    """Random weight perturbation: eps = rho u/||u||, one direction of the stream, no extra pass."""
+    return Engine(params, base_optimizer, ascent=RandomAscent(rho, seed), masks=masks, check_finite=check_finite,
+                  **kwargs)
+
+
+def zosam_coin(params: Iterable, base_optimizer: type = SGD, rho: float = 0.05, delta: float = 1e-3,
+               n_dirs: int = 1, seed: int = 0, masks: Any = None, check_finite: bool = True,
+               **kwargs: Any) -> Engine:
+    """ZO-SAM's control: its own passes and directions, each coefficient given a coin-flip sign."""
+    return Engine(params, base_optimizer, ascent=CoinFlipAscent(rho, delta, n_dirs, seed), masks=masks,
+                  check_finite=check_finite, **kwargs)
+
+
+def noisy_oracle_sam(params: Iterable, base_optimizer: type = SGD, rho: float = 0.05, cosine: float = 0.5,
+                     seed: int = 0, masks: Any = None, check_finite: bool = True, **kwargs: Any) -> Engine:
+    """An instrument: SAM's eps mixed with a random orthogonal direction, cos(eps, grad) = cosine."""
+    return Engine(params, base_optimizer, ascent=NoisyOracleAscent(rho, cosine, seed), masks=masks,
+                  check_finite=check_finite, **kwargs)
+
+
+def guided_zosam(params: Iterable, base_optimizer: type = SGD, rho: float = 0.05, delta: float = 1e-3,
+                 n_dirs: int = 1, prior: str = "momentum", seed: int = 0, masks: Any = None,
+                 check_finite: bool = True, **kwargs: Any) -> Engine:
+    """The guided zeroth-order ascent: finite differences along a free prior and n_dirs directions."""
+    return Engine(params, base_optimizer, ascent=GuidedAscent(rho, delta, n_dirs, prior, seed), masks=masks,
+                  check_finite=check_finite, **kwargs)
+
+
 @dataclass(frozen=True)
 class Member:
     """A registry entry: how to build it, and the defaults its paper uses."""
@@ -178,4 +217,9 @@ FAMILY: dict[str, Member] = {
     "zossam": Member(ZOSSAM, dict(rho=0.05, sparsity=0.5)),
     "zogsam": Member(zo_gsam, dict(rho=0.05, alpha=0.02)),
     "zoesam": Member(zo_esam, dict(rho=0.05, gamma=0.5)),
+    "msam": Member(msam, dict(rho=0.3)),
+    "rwp": Member(rwp, dict(rho=0.05)),
+    "zosam-coin": Member(zosam_coin, dict(rho=0.05, delta=1e-3)),
+    "oracle": Member(noisy_oracle_sam, dict(rho=0.05, cosine=0.5)),
+    "zosam-guided": Member(guided_zosam, dict(rho=0.05, delta=1e-3, n_dirs=1, prior="momentum")),
 }

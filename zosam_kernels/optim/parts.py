@@ -37,6 +37,8 @@ class Reuse(Part):
     def refuses(self, ascent, parts):
         if any(isinstance(p, LookAhead) for p in parts):
             return "Reuse and LookAhead both decide which steps are full; use one"
+        if not ascent.reusable:
+            return f"{type(ascent).__name__} finds eps from what changes every step; there is nothing to reuse"
         return None
 
     def relayout(self, engine, layout):
@@ -78,6 +80,9 @@ class LookAhead(Part):
     uses_theta_gradient = True
     state_keys = ("k",)
 
+    def refuses(self, ascent, parts):
+        return _needs_an_estimate(ascent)
+
     def __init__(self, k: int = 5, alpha: float = 0.7):
         check_positive_int("k", k)
         check_nonnegative("alpha", alpha)
@@ -113,7 +118,7 @@ class LookAhead(Part):
     def commit(self, step):
         if step.plan == "full":
             for p, v in zip(self._perturbed, self._g_v):
-                step.state(p)["looksam_g_v"] = v
+                step.keep(p, "looksam_g_v", v)
         self._g_v = self._perturbed = None
 
     def state_dict(self):
@@ -137,6 +142,9 @@ class SurrogateGap(Part):
     def __init__(self, alpha: float = 0.02):
         check_nonnegative("alpha", alpha)
         self.alpha = alpha
+
+    def refuses(self, ascent, parts):
+        return _needs_an_estimate(ascent)
 
     def group_defaults(self):
         return {"alpha": self.alpha}
@@ -199,6 +207,8 @@ class DataSelection(Part):
         self.last_indices = None
 
     def refuses(self, ascent, parts):
+        if not ascent.measures_at_theta:
+            return f"data selection compares per-sample losses at theta, which {type(ascent).__name__} never measures"
         if getattr(ascent, "batch_fraction", 1.0) < 1:
             return ("data selection compares per-sample losses of the whole batch, and the zeroth-order "
                     "passes run on a fraction of it (zo_batch_fraction < 1)")
@@ -227,3 +237,10 @@ class DataSelection(Part):
         self.last_indices = step.indices
 
 
+
+
+def _needs_an_estimate(ascent):
+    if not ascent.estimates_gradient:
+        return (f"its surgery needs the ascent's estimate of the gradient at theta, and "
+                f"{type(ascent).__name__} makes none")
+    return None

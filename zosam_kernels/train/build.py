@@ -127,15 +127,16 @@ def prune_at_init(args, sparsity, loader, data):
     sparse.prune_at_init_(sparsity.masking, args.sparse, F.cross_entropy, batches, **kw)
 
 
-def make_optimizer_for(args, model, sparsity, total_steps):
-    """The optimizer of `args.optimizer` over the model, SGD with momentum and
-    weight decay inside, every option given on the command line passed on."""
+def optimizer_arguments(args, masking=None, total_steps=1):
+    """What make_optimizer gets for `args.optimizer`: (base optimizer kwargs, options),
+    every option given on the command line passed on. An option the optimizer
+    does not take is a ValueError that names it."""
     name = args.optimizer
     options = {kw: getattr(args, opt) for opt, kw in OPTIMIZER_OPTIONS.items()
                if getattr(args, opt) is not None}
     takes = options_of(name)
     if name != "sgd":
-        options["masks"] = sparsity.masking
+        options["masks"] = masking
         if "seed" in takes:
             options["seed"] = args.seed
         if FAMILY[name].needs_total_steps:
@@ -149,8 +150,30 @@ def make_optimizer_for(args, model, sparsity, total_steps):
         flags = ", ".join("--" + g.replace("_", "-") for g in sorted(given))
         raise ValueError(f"{flags}: not an option of --optimizer {name}; it takes "
                          f"{', '.join(sorted(takes)) or 'only --lr, --momentum, --weight-decay'}")
-    base = dict(lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    opt = make_optimizer(name, model.parameters(), torch.optim.SGD, base, **options)
+    return dict(lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay), options
+
+
+def check_optimizer(args):
+    """Build `args.optimizer` over one stand-in parameter, so that a bad value
+    (--rho -1, --n-dirs 0) is refused before any data or model is made; the
+    error names the command-line option."""
+    base, options = optimizer_arguments(args)
+    try:
+        make_optimizer(args.optimizer, [torch.nn.Parameter(torch.zeros(2))], torch.optim.SGD, base, **options)
+    except (ValueError, TypeError) as e:
+        message = str(e)
+        for opt, kw in OPTIMIZER_OPTIONS.items():   # "n_dirs must be ..." -> "--n-dirs must be ..."
+            if message.startswith(kw + " "):
+                message = "--" + opt.replace("_", "-") + message[len(kw):]
+                break
+        raise ValueError(f"--optimizer {args.optimizer}: {message}") from None
+
+
+def make_optimizer_for(args, model, sparsity, total_steps):
+    """The optimizer of `args.optimizer` over the model, SGD with momentum and
+    weight decay inside, every option given on the command line passed on."""
+    base, options = optimizer_arguments(args, sparsity.masking, total_steps)
+    opt = make_optimizer(args.optimizer, model.parameters(), torch.optim.SGD, base, **options)
     if sparsity.masking is not None:
         sparsity.masking.attach(opt)
     return opt

@@ -23,7 +23,7 @@ from ..models import MODELS, SIGNAL_MODELS
 from ..optim.family import FAMILY
 from .. import sparse
 from ..diagnostics import CORRUPTIONS
-from .build import SPARSE_METHODS
+from .build import SPARSE_METHODS, check_optimizer
 from .datasets import DATASETS
 from .outputs import write_json
 from .probes import DIAGNOSTICS
@@ -61,6 +61,18 @@ the last one."""
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Every option's default in --help, and the epilog's line breaks kept."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors on one line: argparse's would print the whole usage (a dozen lines) first."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (zosam-train --help lists the options)\n")
+
+
+# what building a run raises for bad input (a missing dataset, a malformed file, an absent
+# package): the message names the option and what to do, so it is printed alone
+USER_ERRORS = (ValueError, OSError, ImportError)
 
 
 def _model(name):
@@ -108,7 +120,7 @@ def _epochs(text):
 
 
 def parser():
-    p = argparse.ArgumentParser(prog="zosam-train", description=__doc__.split("\n\n")[0],
+    p = _Parser(prog="zosam-train", description=__doc__.split("\n\n")[0],
                                 epilog=EPILOG, formatter_class=_HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data", default="synthetic", choices=DATASETS,
@@ -250,6 +262,10 @@ def _check(p, args):
         p.error(f"--resume: no checkpoint at {checkpoint}")
     if not args.resume and os.path.exists(checkpoint):
         p.error(f"--out {args.out} holds a run already: add --resume to continue it, or choose another --out")
+    try:
+        check_optimizer(args)
+    except ValueError as e:
+        p.error(str(e))
 
 
 def _version(module):
@@ -308,8 +324,11 @@ def train(argv=None):
         # on the CPU: generator states must be CPU tensors; load_state_dict moves the rest
         state = torch.load(os.path.join(args.out, "checkpoint.pt"), map_location="cpu", weights_only=False)
         _check_resume(args, state)
-    os.makedirs(args.out, exist_ok=True)
-    run = Run(args)
+    try:
+        run = Run(args)   # the data and the model
+    except USER_ERRORS as e:
+        p.error(str(e))
+    os.makedirs(args.out, exist_ok=True)   # only now: a refused run leaves nothing behind
     run.config = _config(args, run)
     write_json(os.path.join(args.out, "config.json"), run.config)
     summary = run.fit(state)

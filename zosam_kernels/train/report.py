@@ -5,7 +5,9 @@
 
 Each cell is the mean over the configuration's seeds ± the half-width of its
 95 % confidence interval (Student's t with n − 1 degrees of freedom; a single
-seed shows its value alone). Runs that did not finish are left out and counted.
+seed shows its value alone). Runs of one configuration with the same seed
+repeat one another: they count as one seed (their mean), and are named on
+stderr. Runs that did not finish are left out and counted.
 """
 import argparse
 import json
@@ -37,7 +39,7 @@ DIGITS = {"gradvar": 4, "hessian": 4, "best_val_epoch": 1}     # decimals of a c
 
 
 def load_runs(dirs):
-    """(args, summary) of every finished run among `dirs`, and the names of the unfinished."""
+    """(directory, args, summary) of every finished run among `dirs`, and the names of the unfinished."""
     runs, unfinished = [], []
     for d in dirs:
         summary_path, config_path = os.path.join(d, "summary.json"), os.path.join(d, "config.json")
@@ -49,7 +51,7 @@ def load_runs(dirs):
         with open(summary_path) as f, open(config_path) as g:
             summary, args = json.load(f), json.load(g)["args"]
         if summary.get("complete"):
-            runs.append((args, summary))
+            runs.append((d, args, summary))
         else:
             unfinished.append(d)
     return runs, unfinished
@@ -78,41 +80,67 @@ def cell(values, digits=2):
     return f"{mean:.{digits}f}" if half is None else f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
+class Group:
+    """The runs of one configuration: `args` (its first run's), and per seed its runs'
+    directories and summaries, in the order first seen."""
+
+    def __init__(self, args):
+        self.args, self.seeds = args, {}
+
+    def add(self, directory, summary, seed):
+        self.seeds.setdefault(seed, []).append((directory, summary))
+
+    def values(self, read):
+        """One value per seed (the mean of its runs'); None where no run has one."""
+        per_seed = []
+        for runs in self.seeds.values():
+            got = [v for v in (read(s) for _, s in runs) if v is not None]
+            per_seed.append(statistics.mean(got) if got else None)
+        return per_seed
+
+    def repeats(self):
+        """The directories of every seed run more than once."""
+        return {seed: [d for d, _ in runs] for seed, runs in self.seeds.items() if len(runs) > 1}
+
+
 def group(runs):
-    """configuration -> (args of its first run, [summaries]), in the order first seen."""
+    """configuration -> Group, in the order first seen."""
     groups = {}
-    for args, summary in runs:
-        groups.setdefault(configuration(args), (args, []))[1].append(summary)
+    for directory, args, summary in runs:
+        groups.setdefault(configuration(args), Group(args)).add(directory, summary, args.get("seed"))
     return groups
 
 
-def table(runs, target):
-    groups = group(runs)
-    varying = [k for k in sorted({k for a, _ in groups.values() for k in a} - NOT_CONFIGURATION)
-               if len({json.dumps(a.get(k), sort_keys=True) for a, _ in groups.values()}) > 1]
+def table(groups, target):
+    varying = [k for k in sorted({k for g in groups.values() for k in g.args} - NOT_CONFIGURATION)
+               if len({json.dumps(g.args.get(k), sort_keys=True) for g in groups.values()}) > 1]
     varying = varying or ["optimizer"]
-    present = [c for c, (_, read) in COLUMNS.items() if any(read(s) is not None for _, ss in groups.values() for s in ss)]
+    present = [c for c, (_, read) in COLUMNS.items() if any(v is not None for g in groups.values()
+                                                            for v in g.values(read))]
     header = varying + ["seeds"] + [COLUMNS[c][0] for c in present] + [f"epochs to {target:g} %"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for args, summaries in groups.values():
-        row = [str(args.get(k)) for k in varying] + [str(len(summaries))]
-        row += [cell([COLUMNS[c][1](s) for s in summaries], DIGITS.get(c, 2)) for c in present]
-        reached = [s["epochs_to"].get(f"{target:g}") for s in summaries]
+    for g in groups.values():
+        runs = sum(len(r) for r in g.seeds.values())
+        row = [str(g.args.get(k)) for k in varying]
+        row.append(str(len(g.seeds)) + (f" ({runs} runs)" if runs > len(g.seeds) else ""))
+        row += [cell(g.values(COLUMNS[c][1]), DIGITS.get(c, 2)) for c in present]
+        reached = g.values(lambda s: s["epochs_to"].get(f"{target:g}"))
         never = sum(r is None for r in reached)
         row.append(cell([r for r in reached if r is not None], 1) + (f" ({never} never)" if never else ""))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-def plot(runs, path):
+def plot(groups, path):
     """Test accuracy against sparsity (1 − density), one line per optimizer and sparse method."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     lines = {}
-    for args, summaries in group(runs).values():
-        mean, half, _ = interval([s["final_test_acc"] for s in summaries])
+    for g in groups.values():
+        args = g.args
+        mean, half, _ = interval(g.values(lambda s: s["final_test_acc"]))
         options = "".join(f", {k} {args[k]}" for k in ("rho", "n_dirs") if args.get(k) is not None)
         label = f"{args['optimizer']}{options} ({args['sparse']})"
         lines.setdefault(label, []).append((1 - args["density"], mean, half or 0))
@@ -140,11 +168,16 @@ def main(argv=None):
     runs, unfinished = load_runs(args.runs)
     if not runs:
         raise SystemExit(f"zosam-report: none of the {len(args.runs)} runs has finished")
-    print(table(runs, args.target))
+    groups = group(runs)
+    print(table(groups, args.target))
+    for g in groups.values():
+        for seed, dirs in g.repeats().items():
+            print(f"zosam-report: {', '.join(dirs)} repeat one configuration with seed {seed}: "
+                  "counted as one seed, their mean", file=sys.stderr)
     if unfinished:
         print(f"\n{len(unfinished)} unfinished runs left out: {', '.join(unfinished)}", file=sys.stderr)
     if args.plot:
-        plot(runs, args.plot)
+        plot(groups, args.plot)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,23 @@
+"""python -m zosam_kernels: the version, the backends and the entry points,
+each checked against what the installed distribution and torch say."""
+import importlib.metadata
+import subprocess
+import sys
+
+import torch
+
+from zosam_kernels.ops import HAS_CPU_EXTENSION
+
+
+def test_module_prints_version_backends_and_entry_points():
+    done = subprocess.run([sys.executable, "-m", "zosam_kernels"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.startswith(f"zosam_kernels {importlib.metadata.version('zosam_kernels')} (torch {torch.__version__}")
+    assert f"C++ CPU extension  {'yes' if HAS_CPU_EXTENSION else 'no '}" in out
+    assert f"CUDA               {'yes' if torch.cuda.is_available() else 'no '}" in out
+    scripts = [e.name for e in importlib.metadata.distribution("zosam_kernels").entry_points
+               if e.group == "console_scripts"]
+    assert sorted(scripts) == ["zosam-bench", "zosam-report", "zosam-train"]
+    for name in scripts:
+        assert f"\n  {name} " in out

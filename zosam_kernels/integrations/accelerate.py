@@ -1,0 +1,42 @@
+"""ZOSAM and the SAM family with Hugging Face Accelerate.
+
+`accelerator.prepare(model, optimizer)` works as it is with our optimizers:
+the AcceleratedOptimizer passes `step(closure)` on, under DDP the closure's
+forward passes go through the DDP wrapper (whose gradient pass syncs the
+gradients), and mixed_precision="bf16" is autocast in every pass. Two settings
+of the Accelerator cannot work, and plain accelerator.prepare would not say so:
+gradient accumulation (the AcceleratedOptimizer skips `step(closure)` on the
+batches it accumulates, so their data would be dropped) and fp16 (its
+GradScaler steps the optimizer itself). And on several processes the model
+must be prepared before the optimizer is built: wrapping it in DDP leaves its
+parameters outside the flat buffer of an optimizer built before. prepare()
+refuses these, with the reason, and is otherwise accelerator.prepare:
+
+    model = prepare(accelerator, model)
+    opt = prepare(accelerator, zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.1))
+"""
+import torch
+
+from . import unwrap
+
+
+def prepare(accelerator, *objects, **kwargs):
+    """accelerator.prepare(*objects, **kwargs), after refusing the settings that
+    cannot drive the package's optimizers among `objects`."""
+    for ours in filter(None, map(unwrap, objects)):
+        name = type(ours).__name__
+        if accelerator.num_processes > 1 and any(isinstance(o, torch.nn.Module) for o in objects):
+            raise ValueError(
+                f"prepare(accelerator, model, {name}(...)) on {accelerator.num_processes} processes: wrapping the "
+                "model in DDP leaves its parameters outside the flat buffer of an optimizer built before; "
+                "prepare the model first, then build the optimizer on its parameters and prepare that")
+        if accelerator.gradient_accumulation_steps != 1:
+            raise ValueError(
+                f"Accelerator(gradient_accumulation_steps={accelerator.gradient_accumulation_steps}): a {name} "
+                "step evaluates every pass on one batch, and accumulating skips step(closure) on the other "
+                "batches, dropping them; use gradient_accumulation_steps=1 with a larger batch")
+        if accelerator.scaler is not None:
+            raise ValueError(
+                f"Accelerator(mixed_precision={accelerator.mixed_precision!r}): its GradScaler steps the optimizer "
+                f"itself, which cannot drive {name} (it runs its own backward); use mixed_precision='bf16'")
+    return accelerator.prepare(*objects, **kwargs)

@@ -1,0 +1,166 @@
+"""Ascents that need no pass of their own, and an instrument (engine.py runs them).
+
+MomentumAscent (MSAM, Becker et al. 2024, arXiv 2401.12033)
+    eps = sign rho v / ||v||, v the base optimizer's momentum (SGD's momentum_buffer,
+    Adam's exp_avg); the published default sign is -1 (against the momentum,
+    as Nesterov's look-ahead). No extra pass; before the first step there is
+    no momentum and eps = 0.
+
+RandomAscent (random weight perturbation, RWP)
+    eps = rho u / ||u||, u ~ N(0, I) one direction of the stream: no sign, no pass.
+
+NoisyOracleAscent (an instrument, not a method)
+    eps = rho (c g/||g|| + sqrt(1 - c^2) u_perp), u_perp a random unit direction
+    orthogonal to the gradient g at theta (one gradient pass), so cos(eps, g) = c
+    exactly: which cosine does SAM's benefit need?
+
+MomentumAscent moves the weights in place along v and back by the opposite
+move (no parameter-sized buffer; back to theta within float32 rounding).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from .. import ops
+from ..flat import dense_strides
+from ..masks import zero_pruned_
+from ..seeds import check_seed, derived_seed
+from . import formulas
+from .ascents import GradientAscent, ZerothOrderAscent
+from .checks import check_nonnegative
+from .components import Ascent, same_in_every_group
+from .passes import phase
+
+MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")   # SGD's, Adam's and AdamW's
+
+
+def momentum_of(step):
+    """The base optimizer's momentum of each weight (None where it keeps none yet)."""
+    out = []
+    for p in step.params:
+        state = step.state(p)
+        out.append(next((state[k] for k in MOMENTUM_KEYS if torch.is_tensor(state.get(k))), None))
+    return out
+
+
+class Along:
+    """The weights moved along per-parameter tensors by a device scalar, in place:
+    theta + s t after move_(s), theta again (within float32 rounding) after move_(0)."""
+
+    def __init__(self, params, tensors):
+        self.pairs = [(p, t) for p, t in zip(params, tensors) if t is not None]
+        self.net = None
+
+    @torch.no_grad()
+    def move_(self, scale):
+        if not self.pairs:
+            return
+        delta = scale if self.net is None else scale - self.net
+        for p, t in self.pairs:
+            p.addcmul_(t, delta)
+        self.net = scale
+
+
+class MomentumAscent(Ascent):
+    """MomentumAscent(rho=0.3, sign=-1): MSAM's perturbation along the momentum."""
+
+    estimates_gradient = False
+    measures_at_theta = False
+    reusable = False   # eps follows the momentum, which every step changes
+
+    def __init__(self, rho: float = 0.3, sign: int = -1):
+        check_nonnegative("rho", rho)
+        if sign not in (1, -1):
+            raise ValueError(f"sign must be 1 (along the momentum) or -1 (against it, MSAM's default), "
+                             f"got {sign!r}")
+        self.rho, self.sign = rho, sign
+
+    def group_defaults(self):
+        return {"rho": self.rho}
+
+    def check_groups(self, groups):
+        same_in_every_group(groups, "rho", when="at construction")
+
+    @contextlib.contextmanager
+    def perturbed(self, step):
+        rho = same_in_every_group(step.groups, "rho")
+        check_nonnegative("rho", rho)
+        v = momentum_of(step)
+        present = [t for t in v if t is not None]
+        along = Along(step.params, v)
+        if step.plan == "none" or not present:
+            yield
+            return
+        with torch.no_grad(), phase("perturb"):
+            along.move_(self.sign * rho / (formulas.norm(present) + formulas.EPS))
+        try:
+            yield
+        finally:
+            with phase("restore"):
+                along.move_(torch.zeros((), device=present[0].device))
+
+
+class RandomAscent(ZerothOrderAscent):
+    """RandomAscent(rho=0.05, seed=0): eps = rho u/||u|| along one direction of the
+    stream, drawn anew each step from (seed, step); no pass. The loss returned
+    is the update pass's (nothing is measured at theta)."""
+
+    compares_losses = False
+    estimates_gradient = False
+    measures_at_theta = False
+
+    def __init__(self, rho: float = 0.05, seed: int = 0, backend: str = "fused"):
+        super().__init__(rho=rho, n_dirs=1, seed=seed, backend=backend)
+
+    def _eps(self, walk, step, rho, delta, adaptive):
+        norm = walk.sq_norm(torch.ones(1, device=walk.device)).sqrt()
+        return (rho / (norm + formulas.EPS)).reshape(1), None
+
+
+class NoisyOracleAscent(GradientAscent):
+    """NoisyOracleAscent(rho=0.05, cosine=0.5, seed=0): the gradient at theta
+    (one gradient pass, as SAM), mixed with a random unit direction
+    orthogonal to it (drawn from the stream on the active weights) so that
+    cos(eps, g) = cosine."""
+
+    def __init__(self, rho: float = 0.05, cosine: float = 0.5, seed: int = 0):
+        super().__init__(rho=rho)
+        if not isinstance(cosine, (int, float)) or isinstance(cosine, bool) or not 0 <= cosine <= 1:
+            raise ValueError(f"cosine must be a number in [0, 1], got {cosine!r}")
+        check_seed(seed)
+        self.cosine, self.seed = float(cosine), seed
+
+    @torch.no_grad()
+    def _eps(self, step):
+        rho = same_in_every_group(step.groups, "rho")
+        check_nonnegative("rho", rho)
+        pairs = [(p, p.grad) for p in step.params if p.grad is not None]
+        if not pairs:
+            return [], []
+        params, grads = [p for p, _ in pairs], [g for _, g in pairs]
+        u = _stream_like(params, step.masks, derived_seed(self.seed, step.index, 0), step.masks.layout)
+        g_norm = formulas.norm(grads) + formulas.EPS
+        u_perp = formulas.orthogonal_part(u, grads)
+        u_norm = formulas.norm(u_perp) + formulas.EPS
+        c, s = self.cosine, math.sqrt(1 - self.cosine ** 2)
+        eps = [rho * (c * g / g_norm + s * v / u_norm) for g, v in zip(grads, u_perp)]
+        return params, eps
+
+
+def _stream_like(params, masks, seed, layout):
+    """One direction of the stream as tensors of the given parameters (their
+    memory order), zero at pruned weights: the draw the fused ops would make."""
+    offsets = dict(zip(map(id, layout.params), layout.param_offsets()))
+    out = []
+    for p in params:
+        u = ops.gaussian(seed, p.numel(), offsets[id(p)], device=p.device).to(p.dtype)
+        u = u.as_strided(p.shape, dense_strides(p))   # the stream runs over p's memory order
+        mask = masks.get(p)
+        if mask is not None:
+            zero_pruned_(u, mask)
+        out.append(u)
+    return out
+
