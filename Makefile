@@ -6,6 +6,7 @@
 # build torch 2.13.0 on this disk; 2.14.1 + 0.29.1 are the x86_64 pair that does: a CUDA
 # build (about 5.5 GB, installed from the local disk in under 2 minutes) that runs on the CPU.
 # An unpinned torch would download GBs of CUDA wheels instead.
+# mnist1d (zosam-train --data mnist1d) brings requests, scipy and matplotlib, no torch.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.14.1 torchvision==0.29.1
@@ -17,11 +18,12 @@ STAMP := $(VENV)/.zosam-installed
 
 .PHONY: bench test clean
 
-$(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
+# the Makefile too: a venv made before a package joined the list installs it at the next make
+$(STAMP): Makefile setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH) numpy ninja setuptools wheel pytest pytest-benchmark matplotlib \
-		"triton>=3.0" tqdm timm==1.0.31 scikit-learn==1.9.1 $(TRAINERS)
+		"triton>=3.0" tqdm timm==1.0.31 scikit-learn==1.9.1 mnist1d==0.0.2.post1 $(TRAINERS)
 	$(PY) -m pip install -q --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -9,7 +9,7 @@ import pytest
 from zosam_kernels.train.cli import train as zosam_train
 from zosam_kernels.train.report import main
 
-T975 = {2: 4.302652729911275}      # Student's t, 0.975 quantile, by degrees of freedom
+T975 = {1: 12.706204736174698, 2: 4.302652729911275}   # Student's t, 0.975 quantile, by degrees of freedom
 
 
 def fake_run(root, name, seed, optimizer, acc, epochs_to=None, complete=True, gradvar=None):
@@ -75,3 +75,24 @@ def test_errors(tmp_path):
     d = fake_run(tmp_path, "cut", 0, "sgd", 1.0, complete=False)
     with pytest.raises(SystemExit, match="none of the 1 runs has finished"):
         main([d])
+
+
+def test_validation_selection_and_fit_columns(tmp_path, capsys):
+    """Runs with a validation split and label noise get their columns; the others leave them out."""
+    dirs = []
+    for s, (at_best, epoch, clean, noisy) in enumerate([(60.0, 10, 99.0, 20.0), (62.0, 14, 97.0, 30.0)]):
+        d = fake_run(tmp_path, f"m{s}", s, "sam", 58.0 + s)
+        summary = json.loads(open(f"{d}/summary.json").read())
+        summary.update(test_acc_at_best_val=at_best, best_val_epoch=epoch, final_fit_clean=clean,
+                       final_fit_noisy=noisy)
+        open(f"{d}/summary.json", "w").write(json.dumps(summary))
+        dirs.append(d)
+    main(dirs)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("| optimizer | seeds | test acc % | test acc at best val % | best val epoch | clean fit % "
+                        "| noisy fit % | epochs to 90 % |")
+    half = T975[1] * statistics.stdev([60.0, 62.0]) / math.sqrt(2)
+    epochs = T975[1] * statistics.stdev([10, 14]) / math.sqrt(2)
+    assert lines[2].startswith(f"| sam | 2 | 58.50 ± {T975[1] * statistics.stdev([58.0, 59.0]) / math.sqrt(2):.2f} "
+                               f"| 61.00 ± {half:.2f} | 12.0 ± {epochs:.1f} | 98.00 ± ")
+    assert f"| 25.00 ± {T975[1] * statistics.stdev([20.0, 30.0]) / math.sqrt(2):.2f} |" in lines[2]

@@ -355,7 +355,7 @@ def test_cifar10c_errors(tmp_path):
 # --- errors ------------------------------------------------------------------
 
 def test_dataset_names_and_data_dir_requirements(tmp_path):
-    assert DATASETS == ("synthetic", "digits", "cifar10", "cifar100", "imagefolder")
+    assert DATASETS == ("synthetic", "digits", "mnist1d", "cifar10", "cifar100", "imagefolder")
     with pytest.raises(ValueError, match="--data must be one of"):
         load("mnist")
     for name in ("cifar10", "cifar100", "imagefolder"):

@@ -3,6 +3,7 @@ model, the sparse-training method (a Masking plus the object that changes
 it), and the optimizer (recipes.py) with the masks attached as the README
 shows.
 """
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import sparse
-from ..models import MODELS
+from ..models import MODELS, SIGNAL_MODELS
 from ..optim.family import FAMILY
 from ..recipes import make_optimizer, options_of
 
@@ -26,11 +27,26 @@ OPTIMIZER_OPTIONS = {"rho": "rho", "delta": "delta", "n_dirs": "n_dirs",
                      "sam_sparsity": "sparsity", "max_grad_norm": "max_grad_norm"}
 
 
-def make_model(name, num_classes, model_kwargs):
-    """A built-in CIFAR network, or `timm:<name>` from timm (not pretrained)."""
+def make_model(name, num_classes, model_kwargs, input_shape):
+    """A built-in CIFAR network, a 1-D one (SIGNAL_MODELS), or `timm:<name>`
+    from timm (not pretrained), for items of `input_shape` ((C, H, W) images,
+    (C, L) signals)."""
+    signal = name in SIGNAL_MODELS
+    if signal != (len(input_shape) == 2):
+        takes = "1-D signals (C, L)" if signal else "images (C, H, W)"
+        choose = ", ".join(SIGNAL_MODELS) if len(input_shape) == 2 else "an image model"
+        raise ValueError(f"--model {name} takes {takes}, but the data's items have shape "
+                         f"{tuple(input_shape)}: choose {choose}")
+    if signal:
+        takes = set(inspect.signature(SIGNAL_MODELS[name]).parameters) - {"num_classes", "input_shape"}
+        unknown = sorted(set(model_kwargs) - takes)
+        if unknown:
+            raise ValueError(f"--model-kwargs {unknown}: not an option of --model {name}; "
+                             f"it takes {', '.join(sorted(takes))}")
+        return SIGNAL_MODELS[name](num_classes=num_classes, input_shape=tuple(input_shape), **model_kwargs)
     if not name.startswith("timm:"):
         if model_kwargs:
-            raise ValueError(f"--model-kwargs applies to timm models only, not to {name!r}")
+            raise ValueError(f"--model-kwargs applies to timm and 1-D models only, not to {name!r}")
         return MODELS[name](num_classes=num_classes)
     try:
         import timm

@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from ..models import MODELS
+from ..models import MODELS, SIGNAL_MODELS
 from ..optim.family import FAMILY
 from .. import sparse
 from ..diagnostics import CORRUPTIONS
@@ -39,10 +39,16 @@ outputs in --out:
   config.json     every resolved option, versions, device
   metrics.jsonl   one JSON object per epoch: epoch, round, round_epoch, train_loss,
                   train_acc (of the gradient pass: at θ + ε for the SAM family),
-                  test_loss, test_acc (%), lr, density (of the masked weights),
+                  test_loss, test_acc (%), val_loss, val_acc (mnist1d's validation
+                  split, labels as noisy as train's), fit_clean, fit_noisy (with
+                  --label-noise, on synthetic and mnist1d: accuracy % in eval mode
+                  against the given labels of the training examples whose label
+                  the noise kept / replaced), lr, density (of the masked weights),
                   density_all (of all trainable weights), epoch_s, eval_s, images_per_s
   summary.json    final_test_acc, best_test_acc, best_epoch, epochs_to (target
-                  accuracy -> first epoch reaching it), final_density, total_s,
+                  accuracy -> first epoch reaching it), best_val_acc, best_val_epoch
+                  (the first epoch of the highest val_acc), test_acc_at_best_val,
+                  final_fit_clean, final_fit_noisy, final_density, total_s,
                   cifar10c (per corruption and severity, and the mean)
   checkpoint.pt   everything a --resume needs, rewritten after every epoch
   curves.png      loss and accuracy per epoch
@@ -70,9 +76,10 @@ USER_ERRORS = (ValueError, OSError, ImportError)
 
 
 def _model(name):
-    if name in MODELS or (name.startswith("timm:") and len(name) > len("timm:")):
+    if name in MODELS or name in SIGNAL_MODELS or (name.startswith("timm:") and len(name) > len("timm:")):
         return name
-    raise argparse.ArgumentTypeError(f"{name!r}: choose from {', '.join(sorted(MODELS))} or timm:<name>")
+    raise argparse.ArgumentTypeError(f"{name!r}: choose from {', '.join(sorted(MODELS))}, "
+                                     f"{', '.join(SIGNAL_MODELS)} (1-D) or timm:<name>")
 
 
 def _json_object(text):
@@ -118,13 +125,17 @@ def parser():
     g = p.add_argument_group("data")
     g.add_argument("--data", default="synthetic", choices=DATASETS,
                    help="synthetic: class templates plus noise; digits: scikit-learn's 8x8 digits at "
-                        "32x32; cifar10/cifar100: the official python files in --data-dir; "
-                        "imagefolder: --data-dir/train and --data-dir/val (ImageNet layout)")
+                        "32x32; mnist1d: MNIST-1D's 1-D signals, generated (train, validation and test "
+                        "splits; --model mlp1d or cnn1d); cifar10/cifar100: the official python files in "
+                        "--data-dir; imagefolder: --data-dir/train and --data-dir/val (ImageNet layout)")
     g.add_argument("--data-dir", default=None, help="where the dataset lies (never downloaded)")
     g.add_argument("--train-size", type=int, default=None, help="use the first N training images")
     g.add_argument("--test-size", type=int, default=None, help="use the first N test images")
+    g.add_argument("--val-size", type=int, default=None,
+                   help="mnist1d: validation examples (default 1000; train and test default to 3000, 5000)")
     g.add_argument("--label-noise", type=float, default=0.0,
-                   help="fraction of training labels replaced by a random other class")
+                   help="fraction of training (and mnist1d's validation) labels replaced by a random "
+                        "other class")
     g.add_argument("--image-size", type=int, default=224, help="imagefolder: crop size")
     g.add_argument("--cifar10c", default=None, metavar="DIR",
                    help="after training, accuracy on every corruption file of CIFAR-10-C in DIR")
@@ -132,9 +143,11 @@ def parser():
                    help="data-loading processes; default 0 on the CPU, 4 on CUDA")
     g = p.add_argument_group("model and sparsity")
     g.add_argument("--model", type=_model, default="resnet32",
-                   help=f"{', '.join(sorted(MODELS))}, or timm:<name> (e.g. timm:deit_tiny_patch16_224)")
+                   help=f"{', '.join(sorted(MODELS))}, {', '.join(SIGNAL_MODELS)} (1-D, for mnist1d), "
+                        "or timm:<name> (e.g. timm:deit_tiny_patch16_224)")
     g.add_argument("--model-kwargs", type=_json_object, default={},
-                   help="JSON object passed to timm.create_model, e.g. '{\"img_size\": 32, \"patch_size\": 4}'")
+                   help="JSON object passed to timm.create_model, e.g. '{\"img_size\": 32, \"patch_size\": 4}', "
+                        "or to a 1-D model: '{\"width\": 1024, \"depth\": 2}'")
     g.add_argument("--sparse", default="dense", choices=SPARSE_METHODS, help="sparse-training method")
     g.add_argument("--density", type=float, default=None,
                    help="fraction of the masked weights kept (default 1 for dense, else 0.1)")
@@ -213,7 +226,7 @@ def _check(p, args):
     for name, value in positive.items():
         if value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    for name in ("train_size", "test_size", "stop_after"):
+    for name in ("train_size", "test_size", "val_size", "stop_after"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -221,8 +234,10 @@ def _check(p, args):
         p.error(f"--diagnostics-batches must be >= 2 (a variance needs two batches), got {args.diagnostics_batches}")
     if args.hessian_iters < 1 or args.hessian_samples < 2 or args.landscape_points < 2:
         p.error("--hessian-iters must be >= 1, --hessian-samples and --landscape-points >= 2")
-    if args.corrupt and args.data == "synthetic":
-        p.error("--corrupt: the synthetic data are not images in [0, 1]; use --data digits, cifar10, ...")
+    if args.corrupt and args.data in ("synthetic", "mnist1d"):
+        p.error(f"--corrupt: the {args.data} data are not images in [0, 1]; use --data digits, cifar10, ...")
+    if args.cifar10c and args.data == "mnist1d":
+        p.error("--cifar10c: CIFAR-10-C holds images; a model trained on --data mnist1d takes 1-D signals")
     if "ascent" in args.diagnostics and args.optimizer == "sgd":
         p.error("--diagnostics ascent: SGD has no perturbation ε; choose a SAM-family --optimizer")
     if not 0 <= args.label_noise < 1:
@@ -280,6 +295,7 @@ def _config(args, run):
         "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"),
         "data": {"train_images": len(run.data.train), "test_images": len(run.data.test),
+                 "val_images": None if run.data.val is None else len(run.data.val),
                  "num_classes": run.data.num_classes, "image_shape": list(run.data.image_shape)},
         "steps_per_epoch": run.steps_per_epoch,
         "parameters": sum(p.numel() for p in run.model.parameters()),

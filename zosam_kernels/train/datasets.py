@@ -1,8 +1,9 @@
-"""The data of zosam-train: five datasets behind one load(), and CIFAR-10-C.
+"""The data of zosam-train: six datasets behind one load(), and CIFAR-10-C.
 
 Every dataset is map-style and yields (float32 CHW normalised image, int
-label). Nothing is ever downloaded: a run on a machine without the data
-should fail at once with the files to fetch, not stall on the network.
+label), or for mnist1d (float32 (1, 40) signal, int label). Nothing is ever
+downloaded: a run on a machine without the data should fail at once with the
+files to fetch, not stall on the network; mnist1d is generated.
 
 CIFAR is read here from the official python version rather than through
 torchvision.datasets.CIFAR10/100, which check the md5 sums of the full
@@ -17,6 +18,7 @@ replays the same crops and flips.
 """
 import os
 import pickle
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,11 +33,16 @@ except ImportError as e:
     raise ImportError("zosam_kernels.train needs torchvision: pip install zosam_kernels[train]") from e
 
 from ..data import NUM_CLASSES as SYNTHETIC_CLASSES, SHAPE as SYNTHETIC_SHAPE, synthetic_split
-from ..seeds import check_seed
+from ..seeds import check_seed, derived_seed
 
-DATASETS = ("synthetic", "digits", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("synthetic", "digits", "mnist1d", "cifar10", "cifar100", "imagefolder")
 
 SYNTHETIC_SIZES = (5000, 1000)     # (train, test) when no size is given
+# (train, validation, test) when no size is given: MNIST-1D's own 4000 training examples, of
+# which 1000 are held out, and a test set large enough that a 3-point difference is several
+# standard errors (sqrt(p(1 - p)/5000) < 0.71 points)
+MNIST1D_SIZES = (3000, 1000, 5000)
+MNIST1D_SEED = 0                   # of the generator: one dataset for every run seed
 DIGITS_TRAIN = 1437                # of load_digits' 1797 images; the other 360 are the test set
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,36 +70,45 @@ _CIFAR_PIXELS = 3 * 32 * 32
 @dataclass
 class Data:
     """A dataset's train and test sets and what a model and a report need to know of them."""
-    train: Dataset         # augmented (random per item)
+    train: Dataset         # augmented (random per item) unless `augmented` is False
     test: Dataset          # not augmented
     num_classes: int
-    image_shape: tuple     # (C, H, W) of the items
+    image_shape: tuple     # (C, H, W) of the items, or (C, L) of 1-D signals
     mean: tuple            # the per-channel normalisation the items went through
     std: tuple
+    augmented: bool = True  # False: a training item is the same at every read
+    val: Dataset = None    # a held-out validation split (mnist1d), its labels as noisy as train's
 
 
-def load(name, data_dir=None, *, train_size=None, test_size=None, label_noise=0.0, image_size=224, seed=0):
+def load(name, data_dir=None, *, train_size=None, test_size=None, val_size=None, label_noise=0.0,
+         image_size=224, seed=0):
     """The dataset `name` (one of DATASETS).
 
     data_dir: the folder holding cifar10, cifar100 or imagefolder data
-    (--data-dir); synthetic and digits take none. cifar10 needs data_batch_1
-    and test_batch, and reads whichever of data_batch_2..5 are there (a
-    trimmed copy makes a quick run).
-    train_size, test_size: keep the first N items (None: all; synthetic
-    generates N). label_noise: the fraction of training labels replaced by a
-    different class, chosen with `seed` (see NoisyLabels). image_size: the
-    side of imagefolder's crops. seed: synthetic's class templates and the
-    label noise; the other datasets' splits are fixed.
+    (--data-dir); synthetic, digits and mnist1d take none. cifar10 needs
+    data_batch_1 and test_batch, and reads whichever of data_batch_2..5 are
+    there (a trimmed copy makes a quick run).
+    train_size, test_size: keep the first N items (None: all; synthetic and
+    mnist1d generate N). val_size: mnist1d's validation examples, generated
+    with the others (the other datasets have no validation split).
+    label_noise: the fraction of training labels (and of mnist1d's validation
+    labels) replaced by a different class, chosen with `seed` (see
+    NoisyLabels). image_size: the side of imagefolder's crops. seed:
+    synthetic's class templates and the label noise; the other datasets'
+    splits are fixed (mnist1d is generated with MNIST1D_SEED whatever the
+    seed, so that runs of every seed share one test set).
     """
     if name not in DATASETS:
         raise ValueError(f"--data must be one of {', '.join(DATASETS)}, got {name!r}")
     check_seed(seed)
     if isinstance(label_noise, bool) or not isinstance(label_noise, (int, float)) or not 0 <= label_noise < 1:
         raise ValueError(f"label_noise must be a fraction in [0, 1), got {label_noise!r}")
-    for size_name, size in (("train_size", train_size), ("test_size", test_size)):
+    for size_name, size in (("train_size", train_size), ("test_size", test_size), ("val_size", val_size)):
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise ValueError(f"{size_name} must be None (all) or an int >= 1, got {size!r}")
-    if name in ("synthetic", "digits"):
+    if val_size is not None and name != "mnist1d":
+        raise ValueError(f"--val-size: --data {name} has no validation split (only mnist1d has)")
+    if name in ("synthetic", "digits", "mnist1d"):
         # a --data-dir given to a dataset that reads none is most likely a
         # forgotten --data: better to say so than to train on the wrong data
         if data_dir is not None:
@@ -104,6 +120,9 @@ def load(name, data_dir=None, *, train_size=None, test_size=None, label_noise=0.
 
     if name == "synthetic":
         data = _synthetic(train_size or SYNTHETIC_SIZES[0], test_size or SYNTHETIC_SIZES[1], seed)
+    elif name == "mnist1d":
+        data = _mnist1d(*(given or default for given, default in zip((train_size, val_size, test_size),
+                                                                     MNIST1D_SIZES)))
     else:
         if name == "digits":
             data = _digits()
@@ -115,6 +134,10 @@ def load(name, data_dir=None, *, train_size=None, test_size=None, label_noise=0.
         data.test = _first(data.test, test_size, "test_size", "test")
     if label_noise:
         data.train = NoisyLabels(data.train, data.num_classes, label_noise, seed)
+        if data.val is not None:
+            # a generator of its own: the training draws with the same seed would pick
+            # the same positions of a split of the same size
+            data.val = NoisyLabels(data.val, data.num_classes, label_noise, derived_seed(seed, 0, 1))
     return data
 
 
@@ -167,7 +190,8 @@ class NoisyLabels(Dataset):
     The change is drawn once, as a shift of 1..num_classes-1 added modulo
     num_classes (each other class equally likely): the original labels need
     not be known up front, which for an image folder would mean reading every
-    image. shifts is 0 where the label is kept.
+    image. shifts is 0 where the label is kept, and `changed` marks the items
+    whose label the noise replaced.
     """
 
     def __init__(self, dataset, num_classes, fraction, seed):
@@ -181,6 +205,10 @@ class NoisyLabels(Dataset):
         chosen = torch.randperm(n, generator=g)[:changed]
         self.shifts[chosen] = torch.randint(1, num_classes, (changed,), generator=g)
 
+    @property
+    def changed(self):
+        return self.shifts != 0
+
     def __len__(self):
         return len(self.dataset)
 
@@ -190,7 +218,7 @@ class NoisyLabels(Dataset):
 
 
 class _Images(Dataset):
-    """Images held in one tensor, labels in another; `transform` runs per item."""
+    """Images (or signals) held in one tensor, labels in another; `transform` runs per item."""
 
     def __init__(self, images, labels, transform=None):
         self.images, self.labels, self.transform = images, labels, transform
@@ -241,7 +269,44 @@ def _synthetic(train_size, test_size, seed):
     train = _Images(*synthetic_split(train_size, seed, "train"))
     test = _Images(*synthetic_split(test_size, seed, "test"))
     channels = SYNTHETIC_SHAPE[0]
-    return Data(train, test, SYNTHETIC_CLASSES, SYNTHETIC_SHAPE, (0.0,) * channels, (1.0,) * channels)
+    return Data(train, test, SYNTHETIC_CLASSES, SYNTHETIC_SHAPE, (0.0,) * channels, (1.0,) * channels,
+                augmented=False)
+
+
+def _mnist1d(train_size, val_size, test_size):
+    """MNIST-1D (Greydanus 2020), made by the mnist1d package's generator with
+    its default transformations and MNIST1D_SEED; its download path, which
+    fetches a pickle from the web, is never called.
+
+    The generator makes num_samples // 10 examples of each digit, shuffles
+    them and splits off the test set at int(train_split * count); it is asked
+    for the total rounded up to a multiple of 10, with a split that puts
+    train_size + val_size before the cut, the validation examples last. Its
+    signals are already standardised (mean 0, std 1 over the whole set).
+    """
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as e:
+        raise ImportError("--data mnist1d generates MNIST-1D with the mnist1d package: pip install "
+                          "mnist1d==0.0.2.post1") from e
+    before = train_size + val_size
+    count = -(-(before + test_size) // 10) * 10
+    args = get_dataset_args()
+    args.num_samples, args.seed = count, MNIST1D_SEED
+    args.train_split = (before + 0.5) / count       # int(count * split) is `before`, whatever the rounding
+    # make_dataset seeds numpy's and Python's global generators: loading data leaves them as they were
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        made = make_dataset(args)
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+    x = torch.tensor(made["x"], dtype=torch.float32).unsqueeze(1)              # (N, 1, 40)
+    y = torch.tensor(made["y"], dtype=torch.int64)
+    x_test = torch.tensor(made["x_test"][:test_size], dtype=torch.float32).unsqueeze(1)
+    y_test = torch.tensor(made["y_test"][:test_size], dtype=torch.int64)
+    return Data(_Images(x[:train_size], y[:train_size]), _Images(x_test, y_test), 10, tuple(x.shape[1:]),
+                (0.0,), (1.0,), augmented=False, val=_Images(x[train_size:], y[train_size:]))
 
 
 def _digits():

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..optim import is_engine
 from . import outputs
 from .build import make_model, make_optimizer_for, make_sparsity, prune_at_init
-from .datasets import cifar10c, load
+from .datasets import NoisyLabels, cifar10c, load
 from .probes import Probes, corrupted_sets
 
 
@@ -48,7 +48,8 @@ class Run:
         self.device = torch.device(args.device)
         torch.manual_seed(args.seed)
         self.data = load(args.data, args.data_dir, train_size=args.train_size, test_size=args.test_size,
-                         label_noise=args.label_noise, image_size=args.image_size, seed=args.seed)
+                         val_size=args.val_size, label_noise=args.label_noise, image_size=args.image_size,
+                         seed=args.seed)
         self.loader_generator = torch.Generator().manual_seed(args.seed)
         pin = self.device.type == "cuda"
         if len(self.data.train) < args.batch_size:
@@ -57,17 +58,27 @@ class Run:
         self.train_loader = torch.utils.data.DataLoader(
             self.data.train, args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers,
             generator=self.loader_generator, pin_memory=pin)
-        self.test_loader = torch.utils.data.DataLoader(
-            self.data.test, args.eval_batch_size, num_workers=args.workers, pin_memory=pin)
+        self.test_loader, self.val_loader, self.fit_loader = (
+            None if dataset is None else torch.utils.data.DataLoader(
+                dataset, args.eval_batch_size, num_workers=args.workers, pin_memory=pin)
+            for dataset in (self.data.test, self.data.val, self._fitted()))
         self.steps_per_epoch = len(self.train_loader)
         self.round_steps = args.epochs * self.steps_per_epoch
         self.rounds = args.lth_rounds + 1 if args.sparse == "lth" else 1
 
-        self.model = make_model(args.model, self.data.num_classes, args.model_kwargs).to(self.device)
+        self.model = make_model(args.model, self.data.num_classes, args.model_kwargs,
+                                self.data.image_shape).to(self.device)
         self.sparsity = make_sparsity(args, self.model, self.round_steps)
         self.optimizer = None
         self.probes = Probes(self)
         self.history, self.total_s = [], 0.0
+
+    def _fitted(self):
+        """The training set whose fit of clean and of noisy labels is measured every epoch:
+        only with label noise, and only where an item is the same at every read (the fit of
+        an augmented item is not the fit of the example)."""
+        train = self.data.train
+        return train if isinstance(train, NoisyLabels) and not self.data.augmented else None
 
     def _start_round(self):
         """A fresh optimizer and LR schedule (every LTH round starts like the first)."""
@@ -145,18 +156,28 @@ class Run:
         return loss_sum / (self.steps_per_epoch * args.batch_size), 100 * correct / count, cosines
 
     @torch.no_grad()
-    def evaluate(self, loader):
-        """Mean cross-entropy (no label smoothing) and accuracy in %."""
+    def evaluate(self, loader, per_item=False):
+        """Mean cross-entropy (no label smoothing) and accuracy in %; with
+        `per_item`, also whether each item was right, in the loader's order."""
         self.model.eval()
-        loss, correct, count = 0.0, 0, 0
+        loss, hits = 0.0, []
         for x, y in loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.args.bf16):
                 logits = self.model(x)
             loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-            count += len(y)
-        return loss / count, 100 * correct / count
+            hits.append((logits.argmax(1) == y).cpu())
+        hits = torch.cat(hits)
+        result = loss / len(hits), 100 * float(hits.double().mean())
+        return (*result, hits) if per_item else result
+
+    def fit_of_labels(self):
+        """Accuracy in % against the given labels, in eval mode, of the training examples
+        whose label the noise kept and of those it replaced (None: there are none)."""
+        hits = self.evaluate(self.fit_loader, per_item=True)[2]
+        changed = self.data.train.changed
+        return {name: 100 * float(hits[which].double().mean()) if which.any() else None
+                for name, which in (("fit_clean", ~changed), ("fit_noisy", changed))}
 
     # ---- the run ----------------------------------------------------------------------
     def fit(self, resume_state=None):
@@ -181,10 +202,15 @@ class Run:
             self._check_finite(epoch)
             t1 = time.perf_counter()
             test_loss, test_acc = self.evaluate(self.test_loader)
+            measured = {}
+            if self.val_loader is not None:
+                measured["val_loss"], measured["val_acc"] = self.evaluate(self.val_loader)
+            if self.fit_loader is not None:
+                measured.update(self.fit_of_labels())
             eval_s = time.perf_counter() - t1
             row = {"epoch": epoch, "round": round_, "round_epoch": round_epoch + 1,
                    "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-                   "test_acc": test_acc, "lr": self.optimizer.param_groups[0]["lr"],
+                   "test_acc": test_acc, **measured, "lr": self.optimizer.param_groups[0]["lr"],
                    "density": self.sparsity.density(), "density_all": self.sparsity.density("all"),
                    "epoch_s": epoch_s, "eval_s": eval_s,
                    "images_per_s": self.steps_per_epoch * args.batch_size / epoch_s}

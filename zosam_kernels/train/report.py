@@ -24,11 +24,18 @@ NOT_CONFIGURATION = EXECUTION | {"seed", "data_dir", "targets"}
 # column -> (header, how to read it from summary.json)
 COLUMNS = {
     "final_test_acc": ("test acc %", lambda s: s.get("final_test_acc")),
+    # runs with a validation split (mnist1d), and runs with label noise whose fit is measured
+    "test_acc_at_best_val": ("test acc at best val %", lambda s: s.get("test_acc_at_best_val")),
+    "best_val_epoch": ("best val epoch", lambda s: s.get("best_val_epoch")),
+    "final_fit_clean": ("clean fit %", lambda s: s.get("final_fit_clean")),
+    "final_fit_noisy": ("noisy fit %", lambda s: s.get("final_fit_noisy")),
     "corrupt": ("corrupted acc %", lambda s: (s.get("corrupt") or s.get("cifar10c") or {}).get("mean")),
     "gradvar": ("grad variance", lambda s: ((s.get("diagnostics") or {}).get("gradvar") or {}).get("variance")),
     "hessian": ("top eigenvalue",
                 lambda s: ((s.get("diagnostics") or {}).get("hessian") or {}).get("top_eigenvalue")),
 }
+
+DIGITS = {"gradvar": 4, "hessian": 4, "best_val_epoch": 1}     # decimals of a cell; 2 for the others
 
 
 def load_runs(dirs):
@@ -116,7 +123,7 @@ def table(groups, target):
         runs = sum(len(r) for r in g.seeds.values())
         row = [str(g.args.get(k)) for k in varying]
         row.append(str(len(g.seeds)) + (f" ({runs} runs)" if runs > len(g.seeds) else ""))
-        row += [cell(g.values(COLUMNS[c][1]), 4 if c in ("gradvar", "hessian") else 2) for c in present]
+        row += [cell(g.values(COLUMNS[c][1]), DIGITS.get(c, 2)) for c in present]
         reached = g.values(lambda s: s["epochs_to"].get(f"{target:g}"))
         never = sum(r is None for r in reached)
         row.append(cell([r for r in reached if r is not None], 1) + (f" ({never} never)" if never else ""))
