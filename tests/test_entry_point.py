@@ -6,6 +6,7 @@ import sys
 
 import torch
 
+import zosam_kernels as zk
 from zosam_kernels.ops import HAS_CPU_EXTENSION
 
 
@@ -21,3 +22,16 @@ def test_module_prints_version_backends_and_entry_points():
     assert sorted(scripts) == ["zosam-bench", "zosam-report", "zosam-train"]
     for name in scripts:
         assert f"\n  {name} " in out
+
+
+def test_help_of_step_and_the_classes_says_what_the_closure_must_be():
+    """help(ZOSAM.step) says the closure returns the loss and must not call backward
+    (torch's generic step docstring calls the closure optional)."""
+    from zosam_kernels.optim import FAMILY
+    classes = {m.build for m in FAMILY.values() if isinstance(m.build, type)}
+    assert classes >= {zk.SAM, zk.ZOSAM, zk.ESAM, zk.LookSAM, zk.GSAM, zk.SSAM, zk.ZOLookSAM, zk.ZOSSAM}
+    for cls in classes:
+        doc = cls.step.__doc__
+        assert "must NOT call backward()" in doc and "return the" in doc and "Not optional" in doc, cls
+    import zosam_kernels.optim.family as family
+    assert "never calls backward" in family.__doc__

@@ -296,9 +296,18 @@ class Engine(torch.optim.Optimizer):
     # pass and to move the weights between passes.
     @torch.compiler.disable
     def step(self, closure: Optional[Closure] = None) -> torch.Tensor:  # type: ignore[override]
-        """One step of the method: evaluates `closure` as often as the method needs
-        (see the class docstring for what it must be), backpropagates itself,
-        and returns the loss at theta (detached)."""
+        """One step of the method; returns the loss at theta (detached).
+
+        closure() must run the forward pass on the current batch and return the
+        loss: a scalar, or a 1-D tensor of per-sample losses (their mean is
+        used). It must NOT call backward() or zero the gradients: the optimizer
+        evaluates it as often as its method needs (without autograd where only
+        the loss is needed) and runs the backward of each gradient pass itself.
+        This is not torch's LBFGS convention; a trainer that builds such a
+        closure needs its adapter (zosam_kernels.integrations). Options that run
+        part of a batch (zo_batch_fraction, micro_batches, ESAM's data
+        selection) need `closure(indices=None)` returning the losses of those
+        samples. Not optional, unlike most torch optimizers' closure."""
         s = self._begin(closure)
         with self._rolled_back_on_fault():
             for part in self.parts:

@@ -3,6 +3,12 @@
 lines use (zosam-train --optimizer, zosam-bench --methods), with each
 paper's defaults. recipes.py, zosam-bench, zosam-train and the tests read it.
 
+Every constructor takes `params`, `base_optimizer` (a torch.optim class, wrapped
+and stepped by the engine), the method's options, `masks`, `check_finite`, the
+loop's options (engine.LOOP_OPTIONS) and the base optimizer's keyword arguments.
+`step(closure)` takes a closure that runs the forward pass and returns the loss
+and never calls backward (Engine.step says what it must be).
+
 Any other composition is one Engine call, e.g. ZO-GSAM:
 
     Engine(params, torch.optim.SGD, ascent=ZerothOrderAscent(rho=0.05, n_dirs=4),
