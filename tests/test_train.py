@@ -197,6 +197,30 @@ def test_resume_is_bit_exact(tmp_path, cifar, case):
     assert resumed["final_test_acc"] == summary["final_test_acc"]
 
 
+def test_save_every_resumes_from_the_last_checkpoint(tmp_path, monkeypatch):
+    """--save-every 2: a crash after epoch 3 leaves epoch 2's checkpoint; the resume replays
+    epoch 3 and ends where the uninterrupted run ends."""
+    argv = ["--optimizer", "zosam", "--epochs", "4", "--save-every", "2"]
+    whole, summary = train(tmp_path, *argv, out="whole")
+    from zosam_kernels.train import outputs
+    printed = outputs.print_epoch
+
+    def crash_after_epoch_3(row, total):
+        printed(row, total)
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt("a crash after epoch 3")
+    monkeypatch.setattr(outputs, "print_epoch", crash_after_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path, *argv, out="cut")
+    cut = str(tmp_path / "cut")
+    assert len(metrics(cut)) == 3
+    assert len(torch.load(os.path.join(cut, "checkpoint.pt"), weights_only=False)["history"]) == 2
+    monkeypatch.setattr(outputs, "print_epoch", printed)
+    resumed = zosam_train([*SMALL, "--out", cut, *argv, "--resume"])
+    assert without_timing(metrics(cut)) == without_timing(metrics(whole))
+    assert resumed["final_test_acc"] == summary["final_test_acc"]
+
+
 # ---- errors ----------------------------------------------------------------------------
 
 def error_of(tmp_path, capsys, *argv):

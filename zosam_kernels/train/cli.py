@@ -30,7 +30,7 @@ from .probes import DIAGNOSTICS
 
 # options that change how a run executes or what it measures, not its trajectory:
 # free to differ on --resume, and not part of a configuration for zosam-report
-EXECUTION = {"out", "resume", "stop_after", "workers", "progress", "cifar10c", "eval_batch_size",
+EXECUTION = {"out", "resume", "stop_after", "save_every", "workers", "progress", "cifar10c", "eval_batch_size",
              "diagnostics", "diagnostics_epochs", "diagnostics_batches", "corrupt", "hessian_iters",
              "hessian_samples", "landscape_points"}
 
@@ -205,6 +205,10 @@ def parser():
     g.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     g.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
                    help="stop after this epoch, leaving a checkpoint to --resume (time-limited jobs)")
+    g.add_argument("--save-every", type=int, default=1, metavar="EPOCHS",
+                   help="write the checkpoint and the curves every this many epochs, and always at the "
+                        "last one and at a lottery round's end (short runs: writing them each epoch can "
+                        "cost as much as the training; a resume replays the epochs since)")
     g.add_argument("--targets", type=_targets, default=[50.0, 80.0, 90.0],
                    help="test accuracies (%%) whose first epoch summary.json's epochs_to gives")
     g.add_argument("--progress", default="auto", choices=("auto", "on", "off"),
@@ -226,7 +230,7 @@ def _check(p, args):
     for name, value in positive.items():
         if value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    for name in ("train_size", "test_size", "val_size", "stop_after"):
+    for name in ("train_size", "test_size", "val_size", "stop_after", "save_every"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")

@@ -217,15 +217,18 @@ class Run:
             self.total_s += epoch_s + eval_s
             if probing:
                 row["diagnostics"] = self.probes.measure(epoch, cosines)
-            if round_epoch + 1 == args.epochs and round_ + 1 < self.rounds:
+            round_ends = round_epoch + 1 == args.epochs and round_ + 1 < self.rounds
+            if round_ends:
                 self.sparsity.lottery.prune_and_rewind_()   # the round's ticket: prune, rewind, restart
                 self._start_round()
                 row["density_next_round"] = self.sparsity.density()
             self.history.append(row)
-            self.save()
+            # metrics.jsonl gets every epoch; a resume rewrites it back to the checkpoint's history
+            if round_ends or epoch == stop or epoch % args.save_every == 0:
+                self.save()
+                outputs.curves(args.out, self.history, args)
             outputs.append_metrics(args.out, row)
             outputs.print_epoch(row, total_epochs)
-            outputs.curves(args.out, self.history, args)
         complete = len(self.history) == total_epochs
         robustness = {"cifar10c": self.cifar10c() if complete and args.cifar10c else None,
                       "corrupt": self.robustness(corrupted_sets(self.data, args.corrupt, args.seed))
