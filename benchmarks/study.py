@@ -1,278 +1,430 @@
-"""The CPU study of the paper's claims (benchmarks/RESULTS.md, "The paper's
-claims on the CPU"): one zosam-train command per run, printed for a runner.
+"""The mnist1d study (benchmarks/RESULTS.md, "Does a cheap ascent buy SAM's
+benefit?"): zosam-train commands printed for a runner, stage by stage, each
+stage reading the runs of the ones before; then the tables and the figure.
 
-    python benchmarks/study.py --runs /tmp/study > study.sh
-    OMP_NUM_THREADS=1 xargs -P 2 -I{} sh -c {} < study.sh      # two runs at a time, one thread each
-    zosam-report /tmp/study/* --plot acc.png
-    python benchmarks/study.py analyse /tmp/study               # gradient variance, cosines, curvature
-    python benchmarks/study.py paired /tmp/study                # accuracy minus SGD's, seed by seed
-    python benchmarks/study.py --runs /tmp/study curvature > curvature.sh  # Hessian of every 90 % run's end
-    python benchmarks/study.py curvature-table /tmp/study
-    python benchmarks/study.py figure /tmp/study landscape.png  # SGD vs ZO-SAM m = 1 loss slices, epoch 12
-    python benchmarks/study.py --runs /tmp/sweep sweep > sweep.sh  # ρ for SAM and ZO-SAM m = 1, SNIP 98 %
+    python benchmarks/study.py --runs R sweep > sweep.sh      # radii, seeds 0-1
+    OMP_NUM_THREADS=1 xargs -P 2 -I{} sh -c {} < sweep.sh      # two runs at a time, one thread each
+    python benchmarks/study.py --runs R main > main.sh        # the picked radii, seeds 2-4; the oracle's c
+    python benchmarks/study.py --runs R wallclock > wall.sh   # every arm at SGD's 60-epoch time
+    python benchmarks/study.py --runs R sparse > sparse.sh    # SNIP and RigL at 90 % and 98 %
+    python benchmarks/study.py --runs R table                 # the tables (markdown)
+    python benchmarks/study.py --runs R figure gain.png       # gain over SGD against cost per step
 
-Setting (chosen before any result was seen, to fit about an hour of 2 CPU
-cores): CIFAR ResNet-20 on scikit-learn's digits at 32x32, the first 384
-training images with 30 % of their labels replaced by another class (the
-360 test images stay clean), batch 32, 12 epochs (144 steps), LR 0.05
-cosine; SNIP and RigL (one topology update per epoch) at 90 % and 98 %
-sparsity; SGD, SAM (ρ = 0.05), ZO-SAM with m = 1 and m = 4 (ρ = 0.05,
-δ = 1e-3); 5 seeds. Every run measures the gradient variance at epochs 1, 6 and 12, the
-perturbation's cosine with the gradient (SAM family), and the corrupted test
-accuracy (all corruptions, severities 1-5); the seed-0 RigL 90 % runs of
-SGD and ZO-SAM m = 1 also the Hessian (10 power iterations, 4 Hutchinson
-samples) and the loss landscape (the Hessian costs about a minute per
-measurement on one core, so it is measured where the paper's claim is);
-`curvature` then measures it at the end of every 90 % run, from the
-checkpoints.
+Setting: mnist1d's generator (3000 train / 1000 validation / 5000 clean
+test), 40 % symmetric label noise on train and validation, the 1-D CNN
+(width 32, depth 3), batch 128, 60 epochs, LR 0.1 cosine, momentum 0.9,
+weight decay 5e-4. Radii are picked on validation over seeds 0 and 1, once
+for each of the two accuracies reported: the test accuracy at the last epoch
+(picked by the last epoch's validation accuracy) and at the best-validation
+epoch (early stopping; picked by the best validation accuracy). The seeds
+pair the runs: the same --seed is the same initialisation, data order, label
+noise and directions. Every engine run probes its ascent (cos(ε, ∇L), the
+loss rise, α of both priors) on 8 steps at the probed epochs, and every run
+measures the Hessian's top eigenvalue and trace there; none of that changes
+a trajectory (tests/test_train.py).
 """
 import argparse
+import glob
 import json
+import math
 import os
+import re
 import statistics
 from collections import defaultdict
 
-OPTIMIZERS = {"sgd": "--optimizer sgd", "sam": "--optimizer sam",
-              "zosam-m1": "--optimizer zosam --n-dirs 1", "zosam-m4": "--optimizer zosam --n-dirs 4"}
-COMMON = ("zosam-train --data digits --train-size 384 --label-noise 0.3 --model resnet20 --batch-size 32 "
-          "--epochs 12 --lr 0.05 --update-interval 12 --progress off --corrupt all "
-          "--diagnostics-epochs 1,6,12 --hessian-iters 10 --hessian-samples 4")
+COMMON = ("zosam-train --data mnist1d --model cnn1d --label-noise 0.4 --progress off --save-every 1000 "
+          "--hessian-iters 20 --hessian-samples 10")
+EPOCHS = 60
+PROBED = "1,5,10,20,30,40,50,last"
+SWEEP_SEEDS, SEEDS = (0, 1), (0, 1, 2, 3, 4)
+# arm -> (zosam-train options, radius grid); forward passes per step: 2 m for ZO-SAM,
+# 2 (m + 1) for the guided ascent (its prior is one more direction): guided m = 0 sits
+# beside ZO-SAM m = 1, guided m = 3 beside ZO-SAM m = 4
+ARMS = {
+    "sgd": ("--optimizer sgd", (None,)),
+    "sam": ("--optimizer sam", (0.05, 0.1, 0.2, 0.3)),
+    "zosam-m1": ("--optimizer zosam --n-dirs 1", (0.1, 0.3, 1.0)),
+    "zosam-m4": ("--optimizer zosam --n-dirs 4", (0.1, 0.3, 1.0)),
+    "zosam-m16": ("--optimizer zosam --n-dirs 16", (0.1, 0.3, 1.0)),
+    "coin-m1": ("--optimizer zosam-coin --n-dirs 1", (0.1, 0.3, 1.0)),
+    "rwp": ("--optimizer rwp", (0.1, 0.3, 1.0)),
+    "msam": ("--optimizer msam", (0.1, 0.3, 1.0, 3.0)),
+    "guided-m0": ("--optimizer zosam-guided --prior momentum --n-dirs 0", (0.05, 0.1, 0.2, 0.3)),
+    "guided-m3": ("--optimizer zosam-guided --prior momentum --n-dirs 3", (0.05, 0.1, 0.2, 0.3)),
+}
+ORACLE_COSINES = (0.05, 0.1, 0.3, 0.5, 0.9)
+SPARSE = {"snip": "--sparse snip", "rigl": "--sparse rigl --update-interval 100"}
+DENSITIES = (0.1, 0.02)
+SPARSE_WIDTH = 64
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447}   # t quantiles, by degrees of freedom
 
 
-def commands(runs, seeds):
-    for seed in range(seeds):
-        for sparse in ("snip", "rigl"):
-            for density in (0.1, 0.02):
-                for name, opt in OPTIMIZERS.items():
-                    diagnostics = "gradvar" + ("" if name == "sgd" else ",ascent")
-                    if seed == 0 and (sparse, density, name) in (("rigl", 0.1, "sgd"), ("rigl", 0.1, "zosam-m1")):
-                        diagnostics += ",hessian,landscape"
-                    out = os.path.join(runs, f"{sparse}-{density:g}-{name}-s{seed}")
-                    yield (f"{COMMON} --sparse {sparse} --density {density:g} {opt} --seed {seed} "
-                           f"--diagnostics {diagnostics} --out {out} > {out}.log 2>&1")
+def run_name(arm, rho, seed, epochs=EPOCHS, cell="dense", cosine=None):
+    rho = "none" if rho is None else f"{rho:g}"
+    extra = "" if cosine is None else f"-c{cosine:g}"
+    return f"{cell}-{arm}-r{rho}{extra}-e{epochs}-s{seed}"
 
 
-SWEEP_RHOS = (0.01, 0.02, 0.1, 0.2)   # beside the study's 0.05
+def command(runs, arm, rho, seed, epochs=EPOCHS, cell="dense", cosine=None, probes=True):
+    options, _ = ARMS.get(arm, ("--optimizer oracle", None))
+    out = os.path.join(runs, run_name(arm, rho, seed, epochs, cell, cosine))
+    parts = [COMMON, options, f"--epochs {epochs} --seed {seed}"]
+    if rho is not None:
+        parts.append(f"--rho {rho:g}")
+    if cosine is not None:
+        parts.append(f"--cosine {cosine:g}")
+    if cell != "dense":
+        sparse, density = cell.split("@")
+        parts.append(f"{SPARSE[sparse]} --density {density} --model-kwargs '{{\"width\": {SPARSE_WIDTH}}}'")
+    if probes:
+        parts.append(f"--diagnostics {'hessian' if arm == 'sgd' else 'ascent,hessian'} --diagnostics-epochs {PROBED}")
+    return " ".join(parts) + f" --out {out} > {out}.log 2>&1"
 
 
-def sweep(runs, seeds=2):
-    """ρ swept for SAM and ZO-SAM m = 1 in the SNIP 98 % cell, with the study's
-    setting otherwise (no diagnostics: accuracy is what the sweep asks)."""
-    for seed in range(seeds):
-        for rho in SWEEP_RHOS:
-            for name in ("sam", "zosam-m1"):
-                out = os.path.join(runs, f"snip-0.02-{name}-rho{rho:g}-s{seed}")
-                yield (f"{COMMON} --sparse snip --density 0.02 {OPTIMIZERS[name]} --rho {rho:g} --seed {seed} "
-                       f"--out {out} > {out}.log 2>&1")
+NAME = re.compile(r"^(?P<cell>[^-]+)-(?P<arm>.+)-r(?P<rho>[^-]+)(?:-c(?P<cosine>[^-]+))?-e(?P<epochs>\d+)-s(?P<seed>\d+)$")
 
 
-def _measured(rows, key, field):
-    """epoch -> the diagnostic's field, at the epochs it was measured."""
-    return {r["epoch"]: r["diagnostics"][key][field] for r in rows if key in r.get("diagnostics", {})}
+def parse(name):
+    """run_name's fields back from a run's name."""
+    key = NAME.match(name).groupdict()
+    return {"cell": key["cell"], "arm": key["arm"], "rho": None if key["rho"] == "none" else float(key["rho"]),
+            "cosine": None if key["cosine"] is None else float(key["cosine"]),
+            "epochs": int(key["epochs"]), "seed": int(key["seed"])}
 
 
-def _mean_at(found, key, field, epoch):
-    values = [_measured(rows, key, field).get(epoch) for _, rows in found]
+# ---- reading runs ---------------------------------------------------------------------
+
+def load(runs):
+    """run name -> {"summary", "rows"} of every finished run."""
+    found = {}
+    for path in glob.glob(os.path.join(runs, "*", "summary.json")):
+        directory = os.path.dirname(path)
+        with open(path) as f:
+            summary = json.load(f)
+        if not summary["complete"]:
+            continue
+        with open(os.path.join(directory, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f]
+        found[os.path.basename(directory)] = {"summary": summary, "rows": rows}
+    return found
+
+
+METRICS = {  # accuracy reported -> (test accuracy, the validation accuracy that picks the radius)
+    "final": (lambda r: r["summary"]["final_test_acc"], lambda r: r["rows"][-1]["val_acc"]),
+    "early-stopped": (lambda r: r["summary"]["test_acc_at_best_val"], lambda r: r["summary"]["best_val_acc"]),
+}
+
+
+def pick(found, arm, metric, cell="dense"):
+    """The radius of `arm` with the best mean validation accuracy over the sweep seeds."""
+    _, grid = ARMS[arm]
+    val = METRICS[metric][1]
+    scores = {}
+    for rho in grid:
+        runs = [found.get(run_name(arm, rho, s, cell=cell)) for s in SWEEP_SEEDS]
+        if all(runs):
+            scores[rho] = statistics.mean(val(r) for r in runs)
+    if not scores:
+        raise SystemExit(f"no finished sweep runs of {arm} in {cell}: run the sweep stage first")
+    return max(scores, key=scores.get)
+
+
+def interval(values):
+    """mean, half-width of the 95 % t-interval (None with one value)."""
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, T95[len(values) - 1] * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def fmt(mean, half, digits=2):
+    return f"{mean:+.{digits}f}" if half is None else f"{mean:+.{digits}f} ± {half:.{digits}f}"
+
+
+def step_seconds(run):
+    """The median seconds of an unprobed training epoch (probed epochs pay the probes' passes)."""
+    rows = [r for r in run["rows"] if "diagnostics" not in r] or run["rows"]
+    return statistics.median(r["epoch_s"] for r in rows)
+
+
+# ---- stages ----------------------------------------------------------------------------
+
+def sweep_commands(runs):
+    for seed in SWEEP_SEEDS:
+        for arm, (_, grid) in ARMS.items():
+            for rho in grid:
+                yield command(runs, arm, rho, seed)
+
+
+def picks(found, cell="dense", arms=ARMS):
+    return {arm: {metric: pick(found, arm, metric, cell) for metric in METRICS} for arm in arms}
+
+
+def main_commands(runs):
+    found = load(runs)
+    chosen = picks(found)
+    for seed in SEEDS:
+        for arm, by_metric in chosen.items():
+            for rho in sorted(set(by_metric.values()), key=lambda r: -1 if r is None else r):
+                if seed not in SWEEP_SEEDS:
+                    yield command(runs, arm, rho, seed)
+        for cosine in ORACLE_COSINES:    # at SAM's radius for the last epoch
+            yield command(runs, "oracle", chosen["sam"]["final"], seed, cosine=cosine)
+
+
+def costs(found, cell="dense"):
+    """arm -> seconds per training epoch over SGD's, the median over the sweep runs."""
+    seconds = defaultdict(list)
+    for name, run in found.items():
+        key = parse(name)
+        if key["cell"] == cell and key["epochs"] == EPOCHS and key["cosine"] is None:
+            seconds[key["arm"]].append(step_seconds(run))
+    sgd = statistics.median(seconds["sgd"])
+    return {arm: statistics.median(s) / sgd for arm, s in seconds.items()}
+
+
+def wallclock_commands(runs):
+    """Every arm given SGD's 60-epoch training time: 60 / (its cost per epoch) epochs,
+    at its radius for the last epoch, without probes (they would cost time)."""
+    found = load(runs)
+    chosen, cost = picks(found), costs(found)
+    for seed in SEEDS:
+        for arm in ARMS:
+            epochs = max(1, round(EPOCHS / cost[arm]))
+            if arm != "sgd":     # SGD's own 60 epochs are the reference (probes change no trajectory)
+                yield command(runs, arm, chosen[arm]["final"], seed, epochs=epochs, probes=False)
+
+
+SPARSE_ARMS = ("sgd", "sam", "zosam-m1", "msam", "guided-m0")
+
+
+def sparse_commands(runs):
+    """The sparse gate: each cell at the dense study's picked radii (for the last epoch)."""
+    chosen = picks(load(runs))
+    for seed in SEEDS:
+        for method in SPARSE:
+            for density in DENSITIES:
+                for arm in SPARSE_ARMS:
+                    yield command(runs, arm, chosen[arm]["final"], seed, cell=f"{method}@{density:g}")
+
+
+# ---- tables ----------------------------------------------------------------------------
+
+PASSES = {"sgd": "1 F + 1 B", "sam": "2 F + 2 B", "zosam-m1": "4 F + 1 B", "zosam-m4": "10 F + 1 B",
+          "zosam-m16": "34 F + 1 B", "coin-m1": "4 F + 1 B", "rwp": "1 F + 1 B", "msam": "1 F + 1 B",
+          "guided-m0": "4 F + 1 B", "guided-m3": "10 F + 1 B", "oracle": "2 F + 2 B"}
+# (forward passes of the ascent: ZO-SAM 2 m no-grad passes plus the loss at θ and the update's
+# forward, PASSES counts them all; the guided ascent's prior is one more direction)
+
+
+def runs_of(found, arm, rho, cell="dense", epochs=EPOCHS, cosine=None):
+    """seed -> run of one cell."""
+    return {s: found[n] for s in SEEDS if (n := run_name(arm, rho, s, epochs, cell, cosine)) in found}
+
+
+def paired(found, arm, rho, metric, cell="dense", epochs=EPOCHS, cosine=None):
+    """The per-seed differences from SGD's run of the same seed (SGD at 60 epochs)."""
+    test = METRICS[metric][0]
+    base = runs_of(found, "sgd", None, cell)
+    mine = runs_of(found, arm, rho, cell, epochs, cosine)
+    return [test(mine[s]) - test(base[s]) for s in SEEDS if s in mine and s in base]
+
+
+def _diagnostic(run, epoch, *keys):
+    row = run["rows"][epoch - 1]
+    value = row.get("diagnostics", {})
+    for key in keys:
+        value = (value or {}).get(key)
+    return value
+
+
+def _mean_of(values):
     values = [v for v in values if v is not None]
-    return statistics.mean(values) if values else float("nan")
+    return statistics.mean(values) if values else None
 
 
-def analyse(runs):
-    """Per cell (sparse, density, optimizer), means over the seeds found: the
-    gradient variance at each measured epoch and, at the last, its ratio to
-    SGD's in the same sparse cell; the ascent cosine beside a random
-    direction's; seed 0's top Hessian eigenvalue at the last epoch."""
-    cells = defaultdict(list)     # "rigl-0.1-zosam-m1" -> [(seed, metrics rows)]
-    for name in sorted(os.listdir(runs)):
-        if os.path.exists(os.path.join(runs, name, "summary.json")):
-            with open(os.path.join(runs, name, "metrics.jsonl")) as f:
-                cell, seed = name.rsplit("-s", 1)
-                cells[cell].append((int(seed), [json.loads(line) for line in f]))
-    epochs = sorted({e for found in cells.values() for _, rows in found
-                     for e in _measured(rows, "gradvar", "variance")})
-    last = epochs[-1]
-    e = " / ".join(f"e{k}" for k in epochs)
-    print(f"| cell | seeds | grad variance {e} | × SGD's at e{last} | ascent cos {e} | random direction "
-          f"| top eigenvalue e{last} (seed 0) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for cell, found in cells.items():
-        sparse, density, _ = cell.split("-", 2)
-        sgd = cells.get(f"{sparse}-{density}-sgd", [])
-        variance = [_mean_at(found, "gradvar", "variance", k) for k in epochs]
-        ratio = variance[-1] / _mean_at(sgd, "gradvar", "variance", last)
-        cosine = [_mean_at(found, "ascent", "cosine", k) for k in epochs]
-        random = _mean_at(found, "ascent", "random_direction", last)
-        top = _mean_at([f for f in found if f[0] == 0], "hessian", "top_eigenvalue", last)
-        print(f"| {cell} | {len(found)} | {' / '.join(f'{v:.3g}' for v in variance)} | {ratio:.2f} | "
-              f"{' / '.join(f'{c:.3g}' for c in cosine)} | {random:.3g} | {top:.3g} |")
+def _cell(values, digits=2, signed=False):
+    """mean ± 95 % half-width; signed for differences."""
+    if not values:
+        return "-"
+    text = fmt(*interval(values), digits)
+    return text if signed else text.lstrip("+")
 
 
-def _final(runs, name, key):
-    path = os.path.join(runs, name, "summary.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        summary = json.load(f)
-    return summary["final_test_acc"] if key == "clean" else (summary["corrupt"] or {}).get("mean")
+def accuracy_table(found, chosen, cost, cell="dense", arms=ARMS):
+    out = [f"| arm | passes per step | cost per epoch (× SGD) | ρ (last / early-stopped) | seeds "
+           "| test acc, last epoch | − SGD, paired | seeds ≥ 3 points | test acc, early-stopped "
+           "| − SGD, paired | noisy labels fitted at the end % | top eigenvalue at the end "
+           "| Hessian trace at the end |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for arm in arms:
+        rho_last, rho_es = chosen[arm]["final"], chosen[arm]["early-stopped"]
+        last, early = runs_of(found, arm, rho_last, cell), runs_of(found, arm, rho_es, cell)
+        if not last:
+            continue
+        d_last, d_es = paired(found, arm, rho_last, "final", cell), paired(found, arm, rho_es, "early-stopped", cell)
+        eig = [_diagnostic(r, EPOCHS, "hessian", "top_eigenvalue") for r in last.values()]
+        trace = [_diagnostic(r, EPOCHS, "hessian", "trace") for r in last.values()]
+        rho = "-" if rho_last is None else f"{rho_last:g} / {rho_es:g}"
+        wins = "-" if arm == "sgd" else f"{sum(d >= 3 for d in d_last)}/{len(d_last)} · {sum(d >= 3 for d in d_es)}/{len(d_es)}"
+        out.append(f"| {arm} | {PASSES[arm]} | {cost.get(arm, float('nan')):.2f} | {rho} | {len(last)} "
+                   f"| {_cell([r['summary']['final_test_acc'] for r in last.values()], 2)} "
+                   f"| {'-' if arm == 'sgd' else _cell(d_last, 1, signed=True)} | {wins} "
+                   f"| {_cell([r['summary']['test_acc_at_best_val'] for r in early.values()], 2)} "
+                   f"| {'-' if arm == 'sgd' else _cell(d_es, 1, signed=True)} "
+                   f"| {_cell([r['summary']['final_fit_noisy'] for r in last.values()], 1)} "
+                   f"| {_cell([e for e in eig if e is not None], 2)} | {_cell([t for t in trace if t is not None], 1)} |")
+    return "\n".join(out)
 
 
-def paired(runs, seeds=5):
-    """Final test accuracy (clean, then corrupted) minus SGD's with the same
-    seed, sparse method and density: mean ± 95 % t-interval over the seeds
-    where both runs finished, and how many of those pairs fell below SGD; the
-    last row pools the pairs of all four cells."""
-    from zosam_kernels.train.report import interval
-
-    def summarise(diffs):
-        mean, half, n = interval(diffs)
-        half = float("nan") if half is None else half     # one pair: no interval
-        return "-" if not n else f"{mean:+.1f} ± {half:.1f} ({sum(d < 0 for d in diffs)}/{n})"
-
-    others = [n for n in OPTIMIZERS if n != "sgd"]
-    for key in ("clean", "corrupt"):
-        print(f"\n{key} accuracy minus SGD's, points: mean ± 95 % interval (pairs below SGD / pairs)\n")
-        print("| cell | " + " | ".join(others) + " |")
-        print("| --- |" + " --- |" * len(others))
-        pooled = defaultdict(list)
-        for sparse in ("snip", "rigl"):
-            for density in (0.1, 0.02):
-                row = []
-                for name in others:
-                    diffs = []
-                    for seed in range(seeds):
-                        a = _final(runs, f"{sparse}-{density:g}-{name}-s{seed}", key)
-                        b = _final(runs, f"{sparse}-{density:g}-sgd-s{seed}", key)
-                        if a is not None and b is not None:
-                            diffs.append(a - b)
-                    pooled[name] += diffs
-                    row.append(summarise(diffs))
-                print(f"| {sparse} {100 - 100 * density:g} % | " + " | ".join(row) + " |")
-        print("| all cells | " + " | ".join(summarise(pooled[name]) for name in others) + " |")
+def position_table(found, chosen):
+    """(arm − SGD)/(SAM − SGD) of the mean paired differences, per accuracy."""
+    out = ["| arm | position, last epoch | position, early-stopped |", "| --- | --- | --- |"]
+    sam = {m: statistics.mean(paired(found, "sam", chosen["sam"][m], m)) for m in METRICS}
+    for arm in ARMS:
+        if arm in ("sgd", "sam"):
+            continue
+        cells = []
+        for metric in METRICS:
+            d = paired(found, arm, chosen[arm][metric], metric)
+            cells.append(f"{statistics.mean(d) / sam[metric]:+.2f}" if d else "-")
+        out.append(f"| {arm} | {cells[0]} | {cells[1]} |")
+    return "\n".join(out)
 
 
-CURVATURE_CELLS = [(sparse, name) for sparse in ("snip", "rigl") for name in OPTIMIZERS]   # at 90 %
+def ascent_table(found, chosen):
+    """The probe's measures at the picked radius (for the last epoch), over seeds and probed epochs."""
+    epochs = [int(e) for e in PROBED.split(",")[:-1]] + [EPOCHS]
+    out = ["| arm | passes per step | cos(ε, ∇L) | random direction's | loss rise L(θ+ε) − L(θ) "
+           "| loss rise / ρ |", "| --- | --- | --- | --- | --- | --- |"]
+    for arm in ARMS:
+        if arm == "sgd":
+            continue
+        rho = chosen[arm]["final"]
+        runs = runs_of(found, arm, rho)
+        cos = [_diagnostic(r, e, "ascent", "cosine") for r in runs.values() for e in epochs]
+        rise = [_diagnostic(r, e, "ascent", "loss_rise") for r in runs.values() for e in epochs]
+        rand = _mean_of([_diagnostic(r, 1, "ascent", "random_direction") for r in runs.values()])
+        if _mean_of(cos) is None:
+            continue
+        out.append(f"| {arm} (ρ {rho:g}) | {PASSES[arm]} | {_mean_of(cos):.4f} | {rand:.4f} "
+                   f"| {_mean_of(rise):.4f} | {_mean_of(rise) / rho:.4f} |")
+    return "\n".join(out)
 
 
-def curvature_commands(runs, seeds):
-    """One `study.py measure-hessian` per finished 90 % run (all optimizers, all seeds)."""
-    for sparse, name in CURVATURE_CELLS:
-        for seed in range(seeds):
-            run = os.path.join(runs, f"{sparse}-0.1-{name}-s{seed}")
-            yield f"python {os.path.abspath(__file__)} measure-hessian {run} > {run}.hessian.log 2>&1"
+def alpha_table(found, chosen, arms=("sam", "zosam-m1", "guided-m0")):
+    """α of both priors at each probed epoch, in the runs of `arms` (their own trajectories)."""
+    epochs = [int(e) for e in PROBED.split(",")[:-1]] + [EPOCHS]
+    head = " | ".join(f"{arm}: α momentum | {arm}: α previous gradient" for arm in arms)
+    out = [f"| epoch | {head} |", "| --- |" + " --- | --- |" * len(arms)]
+    for e in epochs:
+        cells = []
+        for arm in arms:
+            runs = runs_of(found, arm, chosen[arm]["final"]).values()
+            for prior in ("alpha_momentum", "alpha_gradient"):
+                value = _mean_of([_diagnostic(r, e, "ascent", prior) for r in runs])
+                cells.append("-" if value is None else f"{value:.3f}")
+        out.append(f"| {e} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
-def measure_hessian(run_dir):
-    """The run's `hessian` diagnostic at its last epoch, measured on its final
-    checkpoint, into RUN_DIR/hessian_final.json. The checkpoint is written after
-    the last epoch's diagnostics, which restore the weights, so this measures
-    what `--diagnostics hessian` would have measured at that epoch: the same
-    weights, batches and seeds."""
-    import argparse
-
-    import torch
-
-    from zosam_kernels.train.loop import Run
-    with open(os.path.join(run_dir, "config.json")) as f:
-        args = argparse.Namespace(**json.load(f)["args"])
-    args.diagnostics = ["hessian"]
-    run = Run(args)
-    state = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
-    run.resume(state)
-    found = run.probes.measure(state["epoch"], [])["hessian"]
-    with open(os.path.join(run_dir, "hessian_final.json"), "w") as f:
-        json.dump({"epoch": state["epoch"], **found}, f)
+def oracle_table(found, chosen):
+    rho = chosen["sam"]["final"]
+    out = ["| ascent | cos(ε, ∇L) | seeds | last epoch − SGD, paired | early-stopped − SGD, paired |",
+           "| --- | --- | --- | --- | --- |"]
+    for cosine in ORACLE_COSINES:
+        d_last = paired(found, "oracle", rho, "final", cosine=cosine)
+        d_es = paired(found, "oracle", rho, "early-stopped", cosine=cosine)
+        if d_last:
+            out.append(f"| oracle, ρ {rho:g} | {cosine:g} | {len(d_last)} | {_cell(d_last, 1, signed=True)} | {_cell(d_es, 1, signed=True)} |")
+    d_last, d_es = paired(found, "sam", rho, "final"), paired(found, "sam", rho, "early-stopped")
+    out.append(f"| SAM, ρ {rho:g} | 1 | {len(d_last)} | {_cell(d_last, 1, signed=True)} | {_cell(d_es, 1, signed=True)} |")
+    return "\n".join(out)
 
 
-def curvature_table(runs, seeds=5):
-    """Per 90 % cell: top eigenvalue and trace at the end, mean ± 95 % interval
-    over the seeds; the ratio of ZO-SAM's (and SAM's) top eigenvalue to SGD's
-    with the same seed, and how many of those pairs were below 1."""
-    from zosam_kernels.train.report import interval
-
-    def read(sparse, name, seed):
-        path = os.path.join(runs, f"{sparse}-0.1-{name}-s{seed}", "hessian_final.json")
-        return json.load(open(path)) if os.path.exists(path) else None
-
-    def show(values, digits):
-        mean, half, n = interval(values)
-        half = float("nan") if half is None else half
-        return "-" if not n else f"{mean:.{digits}f} ± {half:.{digits}f}"
-
-    print("| cell | seeds | top eigenvalue | trace | top eigenvalue ÷ SGD's, same seed (pairs < 1) |")
-    print("| --- | --- | --- | --- | --- |")
-    for sparse, name in CURVATURE_CELLS:
-        found = {seed: read(sparse, name, seed) for seed in range(seeds)}
-        found = {seed: h for seed, h in found.items() if h is not None}
-        sgd = {seed: read(sparse, "sgd", seed) for seed in found}
-        ratios = [h["top_eigenvalue"] / sgd[s]["top_eigenvalue"] for s, h in found.items() if sgd[s]]
-        print(f"| {sparse}-0.1-{name} | {len(found)} | {show([h['top_eigenvalue'] for h in found.values()], 0)} | "
-              f"{show([h['trace'] for h in found.values()], 0)} | "
-              f"{show(ratios, 2)} ({sum(r < 1 for r in ratios)}/{len(ratios)}) |")
+def wallclock_table(found, chosen, cost):
+    out = ["| arm | epochs in SGD's 60-epoch time | seeds | last epoch − SGD, paired "
+           "| early-stopped − SGD, paired |", "| --- | --- | --- | --- | --- |"]
+    for arm in ARMS:
+        if arm == "sgd":
+            continue
+        epochs = max(1, round(EPOCHS / cost[arm]))
+        rho = chosen[arm]["final"]
+        d_last = paired(found, arm, rho, "final", epochs=epochs)
+        d_es = paired(found, arm, rho, "early-stopped", epochs=epochs)
+        if d_last:
+            out.append(f"| {arm} (ρ {rho:g}) | {epochs} | {len(d_last)} | {_cell(d_last, 1, signed=True)} | {_cell(d_es, 1, signed=True)} |")
+    return "\n".join(out)
 
 
-def figure(runs, path, epoch=12):
-    """The 1-D and 2-D loss slices of the seed-0 RigL 90 % runs of SGD and ZO-SAM m = 1."""
+def tables(found):
+    chosen, cost = picks(found), costs(found)
+    parts = ["Dense, equal epochs (mean ± 95 % t-interval over seeds; paired: minus SGD's run of the same seed)",
+             accuracy_table(found, chosen, cost),
+             "Position of each arm between SGD (0) and SAM (1), from the mean paired differences",
+             position_table(found, chosen),
+             "What each ascent measures (8 probed steps at each of the probed epochs, every seed)",
+             ascent_table(found, chosen),
+             "α = cos(prior, ∇L) over training", alpha_table(found, chosen),
+             "The cosine SAM's benefit needs (noisy oracle)", oracle_table(found, chosen)]
+    if any(parse(n)["epochs"] != EPOCHS for n in found):
+        parts += ["Equal wall-clock (SGD's 60 epochs of training time)", wallclock_table(found, chosen, cost)]
+    for method in SPARSE:
+        for density in DENSITIES:
+            cell = f"{method}@{density:g}"
+            if any(parse(n)["cell"] == cell for n in found):
+                parts += [f"Sparse: {method} at density {density:g} (width {SPARSE_WIDTH}; the dense radii)",
+                          accuracy_table(found, chosen, costs(found, cell), cell,
+                                         [a for a in SPARSE_ARMS if runs_of(found, a, chosen[a]["final"], cell)])]
+    return "\n\n".join(parts)
+
+
+def figure(found, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    names = {"SGD": "rigl-0.1-sgd-s0", "ZO-SAM m = 1": "rigl-0.1-zosam-m1-s0"}
-    load = lambda name, dims: json.load(open(os.path.join(runs, name, f"landscape_e{epoch}_{dims}.json")))  # noqa: E731
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    grids = {label: load(name, "2d") for label, name in names.items()}
-    top = max(max(max(row) for row in g["losses"]) for g in grids.values())
-    for label, name in names.items():
-        one = load(name, "1d")
-        axes[0].plot(one["alphas"], one["losses"], marker="o", label=label)
-    axes[0].set_xlabel("α (filter-normalised direction)")
-    axes[0].set_ylabel("training loss (8 batches)")
-    axes[0].set_yscale("log")
-    axes[0].legend()
-    axes[0].grid(alpha=0.3)
-    for ax, (label, g) in zip(axes[1:], grids.items()):
-        levels = [x for x in (0.5, 1, 1.5, 2, 3, 5, 10, 20, 50, 100) if x <= top]
-        c = ax.contour(g["betas"], g["alphas"], g["losses"], levels=levels)
-        ax.clabel(c, fontsize=8)
-        ax.set_title(f"{label}, epoch {epoch}")
-        ax.set_xlabel("β")
-        ax.set_ylabel("α")
-    fig.suptitle("ResNet-20, digits with 30 % label noise, RigL at 90 % sparsity, seed 0")
+    chosen, cost = picks(found), costs(found)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    for ax, metric, title in zip(axes, METRICS, ("test accuracy at the last epoch",
+                                                 "test accuracy at the best-validation epoch")):
+        for arm in ARMS:
+            d = paired(found, arm, chosen[arm][metric], metric)
+            if arm == "sgd" or not d:
+                continue
+            mean, half = interval(d)
+            ax.errorbar(cost[arm], mean, yerr=half or 0, fmt="o", capsize=3)
+            ax.annotate(arm, (cost[arm], mean), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("seconds per training epoch, × SGD's")
+        ax.set_xscale("log")
+    axes[0].set_ylabel("gain over SGD, paired, points (95 % interval)")
+    fig.suptitle("mnist1d, 1-D CNN, 40 % label noise, 60 epochs: what each ascent buys", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-
+    fig.savefig(path, dpi=120)
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="what")
-    a = sub.add_parser("analyse", help="gradient variance, ascent cosines and curvature per cell")
-    a.add_argument("runs")
-    sub.add_parser("curvature", help="commands measuring the Hessian at the end of every 90 %% run")
-    sub.add_parser("measure-hessian", help="one run's Hessian at its final checkpoint").add_argument("run")
-    sub.add_parser("curvature-table", help="the curvature measurements per 90 %% cell").add_argument("runs")
-    sub.add_parser("paired", help="accuracy minus SGD's with the same seed, per cell").add_argument("runs")
-    f = sub.add_parser("figure", help="loss slices of SGD and ZO-SAM m = 1 (seed-0 RigL 90 %% runs)")
-    f.add_argument("runs")
-    f.add_argument("png")
-    sub.add_parser("sweep", help="commands of the ρ sweep (SAM, ZO-SAM m = 1; SNIP 98 %%; 2 seeds)")
-    p.add_argument("--runs", default="study", help="parent folder of the runs")
-    p.add_argument("--seeds", type=int, default=5)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", required=True, help="the folder of every run's output")
+    sub = p.add_subparsers(dest="what", required=True)
+    for name, what in (("sweep", "the radius sweep's commands (seeds 0-1)"),
+                       ("main", "seeds 2-4 at the picked radii, and the oracle's cosines"),
+                       ("wallclock", "every arm at SGD's 60-epoch training time"),
+                       ("sparse", "SNIP and RigL at 90 and 98 %% sparsity"),
+                       ("table", "the study's tables (markdown)")):
+        sub.add_parser(name, help=what)
+    sub.add_parser("figure", help="accuracy gain over SGD against cost per step").add_argument("path")
     args = p.parse_args(argv)
-    if args.what == "analyse":
-        analyse(args.runs)
-    elif args.what == "curvature":
-        print("\n".join(curvature_commands(args.runs, args.seeds)))
-    elif args.what == "measure-hessian":
-        measure_hessian(args.run)
-    elif args.what == "curvature-table":
-        curvature_table(args.runs, args.seeds)
-    elif args.what == "paired":
-        paired(args.runs, args.seeds)
-    elif args.what == "figure":
-        figure(args.runs, args.png)
-    elif args.what == "sweep":
-        print("\n".join(sweep(args.runs)))
+    stages = {"sweep": sweep_commands, "main": main_commands, "wallclock": wallclock_commands,
+              "sparse": sparse_commands}
+    os.makedirs(args.runs, exist_ok=True)
+    if args.what in stages:
+        for line in stages[args.what](args.runs):
+            print(line)
+    elif args.what == "table":
+        print(tables(load(args.runs)))
     else:
-        print("\n".join(commands(args.runs, args.seeds)))
+        figure(load(args.runs), args.path)
 
 
 if __name__ == "__main__":

@@ -194,73 +194,56 @@ def test_paper_table_commands_parse_and_collect(tmp_path, capsys):
     assert "| RIGL+ZOSAM | 91.00 ± 12.71 | - |" in text    # 2 seeds: t(0.975, 1) = 12.706, s = 1.414
 
 
-def test_study_commands_parse_and_analyse_reads_runs(tmp_path, capsys):
-    import shlex
-
-    from zosam_kernels.train.cli import parser, train
-    study = runpy.run_path(str(BENCHMARKS / "study.py"))
-    study["main"](["--runs", str(tmp_path), "--seeds", "5"])
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 5 * 2 * 2 * 4
-    for line in lines:
-        argv = shlex.split(line.split(" > ")[0])
-        assert argv[0] == "zosam-train"
-        parser().parse_args(argv[1:])
-    small = ["--model", "resnet20", "--train-size", "64", "--test-size", "32", "--batch-size", "32",
-             "--epochs", "1", "--progress", "off", "--sparse", "rigl", "--density", "0.1",
-             "--diagnostics-epochs", "1", "--diagnostics-batches", "2"]
-    train([*small, "--optimizer", "sgd", "--diagnostics", "gradvar", "--out", str(tmp_path / "rigl-0.1-sgd-s0")])
-    train([*small, "--optimizer", "zosam", "--diagnostics", "gradvar,ascent",
-           "--out", str(tmp_path / "rigl-0.1-zosam-m1-s0")])
-    capsys.readouterr()
-    study["main"](["analyse", str(tmp_path)])
-    rows = {line.split(" | ")[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
-    assert set(rows) == {"| rigl-0.1-sgd", "| rigl-0.1-zosam-m1"}
-    assert " | 1.00 | " in rows["| rigl-0.1-sgd"]           # SGD's variance over its own
-    study["main"](["paired", str(tmp_path)])
-    out = capsys.readouterr().out
-    accuracy = {name: json.loads((tmp_path / name / "summary.json").read_text())["final_test_acc"]
-                for name in ("rigl-0.1-sgd-s0", "rigl-0.1-zosam-m1-s0")}
-    clean = out.split("corrupt accuracy")[0]
-    rigl = next(line for line in clean.splitlines() if line.startswith("| rigl 90 % |")).split(" | ")
-    assert rigl[2].startswith(f"{accuracy['rigl-0.1-zosam-m1-s0'] - accuracy['rigl-0.1-sgd-s0']:+.1f} ± nan (")
-    assert rigl[1] == "-"                                      # no SAM run: no pair
+def fake_runs(study, folder, seeds, accuracy):
+    """Finished runs of every sweep arm and radius in `seeds`, written in zosam-train's
+    format: accuracy(arm, rho, seed) -> (final test, early-stopped test, last val, best val)."""
+    for arm, (_, grid) in study["ARMS"].items():
+        for rho in grid:
+            for seed in seeds:
+                final, early, last_val, best_val = accuracy(arm, rho, seed)
+                out = folder / study["run_name"](arm, rho, seed)
+                out.mkdir()
+                rows = [{"epoch": e, "val_acc": last_val, "epoch_s": 1.0 + (arm != "sgd")} for e in range(1, 61)]
+                (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+                (out / "summary.json").write_text(json.dumps({
+                    "complete": True, "final_test_acc": final, "test_acc_at_best_val": early,
+                    "best_val_acc": best_val, "final_fit_noisy": 50.0}))
 
 
-def test_study_sweep_commands_parse_with_each_rho(tmp_path, capsys):
+def test_study_picks_radii_on_validation_and_pairs_by_seed(tmp_path, capsys):
+    import random
     import shlex
 
     from zosam_kernels.train.cli import parser
     study = runpy.run_path(str(BENCHMARKS / "study.py"))
-    study["main"](["--runs", str(tmp_path), "sweep"])
-    lines = capsys.readouterr().out.splitlines()
-    rhos = set()
-    for line in lines:
-        args = parser().parse_args(shlex.split(line.split(" > ")[0])[1:])
-        assert (args.sparse, args.density, args.optimizer) in {("snip", 0.02, "sam"), ("snip", 0.02, "zosam")}
-        rhos.add(args.rho)
-    assert rhos == {0.01, 0.02, 0.1, 0.2}
-    assert len(lines) == len(set(lines)) == 4 * 2 * 2
+    rng = random.Random(0)
+    table = {}
 
-
-def test_study_measure_hessian_on_the_checkpoint_repeats_the_runs_own(tmp_path, capsys):
-    from zosam_kernels.train.cli import train
-    study = runpy.run_path(str(BENCHMARKS / "study.py"))
-    runs = {}
-    for name in ("sgd", "zosam-m1"):
-        out = tmp_path / f"rigl-0.1-{name}-s0"
-        optimizer = ["--optimizer", "sgd"] if name == "sgd" else ["--optimizer", "zosam", "--n-dirs", "1"]
-        train(["--model", "resnet20", "--train-size", "64", "--test-size", "32", "--batch-size", "32",
-               "--epochs", "1", "--progress", "off", "--sparse", "rigl", "--density", "0.1", *optimizer,
-               "--diagnostics", "hessian", "--hessian-iters", "3", "--hessian-samples", "2",
-               "--diagnostics-batches", "2", "--out", str(out)])
-        study["main"](["measure-hessian", str(out)])
-        own = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["diagnostics"]["hessian"]
-        again = json.loads((out / "hessian_final.json").read_text())
-        assert again["top_eigenvalue"] == pytest.approx(own["top_eigenvalue"], rel=1e-6)
-        assert again["trace"] == pytest.approx(own["trace"], rel=1e-6)
-        runs[name] = again["top_eigenvalue"]
-    capsys.readouterr()
-    study["main"](["curvature-table", str(tmp_path)])
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| rigl-0.1-zosam-m1 |"))
-    assert f"{runs['zosam-m1'] / runs['sgd']:.2f} ± nan (" in row
+    def accuracy(arm, rho, seed):
+        table[arm, rho, seed] = tuple(round(rng.uniform(30, 70), 2) for _ in range(4))
+        return table[arm, rho, seed]
+    fake_runs(study, tmp_path, (0, 1, 2, 3, 4), accuracy)
+    found = study["load"](str(tmp_path))
+    for arm, (_, grid) in study["ARMS"].items():      # the picks, recomputed: mean validation of seeds 0-1
+        for metric, column in (("final", 2), ("early-stopped", 3)):
+            best = max(grid, key=lambda r: table[arm, r, 0][column] + table[arm, r, 1][column])
+            assert study["pick"](found, arm, metric) == best
+    study["main"](["--runs", str(tmp_path), "table"])
+    text = capsys.readouterr().out
+    rho = study["pick"](found, "sam", "final")
+    d = [table["sam", rho, s][0] - table["sgd", None, s][0] for s in range(5)]
+    mean = sum(d) / 5
+    half = 2.776 * (sum((x - mean) ** 2 for x in d) / 4) ** 0.5 / 5 ** 0.5      # t(0.975, 4)
+    row = next(line for line in text.splitlines() if line.startswith("| sam |"))
+    assert f"| {mean:+.1f} ± {half:.1f} | {sum(x >= 3 for x in d)}/5 · " in row
+    assert "| 2.00 |" in row                                          # its epochs took twice SGD's seconds
+    for stage in ("sweep", "main", "wallclock", "sparse"):
+        study["main"](["--runs", str(tmp_path), stage])
+        lines = capsys.readouterr().out.splitlines()
+        assert lines and len(lines) == len(set(lines))
+        for line in lines:
+            argv = shlex.split(line.split(" > ")[0])
+            assert argv[0] == "zosam-train"
+            parser().parse_args(argv[1:])
+    study["main"](["--runs", str(tmp_path), "figure", str(tmp_path / "gain.png")])
+    assert (tmp_path / "gain.png").stat().st_size > 0

@@ -7,11 +7,11 @@ as it found it: weights, buffers, modes and torch's global random state. And
 robustness without the CIFAR-10-C files: its noise, blur, contrast and
 brightness corruptions in torch (corruptions).
 """
-from .ascent import step_with_ascent_cosine
+from .ascent import step_with_ascent_probe
 from .corruptions import CORRUPTIONS, CorruptedDataset, corrupt
 from .gradvar import gradient_variance
 from .hessian import hessian_trace, top_eigenvalue
 from .landscape import landscape_1d, landscape_2d, plot_landscape, random_direction
 
 __all__ = ["CORRUPTIONS", "CorruptedDataset", "corrupt", "gradient_variance", "hessian_trace", "landscape_1d",
-           "landscape_2d", "plot_landscape", "random_direction", "step_with_ascent_cosine", "top_eigenvalue"]
+           "landscape_2d", "plot_landscape", "random_direction", "step_with_ascent_probe", "top_eigenvalue"]

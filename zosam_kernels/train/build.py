@@ -24,7 +24,8 @@ GRASP_SAMPLES_PER_CLASS = 10                    # GraSP's code: 10 samples of ea
 OPTIMIZER_OPTIONS = {"rho": "rho", "delta": "delta", "n_dirs": "n_dirs",
                      "zo_batch_fraction": "zo_batch_fraction", "adaptive": "adaptive",
                      "k": "k", "alpha": "alpha", "beta": "beta", "gamma": "gamma",
-                     "sam_sparsity": "sparsity", "max_grad_norm": "max_grad_norm"}
+                     "sam_sparsity": "sparsity", "max_grad_norm": "max_grad_norm",
+                     "cosine": "cosine", "prior": "prior", "sign": "sign"}
 
 
 def make_model(name, num_classes, model_kwargs, input_shape):

@@ -181,6 +181,11 @@ def parser():
     g.add_argument("--beta", type=float, default=None, help="esam: share of weights perturbed")
     g.add_argument("--gamma", type=float, default=None, help="esam: share of samples in the update")
     g.add_argument("--sam-sparsity", type=float, default=None, help="ssam/zossam: perturbation sparsity")
+    g.add_argument("--cosine", type=float, default=None, help="oracle: cos(eps, grad L) of the ascent")
+    g.add_argument("--prior", default=None, choices=("momentum", "gradient"),
+                   help="zosam-guided: the free first-order prior the finite differences run along")
+    g.add_argument("--sign", type=int, default=None, choices=(-1, 1),
+                   help="msam: eps against (-1, the published default) or along (+1) the momentum")
     g.add_argument("--max-grad-norm", type=float, default=None,
                    help="SAM family: clip the gradient's global norm")
     g = p.add_argument_group("diagnostics and robustness (none of them changes the training trajectory)")

@@ -117,12 +117,12 @@ class Run:
 
     # ---- one epoch --------------------------------------------------------------------
     def train_epoch(self, bar, ascent=False):
-        """(mean training loss, accuracy %, the ascent cosines of the first
+        """(mean training loss, accuracy %, the ascent probe's measures of the first
         --diagnostics-batches steps when `ascent`)."""
         model, opt, args = self.model, self.optimizer, self.args
         plain = not is_engine(opt)
         model.train()
-        seen, cosines = {}, []
+        seen, probed = {}, []
         # loss · samples, correct, samples: summed on the device, read once per epoch (no sync per step)
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         for x, y in bar(self.train_loader):
@@ -141,9 +141,9 @@ class Run:
                 loss = closure().mean()
                 loss.backward()
                 opt.step()
-            elif ascent and len(cosines) < args.diagnostics_batches:
-                loss, cosine = self.probes.step(closure)
-                cosines.append(cosine)
+            elif ascent and len(probed) < args.diagnostics_batches:
+                loss, measures = self.probes.step(closure)
+                probed.append(measures)
             else:
                 loss = opt.step(closure)
             self.scheduler.step()
@@ -153,7 +153,7 @@ class Run:
             sums[1] += correct
             sums[2] += len(seen["y"])
         loss_sum, correct, count = sums.tolist()
-        return loss_sum / (self.steps_per_epoch * args.batch_size), 100 * correct / count, cosines
+        return loss_sum / (self.steps_per_epoch * args.batch_size), 100 * correct / count, probed
 
     @torch.no_grad()
     def evaluate(self, loader, per_item=False):
@@ -195,7 +195,7 @@ class Run:
             t0 = time.perf_counter()
             bar = outputs.progress(f"epoch {epoch}/{total_epochs}", args.progress)
             probing = self.probes.due(epoch, total_epochs)
-            train_loss, train_acc, cosines = self.train_epoch(bar, probing and "ascent" in args.diagnostics)
+            train_loss, train_acc, probed = self.train_epoch(bar, probing and "ascent" in args.diagnostics)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             epoch_s = time.perf_counter() - t0
@@ -216,7 +216,7 @@ class Run:
                    "images_per_s": self.steps_per_epoch * args.batch_size / epoch_s}
             self.total_s += epoch_s + eval_s
             if probing:
-                row["diagnostics"] = self.probes.measure(epoch, cosines)
+                row["diagnostics"] = self.probes.measure(epoch, probed)
             round_ends = round_epoch + 1 == args.epochs and round_ + 1 < self.rounds
             if round_ends:
                 self.sparsity.lottery.prune_and_rewind_()   # the round's ticket: prune, rewind, restart

@@ -5,8 +5,10 @@ zosam_kernels.diagnostics run on a training run, at chosen epochs.
 - hessian: top Hessian eigenvalue (power iteration) and trace (Hutchinson);
 - landscape: 1-D and 2-D loss slices along filter-normalised directions
   (PNG and JSON beside the run's outputs);
-- ascent: cos(ε, ∇L(θ)) of the optimizer's perturbation, on the first
-  --diagnostics-batches steps of the epoch (SAM family only).
+- ascent: cos(ε, ∇L(θ)) of the optimizer's perturbation, the loss rise
+  L(θ + ε) − L(θ), and α = cos(prior, ∇L(θ)) of the momentum and of the
+  previous step's gradient, on the first --diagnostics-batches steps of the
+  epoch (SAM family only).
 
 The first three use the same --diagnostics-batches training batches of
 --batch-size, drawn by a generator of their own (seeded by the run's seed
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..diagnostics import (CorruptedDataset, gradient_variance, hessian_trace, landscape_1d, landscape_2d,
-                           plot_landscape, step_with_ascent_cosine, top_eigenvalue)
+                           plot_landscape, step_with_ascent_probe, top_eigenvalue)
 from ..diagnostics.common import active_parameters, count_active
 
 DIAGNOSTICS = ("gradvar", "hessian", "landscape", "ascent")
@@ -62,11 +64,11 @@ class Probes:
         return batches
 
     def step(self, closure):
-        """One optimizer step of an epoch being probed: (its return value, cos(ε, ∇L(θ)))."""
+        """One optimizer step of an epoch being probed: (its return value, the ascent's measures)."""
         run = self.run
-        return step_with_ascent_cosine(run.optimizer, closure, run.model, self._masks())
+        return step_with_ascent_probe(run.optimizer, closure, run.model, self._masks())
 
-    def measure(self, epoch, ascent_cosines):
+    def measure(self, epoch, ascent_steps):
         """The diagnostics of this epoch, for its metrics row (landscape files written)."""
         run, out = self.run, self.run.args.out
         model, masks, batches = run.model, self._masks(), self._batches(epoch)
@@ -94,9 +96,16 @@ class Probes:
                 found["landscape"][dims] = os.path.basename(stem) + ".png"
         if "ascent" in self.names:
             active = count_active(active_parameters(model, masks))
-            found["ascent"] = {"cosine": sum(ascent_cosines) / len(ascent_cosines), "steps": len(ascent_cosines),
-                               "random_direction": math.sqrt(2 / (math.pi * active))}
+            found["ascent"] = {name: _mean([step[name] for step in ascent_steps])
+                               for name in ("cosine", "loss_rise", "alpha_momentum", "alpha_gradient")}
+            found["ascent"].update(steps=len(ascent_steps), random_direction=math.sqrt(2 / (math.pi * active)))
         return found
+
+
+def _mean(values):
+    """The mean of the steps that have the measure (a prior is missing on the first step)."""
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def corrupted_sets(data, names, seed):
