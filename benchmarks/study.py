@@ -10,6 +10,9 @@ stage reading the runs of the ones before; then the tables and the figure.
     python benchmarks/study.py --runs R table                 # the tables (markdown)
     python benchmarks/study.py --runs R figure gain.png       # gain over SGD against cost per step
 
+A stage prints only the runs whose folder does not exist yet: after a crash,
+remove the unfinished runs' folders and print the stage again.
+
 Setting: mnist1d's generator (3000 train / 1000 validation / 5000 clean
 test), 40 % symmetric label noise on train and validation, the 1-D CNN
 (width 32, depth 3), batch 128, 60 epochs, LR 0.1 cosine, momentum 0.9,
@@ -43,11 +46,11 @@ SWEEP_SEEDS, SEEDS = (0, 1), (0, 1, 2, 3, 4)
 ARMS = {
     "sgd": ("--optimizer sgd", (None,)),
     "sam": ("--optimizer sam", (0.05, 0.1, 0.2, 0.3)),
-    "zosam-m1": ("--optimizer zosam --n-dirs 1", (0.1, 0.3, 1.0)),
+    "zosam-m1": ("--optimizer zosam --n-dirs 1", (0.1, 0.3, 1.0, 3.0)),
     "zosam-m4": ("--optimizer zosam --n-dirs 4", (0.1, 0.3, 1.0)),
     "zosam-m16": ("--optimizer zosam --n-dirs 16", (0.1, 0.3, 1.0)),
-    "coin-m1": ("--optimizer zosam-coin --n-dirs 1", (0.1, 0.3, 1.0)),
-    "rwp": ("--optimizer rwp", (0.1, 0.3, 1.0)),
+    "coin-m1": ("--optimizer zosam-coin --n-dirs 1", (0.1, 0.3, 1.0, 3.0)),
+    "rwp": ("--optimizer rwp", (0.1, 0.3, 1.0, 3.0)),
     "msam": ("--optimizer msam", (0.1, 0.3, 1.0, 3.0)),
     "guided-m0": ("--optimizer zosam-guided --prior momentum --n-dirs 0", (0.05, 0.1, 0.2, 0.3)),
     "guided-m3": ("--optimizer zosam-guided --prior momentum --n-dirs 3", (0.05, 0.1, 0.2, 0.3)),
@@ -78,7 +81,7 @@ def command(runs, arm, rho, seed, epochs=EPOCHS, cell="dense", cosine=None, prob
         parts.append(f"{SPARSE[sparse]} --density {density} --model-kwargs '{{\"width\": {SPARSE_WIDTH}}}'")
     if probes:
         parts.append(f"--diagnostics {'hessian' if arm == 'sgd' else 'ascent,hessian'} --diagnostics-epochs {PROBED}")
-    return " ".join(parts) + f" --out {out} > {out}.log 2>&1"
+    return None if os.path.exists(out) else " ".join(parts) + f" --out {out} > {out}.log 2>&1"
 
 
 NAME = re.compile(r"^(?P<cell>[^-]+)-(?P<arm>.+)-r(?P<rho>[^-]+)(?:-c(?P<cosine>[^-]+))?-e(?P<epochs>\d+)-s(?P<seed>\d+)$")
@@ -420,7 +423,8 @@ def main(argv=None):
     os.makedirs(args.runs, exist_ok=True)
     if args.what in stages:
         for line in stages[args.what](args.runs):
-            print(line)
+            if line is not None:     # None: the run's folder exists
+                print(line)
     elif args.what == "table":
         print(tables(load(args.runs)))
     else:

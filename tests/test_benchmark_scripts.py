@@ -237,7 +237,9 @@ def test_study_picks_radii_on_validation_and_pairs_by_seed(tmp_path, capsys):
     row = next(line for line in text.splitlines() if line.startswith("| sam |"))
     assert f"| {mean:+.1f} ± {half:.1f} | {sum(x >= 3 for x in d)}/5 · " in row
     assert "| 2.00 |" in row                                          # its epochs took twice SGD's seconds
-    for stage in ("sweep", "main", "wallclock", "sparse"):
+    study["main"](["--runs", str(tmp_path), "sweep"])
+    assert capsys.readouterr().out == ""                               # every sweep run exists
+    for stage in ("main", "wallclock", "sparse"):
         study["main"](["--runs", str(tmp_path), stage])
         lines = capsys.readouterr().out.splitlines()
         assert lines and len(lines) == len(set(lines))
