@@ -247,5 +247,17 @@ def test_study_picks_radii_on_validation_and_pairs_by_seed(tmp_path, capsys):
             argv = shlex.split(line.split(" > ")[0])
             assert argv[0] == "zosam-train"
             parser().parse_args(argv[1:])
+    study["main"](["--runs", str(tmp_path), "sparse"])                # the sparse cells, finished
+    for line in capsys.readouterr().out.splitlines():
+        out = tmp_path / line.split(" --out ")[1].split(" > ")[0]
+        out.mkdir()
+        (out / "metrics.jsonl").write_text(json.dumps({"epoch": 60, "val_acc": 30.0, "epoch_s": 1.0}) + "\n")
+        (out / "summary.json").write_text(json.dumps({"complete": True, "final_test_acc": 40.0 + ("-sam-" in out.name),
+                                                      "test_acc_at_best_val": 45.0, "best_val_acc": 31.0,
+                                                      "final_fit_noisy": 20.0}))
+    study["main"](["--runs", str(tmp_path), "table"])
+    sparse = capsys.readouterr().out.split("Sparse: snip at density 0.1 ")[1]
+    sam = next(line for line in sparse.splitlines() if line.startswith("| sam |"))
+    assert "| 5 | 41.00 ± 0.00 | +1.0 ± 0.0 | 0/5 · 0/5 | 45.00 ± 0.00 | +0.0 ± 0.0 |" in sam
     study["main"](["--runs", str(tmp_path), "figure", str(tmp_path / "gain.png")])
     assert (tmp_path / "gain.png").stat().st_size > 0
