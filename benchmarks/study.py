@@ -52,8 +52,8 @@ ARMS = {
     "coin-m1": ("--optimizer zosam-coin --n-dirs 1", (0.1, 0.3, 1.0, 3.0)),
     "rwp": ("--optimizer rwp", (0.1, 0.3, 1.0, 3.0)),
     "msam": ("--optimizer msam", (0.1, 0.3, 1.0, 3.0)),
-    "guided-m0": ("--optimizer zosam-guided --prior momentum --n-dirs 0", (0.05, 0.1, 0.2, 0.3)),
-    "guided-m3": ("--optimizer zosam-guided --prior momentum --n-dirs 3", (0.05, 0.1, 0.2, 0.3)),
+    "guided-m0": ("--optimizer zosam-guided --prior momentum --n-dirs 0", (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)),
+    "guided-m3": ("--optimizer zosam-guided --prior momentum --n-dirs 3", (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)),
 }
 ORACLE_COSINES = (0.05, 0.1, 0.3, 0.5, 0.9)
 SPARSE = {"snip": "--sparse snip", "rigl": "--sparse rigl --update-interval 100"}
@@ -216,11 +216,11 @@ def sparse_commands(runs):
 
 # ---- tables ----------------------------------------------------------------------------
 
-PASSES = {"sgd": "1 F + 1 B", "sam": "2 F + 2 B", "zosam-m1": "4 F + 1 B", "zosam-m4": "10 F + 1 B",
-          "zosam-m16": "34 F + 1 B", "coin-m1": "4 F + 1 B", "rwp": "1 F + 1 B", "msam": "1 F + 1 B",
-          "guided-m0": "4 F + 1 B", "guided-m3": "10 F + 1 B", "oracle": "2 F + 2 B"}
-# (forward passes of the ascent: ZO-SAM 2 m no-grad passes plus the loss at θ and the update's
-# forward, PASSES counts them all; the guided ascent's prior is one more direction)
+# passes per step (zosam-bench counts them): ZO-SAM 2 m no-grad forwards and the gradient pass at
+# θ + ε; the guided ascent's prior is one more direction; RWP and MSAM move before their only pass
+PASSES = {"sgd": "1 F + 1 B", "sam": "2 F + 2 B", "zosam-m1": "3 F + 1 B", "zosam-m4": "9 F + 1 B",
+          "zosam-m16": "33 F + 1 B", "coin-m1": "3 F + 1 B", "rwp": "1 F + 1 B", "msam": "1 F + 1 B",
+          "guided-m0": "3 F + 1 B", "guided-m3": "9 F + 1 B", "oracle": "2 F + 2 B"}
 
 
 def runs_of(found, arm, rho, cell="dense", epochs=EPOCHS, cosine=None):
