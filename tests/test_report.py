@@ -96,3 +96,22 @@ def test_validation_selection_and_fit_columns(tmp_path, capsys):
     assert lines[2].startswith(f"| sam | 2 | 58.50 ± {T975[1] * statistics.stdev([58.0, 59.0]) / math.sqrt(2):.2f} "
                                f"| 61.00 ± {half:.2f} | 12.0 ± {epochs:.1f} | 98.00 ± ")
     assert f"| 25.00 ± {T975[1] * statistics.stdev([20.0, 30.0]) / math.sqrt(2):.2f} |" in lines[2]
+
+
+def test_ascent_columns_for_the_family_and_a_dash_for_sgd(tmp_path, capsys):
+    """The ascent probe's last cosine and loss rise, per configuration; SGD has none."""
+    dirs = [fake_run(tmp_path, "sgd", 0, "sgd", 50.0)]
+    for s, (cosine, rise) in enumerate([(0.91, 0.012), (0.95, 0.018)]):
+        d = fake_run(tmp_path, f"sam{s}", s, "sam", 60.0)
+        summary = json.loads(open(f"{d}/summary.json").read())
+        summary["diagnostics"] = {"ascent": {"cosine": cosine, "loss_rise": rise, "steps": 8}}
+        open(f"{d}/summary.json", "w").write(json.dumps(summary))
+        dirs.append(d)
+    main(dirs)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| optimizer | seeds | test acc % | cos(ε, ∇L) | loss rise | epochs to 90 % |"
+    assert lines[2] == "| sgd | 1 | 50.00 | - | - | - (1 never) |"
+    cos_half = T975[1] * statistics.stdev([0.91, 0.95]) / math.sqrt(2)
+    rise_half = T975[1] * statistics.stdev([0.012, 0.018]) / math.sqrt(2)
+    assert lines[3] == (f"| sam | 2 | 60.00 ± 0.00 | 0.9300 ± {cos_half:.4f} | 0.0150 ± {rise_half:.4f} "
+                        "| - (2 never) |")

@@ -33,9 +33,12 @@ COLUMNS = {
     "gradvar": ("grad variance", lambda s: ((s.get("diagnostics") or {}).get("gradvar") or {}).get("variance")),
     "hessian": ("top eigenvalue",
                 lambda s: ((s.get("diagnostics") or {}).get("hessian") or {}).get("top_eigenvalue")),
+    # the ascent probe (SAM family): how well the perturbation aims, and what it buys in loss
+    "ascent_cosine": ("cos(ε, ∇L)", lambda s: ((s.get("diagnostics") or {}).get("ascent") or {}).get("cosine")),
+    "loss_rise": ("loss rise", lambda s: ((s.get("diagnostics") or {}).get("ascent") or {}).get("loss_rise")),
 }
 
-DIGITS = {"gradvar": 4, "hessian": 4, "best_val_epoch": 1}     # decimals of a cell; 2 for the others
+DIGITS = {"gradvar": 4, "hessian": 4, "best_val_epoch": 1, "ascent_cosine": 4, "loss_rise": 4}     # decimals of a cell; 2 for the others
 
 
 def load_runs(dirs):
