@@ -237,6 +237,15 @@ def test_study_picks_radii_on_validation_and_pairs_by_seed(tmp_path, capsys):
     row = next(line for line in text.splitlines() if line.startswith("| sam |"))
     assert f"| {mean:+.1f} ± {half:.1f} | {sum(x >= 3 for x in d)}/5 · " in row
     assert "| 2.00 |" in row                                          # its epochs took twice SGD's seconds
+    zo, coin = study["pick"](found, "zosam-m1", "final"), study["pick"](found, "coin-m1", "final")
+    d = [table["zosam-m1", zo, s][0] - table["coin-m1", coin, s][0] for s in range(5)]
+    mean = sum(d) / 5
+    half = 2.776 * (sum((x - mean) ** 2 for x in d) / 4) ** 0.5 / 5 ** 0.5
+    row = next(line for line in text.splitlines() if line.startswith("| zosam-m1 − coin-m1 |"))
+    assert f"| {mean:+.1f} ± {half:.1f} |" in row
+    radii = [line for line in text.split("Every radius run on all five seeds")[1].split("Position")[0].splitlines()
+             if line.startswith("| sam | ")]
+    assert len(radii) == len(study["ARMS"]["sam"][1])                   # every radius has five seeds here
     study["main"](["--runs", str(tmp_path), "sweep"])
     assert capsys.readouterr().out == ""                               # every sweep run exists
     for stage in ("main", "wallclock", "sparse"):
