@@ -1,9 +1,9 @@
-"""The mnist1d study (benchmarks/RESULTS.md, "Does a cheap ascent buy SAM's
+r"""The mnist1d study (benchmarks/RESULTS.md, "Does a cheap ascent buy SAM's
 benefit?"): zosam-train commands printed for a runner, stage by stage, each
 stage reading the runs of the ones before; then the tables and the figure.
 
     python benchmarks/study.py --runs R sweep > sweep.sh      # radii, seeds 0-1
-    OMP_NUM_THREADS=1 xargs -P 2 -I{} sh -c {} < sweep.sh      # two runs at a time, one thread each
+    OMP_NUM_THREADS=1 xargs -P 2 -d '\n' -I{} sh -c {} < sweep.sh   # two at a time, one thread each; -d: keep quotes
     python benchmarks/study.py --runs R main > main.sh        # the picked radii, seeds 2-4; the oracle's c
     python benchmarks/study.py --runs R wallclock > wall.sh   # every arm at SGD's 60-epoch time
     python benchmarks/study.py --runs R sparse > sparse.sh    # SNIP and RigL at 90 % and 98 %
@@ -190,16 +190,22 @@ def costs(found, cell="dense"):
     return {arm: statistics.median(s) / sgd for arm, s in seconds.items()}
 
 
+def wallclock_epochs(cost, arm):
+    return max(1, round(EPOCHS / cost[arm]))
+
+
 def wallclock_commands(runs):
     """Every arm given SGD's 60-epoch training time: 60 / (its cost per epoch) epochs,
-    at its radius for the last epoch, without probes (they would cost time)."""
+    at its radius for the last epoch, without probes (they would cost time); and SGD
+    at each of those epochs, since a shorter schedule alone memorises less."""
     found = load(runs)
     chosen, cost = picks(found), costs(found)
     for seed in SEEDS:
         for arm in ARMS:
-            epochs = max(1, round(EPOCHS / cost[arm]))
             if arm != "sgd":     # SGD's own 60 epochs are the reference (probes change no trajectory)
-                yield command(runs, arm, chosen[arm]["final"], seed, epochs=epochs, probes=False)
+                yield command(runs, arm, chosen[arm]["final"], seed, epochs=wallclock_epochs(cost, arm), probes=False)
+        for epochs in sorted({wallclock_epochs(cost, arm) for arm in ARMS} - {EPOCHS}):
+            yield command(runs, "sgd", None, seed, epochs=epochs, probes=False)
 
 
 SPARSE_ARMS = ("sgd", "sam")
@@ -229,10 +235,11 @@ def runs_of(found, arm, rho, cell="dense", epochs=EPOCHS, cosine=None):
     return {s: found[n] for s in SEEDS if (n := run_name(arm, rho, s, epochs, cell, cosine)) in found}
 
 
-def paired(found, arm, rho, metric, cell="dense", epochs=EPOCHS, cosine=None, base=("sgd", None)):
+def paired(found, arm, rho, metric, cell="dense", epochs=EPOCHS, cosine=None, base=("sgd", None),
+           base_epochs=EPOCHS):
     """The per-seed differences from `base`'s run of the same seed (SGD at 60 epochs by default)."""
     test = METRICS[metric][0]
-    theirs = runs_of(found, *base, cell)
+    theirs = runs_of(found, *base, cell, base_epochs)
     mine = runs_of(found, arm, rho, cell, epochs, cosine)
     return [test(mine[s]) - test(theirs[s]) for s in SEEDS if s in mine and s in theirs]
 
@@ -385,17 +392,18 @@ def oracle_table(found, chosen):
 
 
 def wallclock_table(found, chosen, cost):
-    out = ["| arm | epochs in SGD's 60-epoch time | seeds | last epoch − SGD, paired "
-           "| early-stopped − SGD, paired |", "| --- | --- | --- | --- | --- |"]
+    out = ["| arm | epochs in SGD's 60-epoch time | seeds | last epoch − SGD (60 epochs), paired "
+           "| early-stopped − SGD (60 epochs), paired | last epoch − SGD at the same epochs, paired "
+           "| early-stopped − SGD at the same epochs, paired |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for arm in ARMS:
         if arm == "sgd":
             continue
-        epochs = max(1, round(EPOCHS / cost[arm]))
-        rho = chosen[arm]["final"]
-        d_last = paired(found, arm, rho, "final", epochs=epochs)
-        d_es = paired(found, arm, rho, "early-stopped", epochs=epochs)
-        if d_last:
-            out.append(f"| {arm} (ρ {rho:g}) | {epochs} | {len(d_last)} | {_cell(d_last, 1, signed=True)} | {_cell(d_es, 1, signed=True)} |")
+        epochs, rho = wallclock_epochs(cost, arm), chosen[arm]["final"]
+        cells = [_cell(paired(found, arm, rho, metric, epochs=epochs, base_epochs=base), 1, signed=True)
+                 for base in (EPOCHS, epochs) for metric in METRICS]
+        seeds = len(paired(found, arm, rho, "final", epochs=epochs))
+        if seeds:
+            out.append(f"| {arm} (ρ {rho:g}) | {epochs} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 

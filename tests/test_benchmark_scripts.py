@@ -256,14 +256,30 @@ def test_study_picks_radii_on_validation_and_pairs_by_seed(tmp_path, capsys):
             argv = shlex.split(line.split(" > ")[0])
             assert argv[0] == "zosam-train"
             parser().parse_args(argv[1:])
-    study["main"](["--runs", str(tmp_path), "sparse"])                # the sparse cells, finished
-    for line in capsys.readouterr().out.splitlines():
+    def finish(line, final, early):
         out = tmp_path / line.split(" --out ")[1].split(" > ")[0]
         out.mkdir()
         (out / "metrics.jsonl").write_text(json.dumps({"epoch": 60, "val_acc": 30.0, "epoch_s": 1.0}) + "\n")
-        (out / "summary.json").write_text(json.dumps({"complete": True, "final_test_acc": 40.0 + ("-sam-" in out.name),
-                                                      "test_acc_at_best_val": 45.0, "best_val_acc": 31.0,
+        (out / "summary.json").write_text(json.dumps({"complete": True, "final_test_acc": final,
+                                                      "test_acc_at_best_val": early, "best_val_acc": 31.0,
                                                       "final_fit_noisy": 20.0}))
+    study["main"](["--runs", str(tmp_path), "wallclock"])             # every arm's epochs cost twice SGD's: 30
+    lines = capsys.readouterr().out.splitlines()
+    assert sum("--optimizer sgd " in line and "--epochs 30 " in line for line in lines) == 5
+    for line in lines:
+        seed = int(line.split("--seed ")[1].split()[0])
+        finish(line, 40.0 + seed + 2 * ("--optimizer sam " in line), 50.0 - ("--optimizer sam " in line))
+    study["main"](["--runs", str(tmp_path), "table"])
+    row = next(line for line in capsys.readouterr().out.split("Equal wall-clock")[1].splitlines()
+               if line.startswith("| sam "))
+    d = [40.0 + s + 2 - table["sgd", None, s][0] for s in range(5)]      # against SGD's 60 epochs
+    mean = sum(d) / 5
+    half = 2.776 * (sum((x - mean) ** 2 for x in d) / 4) ** 0.5 / 5 ** 0.5
+    assert row.startswith(f"| sam (ρ {study['pick'](found, 'sam', 'final'):g}) | 30 | 5 | {mean:+.1f} ± {half:.1f} |")
+    assert row.endswith("| +2.0 ± 0.0 | -1.0 ± 0.0 |")                   # against SGD's 30 epochs
+    study["main"](["--runs", str(tmp_path), "sparse"])                # the sparse cells, finished
+    for line in capsys.readouterr().out.splitlines():
+        finish(line, 40.0 + ("--optimizer sam " in line), 45.0)
     study["main"](["--runs", str(tmp_path), "table"])
     sparse = capsys.readouterr().out.split("Sparse: snip at density 0.1 ")[1]
     sam = next(line for line in sparse.splitlines() if line.startswith("| sam |"))
