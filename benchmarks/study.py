@@ -437,20 +437,23 @@ def figure(found, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     chosen, cost = picks(found), costs(found)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.4), sharex=True)
     for ax, metric, title in zip(axes, METRICS, ("test accuracy at the last epoch",
                                                  "test accuracy at the best-validation epoch")):
-        for arm in ARMS:
+        for arm, marker in zip(ARMS, "os^vDPX*ph"):
             d = paired(found, arm, chosen[arm][metric], metric)
             if arm == "sgd" or not d:
                 continue
             mean, half = interval(d)
-            ax.errorbar(cost[arm], mean, yerr=half or 0, fmt="o", capsize=3)
-            ax.annotate(arm, (cost[arm], mean), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.errorbar(cost[arm], mean, yerr=half or 0, fmt=marker, capsize=3,
+                        label=f"{arm} (ρ {chosen[arm][metric]:g})")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("seconds per training epoch, × SGD's")
         ax.set_xscale("log")
+        ax.set_xticks([1, 1.5, 2, 3, 5, 8], labels=["1", "1.5", "2", "3", "5", "8"])
+        ax.minorticks_off()
     axes[0].set_ylabel("gain over SGD, paired, points (95 % interval)")
     fig.suptitle("mnist1d, 1-D CNN, 40 % label noise, 60 epochs: what each ascent buys", fontsize=11)
     fig.tight_layout()
