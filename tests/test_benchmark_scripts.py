@@ -281,8 +281,12 @@ def test_study_picks_radii_on_validation_and_pairs_by_seed(tmp_path, capsys):
     for line in capsys.readouterr().out.splitlines():
         finish(line, 40.0 + ("--optimizer sam " in line), 45.0)
     study["main"](["--runs", str(tmp_path), "table"])
-    sparse = capsys.readouterr().out.split("Sparse: snip at density 0.1 ")[1]
+    text = capsys.readouterr().out
+    sparse = text.split("Sparse: snip at density 0.1 ")[1]
     sam = next(line for line in sparse.splitlines() if line.startswith("| sam |"))
     assert "| 5 | 41.00 ± 0.00 | +1.0 ± 0.0 | 0/5 · 0/5 | 45.00 ± 0.00 | +0.0 ± 0.0 |" in sam
+    cheap = next(line for line in sparse.splitlines() if line.startswith("| zosam-m1 |"))   # 90 %: the cheap ascents too
+    assert "| 5 | 40.00 ± 0.00 | +0.0 ± 0.0 |" in cheap
+    assert "| zosam-m1 |" not in text.split("Sparse: snip at density 0.02 ")[1].split("Sparse:")[0]
     study["main"](["--runs", str(tmp_path), "figure", str(tmp_path / "gain.png")])
     assert (tmp_path / "gain.png").stat().st_size > 0
