@@ -25,8 +25,9 @@ noise and directions. Every engine run probes its ascent (cos(ε, ∇L), the
 loss rise, α of both priors) on 8 steps at the probed epochs, and every run
 measures the Hessian's top eigenvalue and trace there; none of that changes
 a trajectory (tests/test_train.py). The sparse cells (SNIP, RigL) widen the
-CNN to 128 channels and run each arm at its dense radius for the last epoch:
-at 90 % sparsity SGD, SAM and the cheap ascents, at 98 % SGD and SAM.
+CNN to 128 channels and run each arm at the radii the dense study's
+validation picked: at 90 % sparsity SGD, SAM and the cheap ascents, at 98 %
+SGD and SAM.
 """
 import argparse
 import glob
@@ -212,17 +213,18 @@ def wallclock_commands(runs):
 
 # at 90 % the sparse net memorises, so the cheap ascents join SGD and SAM there; at 98 % it
 # memorises nothing, and SGD against SAM says so
-SPARSE_ARMS = {0.1: ("sgd", "sam", "zosam-m1", "coin-m1", "rwp", "guided-m0"), 0.02: ("sgd", "sam")}
+SPARSE_ARMS = {0.1: ("sgd", "sam", "zosam-m1", "coin-m1", "guided-m0"), 0.02: ("sgd", "sam")}
 
 
 def sparse_commands(runs):
-    """The sparse gate: each arm at the dense study's radius for the last epoch."""
+    """The sparse gate: each arm at the radii the dense study's validation picked."""
     chosen = picks(load(runs))
     for method in SPARSE:
         for density in DENSITIES:
             for seed in SPARSE_SEEDS[density]:
                 for arm in SPARSE_ARMS[density]:
-                    yield command(runs, arm, chosen[arm]["final"], seed, cell=f"{method}@{density:g}")
+                    for rho in sorted(set(chosen[arm].values()), key=lambda r: -1 if r is None else r):
+                        yield command(runs, arm, rho, seed, cell=f"{method}@{density:g}")
 
 
 # ---- tables ----------------------------------------------------------------------------
@@ -295,16 +297,16 @@ def accuracy_table(found, chosen, cost, cell="dense", arms=ARMS):
     return "\n".join(out)
 
 
-def radius_table(found):
+def radius_table(found, cell="dense", arms=ARMS, seeds=SEEDS):
     """Every radius run on all the seeds: where the two accuracies picked different radii,
     the one not picked is seen too (a reading, not a pick: the picks are validation's)."""
     out = ["| arm | ρ | seeds | last epoch − SGD, paired | seeds ≥ 3 points | early-stopped − SGD, paired "
            "| seeds ≥ 3 points |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for arm, (_, grid) in ARMS.items():
-        for rho in grid:
-            if arm == "sgd" or len(runs_of(found, arm, rho)) < len(SEEDS):
+    for arm in arms:
+        for rho in ARMS[arm][1]:
+            if arm == "sgd" or len(runs_of(found, arm, rho, cell)) < len(seeds):
                 continue
-            d_last, d_es = paired(found, arm, rho, "final"), paired(found, arm, rho, "early-stopped")
+            d_last, d_es = paired(found, arm, rho, "final", cell), paired(found, arm, rho, "early-stopped", cell)
             out.append(f"| {arm} | {rho:g} | {len(d_last)} | {_cell(d_last, 1, signed=True)} "
                        f"| {sum(d >= 3 for d in d_last)}/{len(d_last)} | {_cell(d_es, 1, signed=True)} "
                        f"| {sum(d >= 3 for d in d_es)}/{len(d_es)} |")
@@ -429,10 +431,11 @@ def tables(found):
         for density in DENSITIES:
             cell = f"{method}@{density:g}"
             if any(parse(n)["cell"] == cell for n in found):
-                dense_radius = {arm: dict.fromkeys(METRICS, chosen[arm]["final"]) for arm in SPARSE_ARMS[density]}
-                parts += [f"Sparse: {method} at density {density:g} (width {SPARSE_WIDTH}; the dense radius "
-                          "for the last epoch, both accuracies)",
-                          accuracy_table(found, dense_radius, costs(found, cell), cell, SPARSE_ARMS[density])]
+                arms = SPARSE_ARMS[density]
+                parts += [f"Sparse: {method} at density {density:g} (width {SPARSE_WIDTH}; the dense study's radii)",
+                          accuracy_table(found, chosen, costs(found, cell), cell, arms),
+                          f"Sparse: {method} at density {density:g}, every radius run on all its seeds",
+                          radius_table(found, cell, arms, SPARSE_SEEDS[density])]
     return "\n\n".join(parts)
 
 
