@@ -57,6 +57,9 @@ def test_the_readme_starts_with_install_the_python_api_and_the_trainers():
     assert sections[:3] == ["Install", "Python API", "The trainers: Lightning, the Hugging Face Trainer, Accelerate"]
     assert sections.index("Command line") < sections.index("Benchmarks") < sections.index("Internals")
     assert re.search(r"^### Composing an optimizer$", README, re.M)
+    # the verdict of the study comes right after the trainers, with its figure on disk
+    assert sections[3] == "What it buys you"
+    assert os.path.exists(os.path.join(ROOT, "docs", "study_gain.png"))
 
 
 def test_the_readme_has_its_snippets():
