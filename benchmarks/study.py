@@ -170,12 +170,17 @@ def picks(found, cell="dense", arms=ARMS):
     return {arm: {metric: pick(found, arm, metric, cell) for metric in METRICS} for arm in arms}
 
 
+def picked_radii(by_metric):
+    """The distinct radii one arm's two accuracies picked, in order (SGD's None first)."""
+    return sorted(set(by_metric.values()), key=lambda r: -1 if r is None else r)
+
+
 def main_commands(runs):
     found = load(runs)
     chosen = picks(found)
     for seed in SEEDS:
         for arm, by_metric in chosen.items():
-            for rho in sorted(set(by_metric.values()), key=lambda r: -1 if r is None else r):
+            for rho in picked_radii(by_metric):
                 if seed not in SWEEP_SEEDS:
                     yield command(runs, arm, rho, seed)
         for cosine in ORACLE_COSINES:    # at SAM's radius for the last epoch
@@ -223,7 +228,7 @@ def sparse_commands(runs):
         for density in DENSITIES:
             for seed in SPARSE_SEEDS[density]:
                 for arm in SPARSE_ARMS[density]:
-                    for rho in sorted(set(chosen[arm].values()), key=lambda r: -1 if r is None else r):
+                    for rho in picked_radii(chosen[arm]):
                         yield command(runs, arm, rho, seed, cell=f"{method}@{density:g}")
 
 

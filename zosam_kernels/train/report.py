@@ -21,6 +21,11 @@ from .cli import EXECUTION
 # options that do not change what a run computes, besides the seed: left out of the grouping
 NOT_CONFIGURATION = EXECUTION | {"seed", "data_dir", "targets"}
 
+def _diagnostic(summary, name, key):
+    """summary.json's last measurement of one diagnostic's key, or None."""
+    return ((summary.get("diagnostics") or {}).get(name) or {}).get(key)
+
+
 # column -> (header, how to read it from summary.json)
 COLUMNS = {
     "final_test_acc": ("test acc %", lambda s: s.get("final_test_acc")),
@@ -30,15 +35,15 @@ COLUMNS = {
     "final_fit_clean": ("clean fit %", lambda s: s.get("final_fit_clean")),
     "final_fit_noisy": ("noisy fit %", lambda s: s.get("final_fit_noisy")),
     "corrupt": ("corrupted acc %", lambda s: (s.get("corrupt") or s.get("cifar10c") or {}).get("mean")),
-    "gradvar": ("grad variance", lambda s: ((s.get("diagnostics") or {}).get("gradvar") or {}).get("variance")),
-    "hessian": ("top eigenvalue",
-                lambda s: ((s.get("diagnostics") or {}).get("hessian") or {}).get("top_eigenvalue")),
+    "gradvar": ("grad variance", lambda s: _diagnostic(s, "gradvar", "variance")),
+    "hessian": ("top eigenvalue", lambda s: _diagnostic(s, "hessian", "top_eigenvalue")),
     # the ascent probe (SAM family): how well the perturbation aims, and what it buys in loss
-    "ascent_cosine": ("cos(ε, ∇L)", lambda s: ((s.get("diagnostics") or {}).get("ascent") or {}).get("cosine")),
-    "loss_rise": ("loss rise", lambda s: ((s.get("diagnostics") or {}).get("ascent") or {}).get("loss_rise")),
+    "ascent_cosine": ("cos(ε, ∇L)", lambda s: _diagnostic(s, "ascent", "cosine")),
+    "loss_rise": ("loss rise", lambda s: _diagnostic(s, "ascent", "loss_rise")),
 }
 
-DIGITS = {"gradvar": 4, "hessian": 4, "best_val_epoch": 1, "ascent_cosine": 4, "loss_rise": 4}     # decimals of a cell; 2 for the others
+# decimals of a cell; 2 for the others
+DIGITS = {"gradvar": 4, "hessian": 4, "best_val_epoch": 1, "ascent_cosine": 4, "loss_rise": 4}
 
 
 def load_runs(dirs):
