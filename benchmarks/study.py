@@ -7,6 +7,7 @@ stage reading the runs of the ones before; then the tables and the figure.
     python benchmarks/study.py --runs R main > main.sh        # the picked radii, seeds 2-4; the oracle's c
     python benchmarks/study.py --runs R wallclock > wall.sh   # every arm at SGD's 60-epoch time
     python benchmarks/study.py --runs R sparse > sparse.sh    # SNIP and RigL at 90 % and 98 %
+    python benchmarks/study.py --runs R collapse > c.sh       # SAM under RigL: what makes it collapse
     python benchmarks/study.py --runs R table                 # the tables (markdown)
     python benchmarks/study.py --runs R figure gain.png       # gain over SGD against cost per step
 
@@ -60,7 +61,10 @@ ARMS = {
     "guided-m3": ("--optimizer zosam-guided --prior momentum --n-dirs 3", (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)),
 }
 ORACLE_COSINES = (0.05, 0.1, 0.3, 0.5, 0.9)
-SPARSE = {"snip": "--sparse snip", "rigl": "--sparse rigl --update-interval 100"}
+SPARSE = {"snip": "--sparse snip", "rigl": "--sparse rigl --update-interval 100",
+          # the collapse stage's cells: the same random topology kept fixed, and RigL from
+          # weights scaled to their active fan-in
+          "random": "--sparse random", "riglfanin": "--sparse rigl --update-interval 100 --sparse-init fan-in"}
 DENSITIES = (0.1, 0.02)
 SPARSE_WIDTH = 128       # 90 %: 17,800 weights, more than the dense net's 13,706
 SPARSE_SEEDS = {0.1: SEEDS, 0.02: SWEEP_SEEDS}   # 98 % fits none of the noisy labels: 2 seeds say so
@@ -230,6 +234,24 @@ def sparse_commands(runs):
                 for arm in SPARSE_ARMS[density]:
                     for rho in picked_radii(chosen[arm]):
                         yield command(runs, arm, rho, seed, cell=f"{method}@{density:g}")
+
+
+# SAM collapsed under RigL at 90 % (the sparse stage). Is it RigL's regrowth, or the sparse
+# random start? The same arms on the same random topology kept fixed, and under RigL from weights
+# scaled to their active fan-in; at the radii the dense study's validation picked (RESULTS.md:
+# SAM 0.2 and 0.1, the random-direction arms 3), fixed here so that this stage needs no dense run.
+COLLAPSE_CELLS = ("rigl@0.1", "random@0.1", "riglfanin@0.1")
+COLLAPSE_ARMS = {"rigl@0.1": {"sgd": (None,), "sam": (0.2, 0.1), "zosam-m1": (3.0,), "coin-m1": (3.0,)},
+                 "random@0.1": {"sgd": (None,), "sam": (0.2, 0.1)},
+                 "riglfanin@0.1": {"sgd": (None,), "sam": (0.2, 0.1), "zosam-m1": (3.0,), "coin-m1": (3.0,)}}
+
+
+def collapse_commands(runs):
+    for seed in SEEDS:
+        for cell in COLLAPSE_CELLS:
+            for arm, radii in COLLAPSE_ARMS[cell].items():
+                for rho in radii:
+                    yield command(runs, arm, rho, seed, cell=cell, probes=False)
 
 
 # ---- tables ----------------------------------------------------------------------------
@@ -479,12 +501,13 @@ def main(argv=None):
                        ("main", "seeds 2-4 at the picked radii, and the oracle's cosines"),
                        ("wallclock", "every arm at SGD's 60-epoch training time"),
                        ("sparse", "SNIP and RigL at 90 and 98 %% sparsity"),
+                       ("collapse", "SAM under RigL: a fixed random topology, and the fan-in init"),
                        ("table", "the study's tables (markdown)")):
         sub.add_parser(name, help=what)
     sub.add_parser("figure", help="accuracy gain over SGD against cost per step").add_argument("path")
     args = p.parse_args(argv)
     stages = {"sweep": sweep_commands, "main": main_commands, "wallclock": wallclock_commands,
-              "sparse": sparse_commands}
+              "sparse": sparse_commands, "collapse": collapse_commands}
     os.makedirs(args.runs, exist_ok=True)
     if args.what in stages:
         for line in stages[args.what](args.runs):

@@ -17,7 +17,8 @@ from ..recipes import make_optimizer, options_of
 
 STATIC = ("snip", "grasp", "synflow")          # pruning at initialisation
 DYNAMIC = {"set": sparse.SET, "dsr": sparse.DSR, "rigl": sparse.RigL, "mest": sparse.MEST}
-SPARSE_METHODS = ("dense", "lth", *STATIC, *DYNAMIC)
+SPARSE_METHODS = ("dense", "lth", "random", *STATIC, *DYNAMIC)   # random: a fixed random topology
+SPARSE_INITS = ("standard", "fan-in")           # fan-in: sparse.rescale_to_fan_in_ on the first topology
 GRASP_SAMPLES_PER_CLASS = 10                    # GraSP's code: 10 samples of each class
 
 # command-line option -> optimizer keyword (None: the option is not given)
@@ -105,12 +106,20 @@ def make_sparsity(args, model, total_steps):
     return Sparsity(masking)
 
 
+def first_topology(args, sparsity, loader, data):
+    """The topology training starts from: pruned at initialisation for SNIP, GraSP and
+    SynFlow; then, with --sparse-init fan-in, its weights scaled to each unit's active
+    fan-in (sparse/fan_in.py)."""
+    if args.sparse in STATIC:
+        prune_at_init(args, sparsity, loader, data)
+    if args.sparse_init == "fan-in":
+        sparse.rescale_to_fan_in_(sparsity.masking)
+
+
 def prune_at_init(args, sparsity, loader, data):
     """Score the dense model on the first training batches and keep the budget
     (SNIP: one batch; GraSP: enough for 10 samples of every class; SynFlow: no
     data, only the input shape)."""
-    if args.sparse not in STATIC:
-        return
     num_classes = data.num_classes
     kw, batches = {}, []
     if args.sparse == "synflow":

@@ -23,7 +23,7 @@ from ..models import MODELS, SIGNAL_MODELS
 from ..optim.family import FAMILY
 from .. import sparse
 from ..diagnostics import CORRUPTIONS
-from .build import SPARSE_METHODS, check_optimizer
+from .build import SPARSE_INITS, SPARSE_METHODS, check_optimizer
 from .datasets import DATASETS
 from .outputs import write_json
 from .probes import DIAGNOSTICS
@@ -153,6 +153,9 @@ def parser():
                    help="fraction of the masked weights kept (default 1 for dense, else 0.1)")
     g.add_argument("--distribution", default="erk", choices=sparse.DISTRIBUTIONS,
                    help="layer densities of the random and dynamic methods")
+    g.add_argument("--sparse-init", default="standard", choices=SPARSE_INITS,
+                   help="fan-in: scale the first topology's weights to each unit's active fan-in, "
+                        "restoring the dense init's signal variance (Evci et al. 2022)")
     g.add_argument("--update-interval", type=int, default=100,
                    help="set/dsr/rigl/mest: steps between topology updates")
     g.add_argument("--lth-rounds", type=int, default=1, help="lth: pruning rounds before the last round")
@@ -229,6 +232,10 @@ def _check(p, args):
         p.error(f"--density {args.density} with --sparse dense: choose a sparse method, e.g. --sparse rigl")
     if args.sparse != "dense" and not 0 < args.density < 1:
         p.error(f"--density must be in (0, 1) for --sparse {args.sparse}, got {args.density}")
+    if args.sparse_init != "standard" and args.sparse in ("dense", "lth"):
+        p.error(f"--sparse-init {args.sparse_init} scales a sparse topology's first weights; --sparse "
+                f"{args.sparse} has {'none' if args.sparse == 'dense' else 'the dense init to rewind to'}: "
+                "use it with random, snip, grasp, synflow, set, dsr, rigl or mest")
     positive = {"epochs": args.epochs, "batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size,
                 "update_interval": args.update_interval, "lth_rounds": args.lth_rounds,
                 "image_size": args.image_size}

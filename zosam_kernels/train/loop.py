@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..optim import is_engine
 from . import outputs
-from .build import make_model, make_optimizer_for, make_sparsity, prune_at_init
+from .build import first_topology, make_model, make_optimizer_for, make_sparsity
 from .datasets import NoisyLabels, cifar10c, load
 from .probes import Probes, corrupted_sets
 
@@ -183,7 +183,7 @@ class Run:
     def fit(self, resume_state=None):
         args = self.args
         if resume_state is None:
-            prune_at_init(args, self.sparsity, self.train_loader, self.data)
+            first_topology(args, self.sparsity, self.train_loader, self.data)
             self._start_round()
         else:
             self.resume(resume_state)
