@@ -9,6 +9,7 @@ stage reading the runs of the ones before; then the tables and the figure.
     python benchmarks/study.py --runs R sparse > sparse.sh    # SNIP and RigL at 90 % and 98 %
     python benchmarks/study.py --runs R collapse > c.sh       # SAM under RigL: what makes it collapse
     python benchmarks/study.py --runs R table                 # the tables (markdown)
+    python benchmarks/study.py --runs R collapse-table        # the collapse stage's table
     python benchmarks/study.py --runs R figure gain.png       # gain over SGD against cost per step
 
 A stage prints only the runs whose folder does not exist yet: after a crash,
@@ -440,6 +441,42 @@ def wallclock_table(found, chosen, cost):
     return "\n".join(out)
 
 
+CHANCE_LOSS = 2.25    # ln 10 = 2.30 is the loss of a constant uniform guess over 10 classes
+
+
+def epochs_at_chance(run):
+    """Epochs before the training loss first falls below CHANCE_LOSS (all of them if never)."""
+    return next((r["epoch"] - 1 for r in run["rows"] if r["train_loss"] < CHANCE_LOSS), len(run["rows"]))
+
+
+def collapse_table(found):
+    """Each arm of the collapse stage in each cell: accuracy, paired against SGD in the same
+    cell, and against the same arm and seed in RigL's cell with the standard init."""
+    out = ["| cell | arm | ρ | seeds | epochs at chance | test acc, last epoch | − SGD, paired "
+           "| − same arm in rigl@0.1, paired | test acc, early-stopped | − SGD, paired "
+           "| noisy labels fitted at the end % |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    last, early = METRICS["final"][0], METRICS["early-stopped"][0]
+    for cell in COLLAPSE_CELLS:
+        for arm, radii in COLLAPSE_ARMS[cell].items():
+            for rho in radii:
+                mine = runs_of(found, arm, rho, cell)
+                if not mine:
+                    continue
+                standard = runs_of(found, arm, rho, "rigl@0.1")
+                across = [last(mine[s]) - last(standard[s]) for s in mine if s in standard]
+                d_last, d_es = paired(found, arm, rho, "final", cell), paired(found, arm, rho, "early-stopped", cell)
+                sgd = arm == "sgd"
+                out.append(f"| {cell} | {arm} | {'-' if rho is None else f'{rho:g}'} | {len(mine)} "
+                           f"| {_cell([epochs_at_chance(r) for r in mine.values()], 1)} "
+                           f"| {_cell([last(r) for r in mine.values()], 2)} "
+                           f"| {'-' if sgd else _cell(d_last, 1, signed=True)} "
+                           f"| {'-' if cell == 'rigl@0.1' else _cell(across, 1, signed=True)} "
+                           f"| {_cell([early(r) for r in mine.values()], 2)} "
+                           f"| {'-' if sgd else _cell(d_es, 1, signed=True)} "
+                           f"| {_cell([r['summary']['final_fit_noisy'] for r in mine.values()], 1)} |")
+    return "\n".join(out)
+
+
 def tables(found):
     chosen, cost = picks(found), costs(found)
     parts = ["Dense, equal epochs (mean ± 95 % t-interval over seeds; paired: minus SGD's run of the same seed)",
@@ -502,7 +539,8 @@ def main(argv=None):
                        ("wallclock", "every arm at SGD's 60-epoch training time"),
                        ("sparse", "SNIP and RigL at 90 and 98 %% sparsity"),
                        ("collapse", "SAM under RigL: a fixed random topology, and the fan-in init"),
-                       ("table", "the study's tables (markdown)")):
+                       ("table", "the study's tables (markdown)"),
+                       ("collapse-table", "the collapse stage's table (markdown)")):
         sub.add_parser(name, help=what)
     sub.add_parser("figure", help="accuracy gain over SGD against cost per step").add_argument("path")
     args = p.parse_args(argv)
@@ -515,6 +553,8 @@ def main(argv=None):
                 print(line)
     elif args.what == "table":
         print(tables(load(args.runs)))
+    elif args.what == "collapse-table":
+        print(collapse_table(load(args.runs)))
     else:
         figure(load(args.runs), args.path)
 

@@ -290,3 +290,44 @@ def test_study_picks_radii_on_validation_and_pairs_by_seed(tmp_path, capsys):
     assert "| zosam-m1 |" not in text.split("Sparse: snip at density 0.02 ")[1].split("Sparse:")[0]
     study["main"](["--runs", str(tmp_path), "figure", str(tmp_path / "gain.png")])
     assert (tmp_path / "gain.png").stat().st_size > 0
+
+
+def test_study_collapse_stage_needs_no_dense_run_and_pairs_across_cells(tmp_path, capsys):
+    import shlex
+
+    from zosam_kernels.train.cli import parser
+    study = runpy.run_path(str(BENCHMARKS / "study.py"))
+    study["main"](["--runs", str(tmp_path), "collapse"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(set(lines)) == 5 * (5 + 3 + 5)        # seeds x (rigl, random, riglfanin) arms
+    accuracy, stalled = {}, {}
+    for line in lines:
+        argv = shlex.split(line.split(" > ")[0])
+        args = parser().parse_args(argv[1:])
+        key = (args.sparse, args.sparse_init, args.optimizer, args.rho, args.seed)
+        # SAM stalls at chance for 10 + seed epochs from the standard start, SGD for 2
+        stalled[key] = 2 if args.optimizer != "sam" else (10 + args.seed if args.sparse_init == "standard" else 1)
+        accuracy[key] = 50.0 + args.seed + 5 * (args.sparse_init == "fan-in") - 20 * (
+            args.optimizer == "sam" and args.sparse_init == "standard") + (args.rho or 0)
+        rows = [{"epoch": e, "train_loss": 2.3 if e <= stalled[key] else 1.5, "val_acc": 30.0, "epoch_s": 1.0}
+                for e in range(1, 61)]
+        out = tmp_path / argv[argv.index("--out") + 1]
+        out.mkdir()
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (out / "summary.json").write_text(json.dumps({"complete": True, "final_test_acc": accuracy[key],
+                                                      "test_acc_at_best_val": accuracy[key] + 1,
+                                                      "best_val_acc": 31.0, "final_fit_noisy": 20.0}))
+    assert {k[:2] for k in accuracy} == {("rigl", "standard"), ("random", "standard"), ("rigl", "fan-in")}
+    study["main"](["--runs", str(tmp_path), "collapse"])
+    assert capsys.readouterr().out == ""                               # every run exists
+    study["main"](["--runs", str(tmp_path), "collapse-table"])
+    rows = {tuple(c.strip() for c in line.split("|")[1:4]): line
+            for line in capsys.readouterr().out.splitlines()[2:]}
+    half = 2.776 * (2.5 ** 0.5) / 5 ** 0.5                              # seeds 0-4: s = sqrt(2.5)
+    # epochs at chance 10..14, accuracy 30.2 + seed, SGD's 50 + seed: -19.8 paired
+    assert rows["rigl@0.1", "sam", "0.2"] == (f"| rigl@0.1 | sam | 0.2 | 5 | 12.0 ± {half:.1f} | 32.20 ± {half:.2f} "
+                                              f"| -19.8 ± 0.0 | - | 33.20 ± {half:.2f} | -19.8 ± 0.0 | 20.0 ± 0.0 |")
+    # from the fan-in start: 55.2 + seed, +0.2 over SGD there, +25 over SAM from the standard start
+    assert rows["riglfanin@0.1", "sam", "0.2"].startswith(
+        f"| riglfanin@0.1 | sam | 0.2 | 5 | 1.0 ± 0.0 | 57.20 ± {half:.2f} | +0.2 ± 0.0 | +25.0 ± 0.0 |")
+    assert rows["random@0.1", "sgd", "-"].startswith("| random@0.1 | sgd | - | 5 | 2.0 ± 0.0 |")
