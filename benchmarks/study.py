@@ -10,6 +10,7 @@ stage reading the runs of the ones before; then the tables and the figure.
     python benchmarks/study.py --runs R collapse > c.sh       # SAM under RigL: what makes it collapse
     python benchmarks/study.py --runs R table                 # the tables (markdown)
     python benchmarks/study.py --runs R collapse-table        # the collapse stage's table
+    python benchmarks/study.py --runs R start                 # SAM's first steps from each start
     python benchmarks/study.py --runs R figure gain.png       # gain over SGD against cost per step
 
 A stage prints only the runs whose folder does not exist yet: after a crash,
@@ -477,6 +478,70 @@ def collapse_table(found):
     return "\n".join(out)
 
 
+def first_weights(cell, seed, batches=8):
+    """zosam-train's first weights for the collapse stage's runs of `cell` and `seed` (its own
+    model, topology and start), the masks (weight -> bool mask) and the run's first batches."""
+    import shlex
+
+    from zosam_kernels.train.build import first_topology
+    from zosam_kernels.train.cli import _check, parser
+    from zosam_kernels.train.loop import Run
+    line = command(os.path.join(os.sep, "nonexistent"), "sgd", None, seed, cell=cell, probes=False)
+    p = parser()
+    args = p.parse_args(shlex.split(line.split(" > ")[0])[1:])
+    _check(p, args)
+    run = Run(args)
+    first_topology(args, run.sparsity, run.train_loader, run.data)
+    loader = iter(run.train_loader)
+    return run.model, run.sparsity.masking.param_masks(), [next(loader) for _ in range(batches)]
+
+
+def sam_along_gradient(model, masks, batches, radii):
+    """The loss, ||g|| (g: the masked gradient at theta) and, per radius, <g(theta + eps), g> /
+    ||g||^2 with eps = rho g / ||g||: SAM's step along -g in units of SGD's (below 0: SAM
+    climbs back up); each the mean over the batches. The weights are left as they were."""
+    import torch
+    import torch.nn.functional as F
+    params = [w for w in model.parameters() if w.requires_grad]
+    masks = {id(w): m for w, m in masks.items()}
+
+    def gradient(x, y):
+        loss = F.cross_entropy(model(x), y)
+        return loss.detach(), [g * masks[id(w)] if id(w) in masks else g
+                               for w, g in zip(params, torch.autograd.grad(loss, params))]
+
+    def dot(a, b):
+        return float(sum((u * v).sum() for u, v in zip(a, b)))
+
+    measures = defaultdict(list)
+    for x, y in batches:
+        loss, g = gradient(x, y)
+        norm = dot(g, g) ** 0.5
+        measures["loss"].append(float(loss))
+        measures["norm"].append(norm)
+        for rho in radii:
+            with torch.no_grad():
+                torch._foreach_add_(params, g, alpha=rho / norm)
+            measures[rho].append(dot(gradient(x, y)[1], g) / norm ** 2)
+            with torch.no_grad():
+                torch._foreach_sub_(params, g, alpha=rho / norm)
+    return {k: statistics.mean(v) for k, v in measures.items()}
+
+
+def start_table(cells=("rigl@0.1", "riglfanin@0.1"), radii=(0.1, 0.2)):
+    out = ["| start | seeds | loss at theta0 | ‖g‖ at theta0 | "
+           + " | ".join(f"<g(θ0 + ε), g> / ‖g‖², ρ = {r:g}" for r in radii) + " |",
+           "| --- | --- | --- | --- | " + " | ".join("---" for _ in radii) + " |"]
+    for cell in cells:
+        per_seed = [sam_along_gradient(*first_weights(cell, seed), radii) for seed in SEEDS]
+        columns = ["loss", "norm", *radii]
+        digits = {"loss": 4, "norm": 4}
+        out.append(f"| {cell} | {len(per_seed)} | "
+                   + " | ".join(_cell([m[c] for m in per_seed], digits.get(c, 2), signed=c in radii)
+                                for c in columns) + " |")
+    return "\n".join(out)
+
+
 def tables(found):
     chosen, cost = picks(found), costs(found)
     parts = ["Dense, equal epochs (mean ± 95 % t-interval over seeds; paired: minus SGD's run of the same seed)",
@@ -540,7 +605,8 @@ def main(argv=None):
                        ("sparse", "SNIP and RigL at 90 and 98 %% sparsity"),
                        ("collapse", "SAM under RigL: a fixed random topology, and the fan-in init"),
                        ("table", "the study's tables (markdown)"),
-                       ("collapse-table", "the collapse stage's table (markdown)")):
+                       ("collapse-table", "the collapse stage's table (markdown)"),
+                       ("start", "SAM's first steps from each start of the collapse stage (markdown)")):
         sub.add_parser(name, help=what)
     sub.add_parser("figure", help="accuracy gain over SGD against cost per step").add_argument("path")
     args = p.parse_args(argv)
@@ -555,6 +621,8 @@ def main(argv=None):
         print(tables(load(args.runs)))
     elif args.what == "collapse-table":
         print(collapse_table(load(args.runs)))
+    elif args.what == "start":
+        print(start_table())
     else:
         figure(load(args.runs), args.path)
 

@@ -331,3 +331,24 @@ def test_study_collapse_stage_needs_no_dense_run_and_pairs_across_cells(tmp_path
     assert rows["riglfanin@0.1", "sam", "0.2"].startswith(
         f"| riglfanin@0.1 | sam | 0.2 | 5 | 1.0 ± 0.0 | 57.20 ± {half:.2f} | +0.2 ± 0.0 | +25.0 ± 0.0 |")
     assert rows["random@0.1", "sgd", "-"].startswith("| random@0.1 | sgd | - | 5 | 2.0 ± 0.0 |")
+
+
+def test_study_sam_along_gradient_matches_float64():
+    from f64 import Float64Model
+    from test_zosam import flat_mask, make_problem, random_masks
+    study = runpy.run_path(str(BENCHMARKS / "study.py"))
+    model, x, y = make_problem(8)
+    masks = random_masks(model, 0.5, 2)
+    with torch.no_grad():
+        for w, m in masks.items():
+            w.mul_(m)
+    f = Float64Model(model, x, y, torch.nn.functional.cross_entropy)
+    theta, mask = f.flat(), flat_mask(model, masks)
+    got = study["sam_along_gradient"](model, masks, [(x, y)], (0.1, 0.5))
+    g = f.grad(theta) * mask
+    assert got["loss"] == pytest.approx(float(f.loss(theta)), rel=1e-5)
+    assert got["norm"] == pytest.approx(float(g.norm()), rel=1e-5)
+    for rho in (0.1, 0.5):
+        along = float((f.grad(theta + rho * g / g.norm()) * mask) @ g / g.norm() ** 2)
+        assert got[rho] == pytest.approx(along, rel=1e-4)
+    torch.testing.assert_close(f.flat(), theta, rtol=0, atol=1e-6)     # the weights are back
