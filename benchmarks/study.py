@@ -484,12 +484,10 @@ def first_weights(cell, seed, batches=8):
     import shlex
 
     from zosam_kernels.train.build import first_topology
-    from zosam_kernels.train.cli import _check, parser
+    from zosam_kernels.train.cli import parse_args
     from zosam_kernels.train.loop import Run
     line = command(os.path.join(os.sep, "nonexistent"), "sgd", None, seed, cell=cell, probes=False)
-    p = parser()
-    args = p.parse_args(shlex.split(line.split(" > ")[0])[1:])
-    _check(p, args)
+    args = parse_args(shlex.split(line.split(" > ")[0])[1:])
     run = Run(args)
     first_topology(args, run.sparsity, run.train_loader, run.data)
     loader = iter(run.train_loader)

@@ -224,6 +224,14 @@ def parser():
     return p
 
 
+def parse_args(argv=None, p=None):
+    """The resolved options of these command-line arguments, checked as a run checks them."""
+    p = p or parser()
+    args = p.parse_args(argv)
+    _check(p, args)
+    return args
+
+
 def _check(p, args):
     """Errors that name the option, before anything is built."""
     if args.density is None:
@@ -332,8 +340,7 @@ def train(argv=None):
     """Run zosam-train with these command-line arguments; returns summary.json's content."""
     from .loop import Run   # after parsing: --help needs no dataset or model code
     p = parser()
-    args = p.parse_args(argv)
-    _check(p, args)
+    args = parse_args(argv, p)
     state = None
     if args.resume:
         # our own file: it holds generator states and optimizer options besides tensors
