@@ -242,9 +242,11 @@ def sparse_commands(runs):
 # random start? The same arms on the same random topology kept fixed, and under RigL from weights
 # scaled to their active fan-in; at the radii the dense study's validation picked (RESULTS.md:
 # SAM 0.2 and 0.1, the random-direction arms 3), fixed here so that this stage needs no dense run.
-COLLAPSE_CELLS = ("rigl@0.1", "random@0.1", "riglfanin@0.1")
+# SNIP's cell, where SAM won, for its epochs at chance.
+COLLAPSE_CELLS = ("rigl@0.1", "random@0.1", "riglfanin@0.1", "snip@0.1")
 COLLAPSE_ARMS = {"rigl@0.1": {"sgd": (None,), "sam": (0.2, 0.1), "zosam-m1": (3.0,), "coin-m1": (3.0,)},
                  "random@0.1": {"sgd": (None,), "sam": (0.2, 0.1)},
+                 "snip@0.1": {"sgd": (None,), "sam": (0.2,)},
                  "riglfanin@0.1": {"sgd": (None,), "sam": (0.2, 0.1), "zosam-m1": (3.0,), "coin-m1": (3.0,)}}
 
 

@@ -299,7 +299,7 @@ def test_study_collapse_stage_needs_no_dense_run_and_pairs_across_cells(tmp_path
     study = runpy.run_path(str(BENCHMARKS / "study.py"))
     study["main"](["--runs", str(tmp_path), "collapse"])
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == len(set(lines)) == 5 * (5 + 3 + 5)        # seeds x (rigl, random, riglfanin) arms
+    assert len(lines) == len(set(lines)) == 5 * (5 + 3 + 5 + 2)    # seeds x (rigl, random, riglfanin, snip) arms
     accuracy, stalled = {}, {}
     for line in lines:
         argv = shlex.split(line.split(" > ")[0])
@@ -317,7 +317,8 @@ def test_study_collapse_stage_needs_no_dense_run_and_pairs_across_cells(tmp_path
         (out / "summary.json").write_text(json.dumps({"complete": True, "final_test_acc": accuracy[key],
                                                       "test_acc_at_best_val": accuracy[key] + 1,
                                                       "best_val_acc": 31.0, "final_fit_noisy": 20.0}))
-    assert {k[:2] for k in accuracy} == {("rigl", "standard"), ("random", "standard"), ("rigl", "fan-in")}
+    assert {k[:2] for k in accuracy} == {("rigl", "standard"), ("random", "standard"), ("rigl", "fan-in"),
+                                         ("snip", "standard")}
     study["main"](["--runs", str(tmp_path), "collapse"])
     assert capsys.readouterr().out == ""                               # every run exists
     study["main"](["--runs", str(tmp_path), "collapse-table"])
