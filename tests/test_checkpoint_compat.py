@@ -3,9 +3,9 @@
 at commit 245faba) load into today's optimizers and continue as that code did.
 
 Bit for bit on the CPU that wrote the file; another CPU's kernels round the same
-float32 sums differently (up to 1.5e-7 apart after the 3 steps, on an Intel Xeon
-for a file written on an AMD EPYC), while a continuation that lost the optimizer's
-state ends 0.1 or more away. So the comparison allows 1e-6."""
+float32 sums differently (up to 1.5e-7 apart after the 3 steps on an Intel Xeon,
+for a file written on another machine), while a continuation that lost the
+optimizer's state ends 0.1 or more away. So the comparison allows 1e-6."""
 
 import pytest
 import torch
