@@ -11,6 +11,7 @@ stage reading the runs of the ones before; then the tables and the figure.
     python benchmarks/study.py --runs R table                 # the tables (markdown)
     python benchmarks/study.py --runs R collapse-table        # the collapse stage's table
     python benchmarks/study.py --runs R start                 # SAM's first steps from each start
+    python benchmarks/study.py --runs R2 stall > stall.sh     # SAM probed along the stall; then stall-table
     python benchmarks/study.py --runs R figure gain.png       # gain over SGD against cost per step
 
 A stage prints only the runs whose folder does not exist yet: after a crash,
@@ -248,6 +249,42 @@ COLLAPSE_ARMS = {"rigl@0.1": {"sgd": (None,), "sam": (0.2, 0.1), "zosam-m1": (3.
                  "random@0.1": {"sgd": (None,), "sam": (0.2, 0.1)},
                  "snip@0.1": {"sgd": (None,), "sam": (0.2,)},
                  "riglfanin@0.1": {"sgd": (None,), "sam": (0.2, 0.1), "zosam-m1": (3.0,), "coin-m1": (3.0,)}}
+
+
+# The stall, watched: the ascent probe (‖∇L‖, the loss rise L(θ + ε) − L(θ)) along SAM at ρ = 0.2
+# and at ρ = 0 (SGD's update; SGD itself has no ε to probe), from both RigL starts. Its runs are
+# named as the collapse stage's: give it a --runs folder of its own.
+STALL_CELLS, STALL_RADII, STALL_SEEDS = ("rigl@0.1", "riglfanin@0.1"), (0.0, 0.2), (0, 1)
+STALL_EPOCHS = (1, 2, 3, 5, 10, 20, 30, 60)
+
+
+def stall_commands(runs):
+    epochs = ",".join(map(str, STALL_EPOCHS))
+    for seed in STALL_SEEDS:
+        for cell in STALL_CELLS:
+            for rho in STALL_RADII:
+                line = command(runs, "sam", rho, seed, cell=cell, probes=False)
+                if line is not None:
+                    yield line.replace(" --out ", f" --diagnostics ascent --diagnostics-epochs {epochs} --out ", 1)
+
+
+def stall_table(found):
+    """Per start and radius, the mean over seeds at each probed epoch of the training loss,
+    ‖∇L(θ)‖ and the loss rise (the ascent probe's 8 steps)."""
+    out = ["| start | ρ | measure | " + " | ".join(f"epoch {e}" for e in STALL_EPOCHS) + " |",
+           "| --- | --- | --- | " + " | ".join("---" for _ in STALL_EPOCHS) + " |"]
+    for cell in STALL_CELLS:
+        for rho in STALL_RADII:
+            runs = runs_of(found, "sam", rho, cell).values()
+            if not runs:
+                continue
+            measures = (("training loss", lambda r, e: r["rows"][e - 1]["train_loss"], 3),
+                        ("‖∇L(θ)‖", lambda r, e: _diagnostic(r, e, "ascent", "grad_norm"), 3),
+                        ("loss rise", lambda r, e: _diagnostic(r, e, "ascent", "loss_rise"), 4))
+            for name, read, digits in measures:
+                cells = [f"{statistics.mean(read(r, e) for r in runs):.{digits}f}" for e in STALL_EPOCHS]
+                out.append(f"| {cell} | {rho:g} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def collapse_commands(runs):
@@ -606,12 +643,14 @@ def main(argv=None):
                        ("collapse", "SAM under RigL: a fixed random topology, and the fan-in init"),
                        ("table", "the study's tables (markdown)"),
                        ("collapse-table", "the collapse stage's table (markdown)"),
-                       ("start", "SAM's first steps from each start of the collapse stage (markdown)")):
+                       ("start", "SAM's first steps from each start of the collapse stage (markdown)"),
+                       ("stall", "SAM probed along the stall (a --runs folder of its own)"),
+                       ("stall-table", "the stall stage's table (markdown)")):
         sub.add_parser(name, help=what)
     sub.add_parser("figure", help="accuracy gain over SGD against cost per step").add_argument("path")
     args = p.parse_args(argv)
     stages = {"sweep": sweep_commands, "main": main_commands, "wallclock": wallclock_commands,
-              "sparse": sparse_commands, "collapse": collapse_commands}
+              "sparse": sparse_commands, "collapse": collapse_commands, "stall": stall_commands}
     os.makedirs(args.runs, exist_ok=True)
     if args.what in stages:
         for line in stages[args.what](args.runs):
@@ -623,6 +662,8 @@ def main(argv=None):
         print(collapse_table(load(args.runs)))
     elif args.what == "start":
         print(start_table())
+    elif args.what == "stall-table":
+        print(stall_table(load(args.runs)))
     else:
         figure(load(args.runs), args.path)
 

@@ -121,6 +121,8 @@ def test_loss_rise_and_priors_against_two_sam_steps_in_closed_form():
     assert first["alpha_momentum"] is None and first["alpha_gradient"] is None   # no prior yet
     assert first["loss_rise"] == pytest.approx(loss(w0 + eps0) - loss(w0), rel=1e-10)
     assert second["loss_rise"] == pytest.approx(loss(w1 + eps1) - loss(w1), rel=1e-10)
+    assert first["grad_norm"] == pytest.approx(float(g0.norm()), rel=1e-12)
+    assert second["grad_norm"] == pytest.approx(float(g1.norm()), rel=1e-12)
     assert second["alpha_momentum"] == pytest.approx(cos(update0, g1), abs=1e-12)
     assert second["alpha_gradient"] == pytest.approx(cos(update0, g1), abs=1e-12)
     assert second["cosine"] == pytest.approx(1.0, abs=1e-12)

@@ -353,3 +353,34 @@ def test_study_sam_along_gradient_matches_float64():
         along = float((f.grad(theta + rho * g / g.norm()) * mask) @ g / g.norm() ** 2)
         assert got[rho] == pytest.approx(along, rel=1e-4)
     torch.testing.assert_close(f.flat(), theta, rtol=0, atol=1e-6)     # the weights are back
+
+
+def test_study_stall_stage_probes_sam_and_tabulates_each_epoch(tmp_path, capsys):
+    import shlex
+
+    from zosam_kernels.train.cli import parse_args
+    study = runpy.run_path(str(BENCHMARKS / "study.py"))
+    study["main"](["--runs", str(tmp_path), "stall"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 * 2 * 2                                    # seeds x starts x radii
+    epochs = study["STALL_EPOCHS"]
+    for line in lines:
+        argv = shlex.split(line.split(" > ")[0])
+        args = parse_args(argv[1:])
+        assert args.optimizer == "sam" and args.diagnostics == ["ascent"]
+        assert args.diagnostics_epochs == list(epochs)
+        norm = 1.0 + args.seed + 10 * args.rho                         # known values per run
+        rows = [{"epoch": e, "train_loss": 2.0 + args.seed, "val_acc": 30.0, "epoch_s": 1.0,
+                 **({"diagnostics": {"ascent": {"grad_norm": norm * e, "loss_rise": 0.01 * e}}} if e in epochs else {})}
+                for e in range(1, 61)]
+        out = tmp_path / argv[argv.index("--out") + 1]
+        out.mkdir()
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (out / "summary.json").write_text(json.dumps({"complete": True, "final_test_acc": 50.0}))
+    study["main"](["--runs", str(tmp_path), "stall-table"])
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert len(rows) == 2 * 2 * 3                                     # starts x radii x measures
+    norm = next(r for r in rows if r.startswith("| riglfanin@0.1 | 0.2 | ‖∇L(θ)‖ |"))
+    assert norm.split("|")[4:-1] == [f" {(1.5 + 2) * e:.3f} " for e in epochs]   # seeds 0 and 1, rho 0.2
+    loss = next(r for r in rows if r.startswith("| rigl@0.1 | 0 | training loss |"))
+    assert loss.split("|")[4].strip() == "2.500"

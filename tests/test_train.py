@@ -344,7 +344,7 @@ def test_diagnostics_and_corruptions_leave_the_trajectory_alone(tmp_path):
         assert d["gradvar"]["batches"] == 2 and d["gradvar"]["variance"] > 0
         assert d["hessian"]["top_eigenvalue"] != 0 and d["hessian"]["trace"] is not None
         assert d["ascent"]["steps"] == 2 and -1 <= d["ascent"]["cosine"] <= 1
-        assert math.isfinite(d["ascent"]["loss_rise"])
+        assert math.isfinite(d["ascent"]["loss_rise"]) and d["ascent"]["grad_norm"] > 0
         for prior in ("alpha_momentum", "alpha_gradient"):   # the first step has no prior: 1 of 2 counts
             assert -1 <= d["ascent"][prior] <= 1
         assert d["landscape"] == {"1d": f"landscape_e{row['epoch']}_1d.png",

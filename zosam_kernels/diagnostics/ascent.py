@@ -10,7 +10,8 @@ finite difference's sign makes its expectation positive, of order
 √(2/(π d)). Measuring the cosine along training says how far ZO-SAM's
 perturbation is from SAM's and from a random one. The loss rise
 L(θ + ε) − L(θ) is what the ascent is for: about ρ‖∇L‖ cos(ε, ∇L) to first
-order, plus the curvature's ½ εᵀHε, which a random direction also gets.
+order, plus the curvature's ½ εᵀHε, which a random direction also gets; ‖∇L‖
+is measured beside it (SAM descends L + ρ‖∇L‖, to first order).
 
 α = cos(prior, ∇L(θ)) for the two priors a guided ascent can use (guided.py):
 the base optimizer's momentum (SGD's momentum_buffer, Adam's exp_avg) and the
@@ -46,7 +47,7 @@ def _alpha(tensors, active, gradient):
 
 def step_with_ascent_probe(optimizer, closure, model, masks=None):
     """(the step's return value, {"cosine": cos(ε, ∇L(θ)), "loss_rise": L(θ + ε) − L(θ),
-    "alpha_momentum", "alpha_gradient": the priors' cosines to ∇L(θ)}) on the active
+    "grad_norm": ‖∇L(θ)‖, "alpha_momentum", "alpha_gradient": the priors' cosines to ∇L(θ)}) on the active
     weights. `closure()` returns the batch's loss, mean or per sample (its mean is
     differentiated). Read before the step: the momentum and .grad it starts from."""
     active = active_parameters(model, masks)
@@ -57,7 +58,8 @@ def step_with_ascent_probe(optimizer, closure, model, masks=None):
     gradient = active_flat(grads, active)
     states = [optimizer.state.get(p, {}) for p in params]
     momentum = [next((s[k] for k in MOMENTUM_KEYS if torch.is_tensor(s.get(k))), None) for s in states]
-    found = {"alpha_momentum": _alpha(momentum, active, gradient),
+    found = {"grad_norm": float(gradient.double().norm()),
+             "alpha_momentum": _alpha(momentum, active, gradient),
              "alpha_gradient": _alpha([p.grad for p in params], active, gradient)}
     start = [p.detach().clone() for p in params]
     seen = {}

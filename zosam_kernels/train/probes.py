@@ -97,7 +97,7 @@ class Probes:
         if "ascent" in self.names:
             active = count_active(active_parameters(model, masks))
             found["ascent"] = {name: _mean([step[name] for step in ascent_steps])
-                               for name in ("cosine", "loss_rise", "alpha_momentum", "alpha_gradient")}
+                               for name in ("cosine", "loss_rise", "grad_norm", "alpha_momentum", "alpha_gradient")}
             found["ascent"].update(steps=len(ascent_steps), random_direction=math.sqrt(2 / (math.pi * active)))
         return found
 
