@@ -270,7 +270,7 @@ def stall_commands(runs):
 
 def stall_table(found):
     """Per start and radius, the mean over seeds at each probed epoch of the training loss,
-    ‖∇L(θ)‖ and the loss rise (the ascent probe's 8 steps)."""
+    ‖∇L(θ)‖ and the loss rise (the ascent probe's 8 steps; 0 by construction at ρ = 0, left out)."""
     out = ["| start | ρ | measure | " + " | ".join(f"epoch {e}" for e in STALL_EPOCHS) + " |",
            "| --- | --- | --- | " + " | ".join("---" for _ in STALL_EPOCHS) + " |"]
     for cell in STALL_CELLS:
@@ -281,7 +281,7 @@ def stall_table(found):
             measures = (("training loss", lambda r, e: r["rows"][e - 1]["train_loss"], 3),
                         ("‖∇L(θ)‖", lambda r, e: _diagnostic(r, e, "ascent", "grad_norm"), 3),
                         ("loss rise", lambda r, e: _diagnostic(r, e, "ascent", "loss_rise"), 4))
-            for name, read, digits in measures:
+            for name, read, digits in measures[:3 if rho else 2]:
                 cells = [f"{statistics.mean(read(r, e) for r in runs):.{digits}f}" for e in STALL_EPOCHS]
                 out.append(f"| {cell} | {rho:g} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(out)

@@ -379,7 +379,7 @@ def test_study_stall_stage_probes_sam_and_tabulates_each_epoch(tmp_path, capsys)
         (out / "summary.json").write_text(json.dumps({"complete": True, "final_test_acc": 50.0}))
     study["main"](["--runs", str(tmp_path), "stall-table"])
     rows = capsys.readouterr().out.splitlines()[2:]
-    assert len(rows) == 2 * 2 * 3                                     # starts x radii x measures
+    assert len(rows) == 2 * (3 + 2)                                   # starts x measures (no loss rise at rho 0)
     norm = next(r for r in rows if r.startswith("| riglfanin@0.1 | 0.2 | ‖∇L(θ)‖ |"))
     assert norm.split("|")[4:-1] == [f" {(1.5 + 2) * e:.3f} " for e in epochs]   # seeds 0 and 1, rho 0.2
     loss = next(r for r in rows if r.startswith("| rigl@0.1 | 0 | training loss |"))
