@@ -83,6 +83,23 @@ def test_gradient_accumulation_is_refused_with_the_reason(fresh_state):
         prepare(accelerate.Accelerator(cpu=True, gradient_accumulation_steps=2), model, zosam(model.parameters()))
 
 
+def test_gradient_accumulation_set_after_prepare_is_refused_at_the_step(fresh_state):
+    """accumulate() would skip step(closure) on every other batch: refused at the first step."""
+    model, batches = problem()
+    accelerator = accelerate.Accelerator(cpu=True)
+    model = prepare(accelerator, model)
+    opt = prepare(accelerator, zosam(model.parameters()))
+    ours = opt.optimizer
+    x, y = batches[0]
+    opt.step(lambda: F.cross_entropy(model(x), y))
+    accelerator.gradient_accumulation_steps = 2
+    for x, y in batches[1:3]:
+        with accelerator.accumulate(model):
+            with pytest.raises(ValueError, match=r"gradient_accumulation_steps=2\): a ZOSAM step"):
+                opt.step(lambda: F.cross_entropy(model(x), y))
+    assert ours.step_count == 1
+
+
 def test_a_grad_scaler_is_refused_with_the_reason(fresh_state):
     model, _ = problem()
     accelerator = accelerate.Accelerator(cpu=True, mixed_precision="fp16")

@@ -42,8 +42,9 @@ def sam(params, **kwargs):
     return zk.SAM(params, torch.optim.AdamW, rho=0.05, lr=1e-2, **kwargs)
 
 
-def plain_loop(model, make_opt, epochs, autocast=None, **kwargs):
+def plain_loop(model, make_opt, epochs, autocast=None, schedule=None, **kwargs):
     opt = make_opt(model.parameters(), **kwargs)
+    scheduler = schedule(opt, epochs * len(batches())) if schedule else None
 
     def loss(batch):
         with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
@@ -53,15 +54,17 @@ def plain_loop(model, make_opt, epochs, autocast=None, **kwargs):
     for _ in range(epochs):
         for batch in batches():
             opt.step(lambda: loss(batch))
+            if scheduler is not None:
+                scheduler.step()
     return model
 
 
 def train(model, make_opt, out, epochs, resume=None, **kwargs):
-    options = {"max_grad_norm": 0.0, "save_strategy": "no", "logging_strategy": "no", **kwargs}
+    options = {"max_grad_norm": 0.0, "save_strategy": "no", "logging_strategy": "no",
+               "lr_scheduler_type": "constant", **kwargs}
     args = transformers.TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=BATCH, num_train_epochs=epochs, use_cpu=True,
-        lr_scheduler_type="constant", train_sampling_strategy="sequential", report_to="none",
-        disable_tqdm=True, **options)
+        train_sampling_strategy="sequential", report_to="none", disable_tqdm=True, **options)
     trainer = SharpnessAwareTrainer(model=model, args=args, train_dataset=dataset(),
                                     optimizers=(make_opt(model.parameters()), None))
     trainer.train(resume_from_checkpoint=resume)
@@ -80,6 +83,32 @@ def test_trainer_equals_the_plain_loop(tmp_path, make_opt):
     trainer = train(model, make_opt, tmp_path, 2)
     assert_same_weights(model, reference)
     assert trainer.state.global_step == 2 * SAMPLES // BATCH
+
+
+@pytest.mark.parametrize("make_opt", [zosam, sam])
+@pytest.mark.parametrize("kind, warmup", [("linear", 2), ("cosine", 0)])
+def test_the_lr_schedule_and_warmup_drive_the_optimizer(tmp_path, make_opt, kind, warmup):
+    """The Trainer's scheduler sets the learning rate the optimizer steps with:
+    the weights equal our loop under the same schedule, and differ from a
+    constant learning rate's."""
+    def schedule(opt, total):
+        return transformers.get_scheduler(kind, opt, num_warmup_steps=warmup, num_training_steps=total)
+    model = make_model()
+    reference = plain_loop(copy.deepcopy(model), make_opt, 2, schedule=schedule)
+    train(model, make_opt, tmp_path, 2, lr_scheduler_type=kind, warmup_steps=warmup)
+    assert_same_weights(model, reference)
+    constant = plain_loop(make_model(), make_opt, 2)
+    assert (reference.classifier.weight - constant.classifier.weight).abs().max() > 1e-3
+
+
+def test_the_stand_in_shares_the_groups_after_loading_a_state():
+    """Accelerate loads a state into the stand-in the scheduler holds: the groups stay shared."""
+    from zosam_kernels.integrations.hf import StepTakenInTrainingStep
+    ours = zosam(make_model().parameters())
+    stand_in = StepTakenInTrainingStep(ours)
+    stand_in.load_state_dict(stand_in.state_dict())
+    assert stand_in.param_groups is ours.param_groups is ours.base_optimizer.param_groups
+    assert stand_in.state is ours.state is ours.base_optimizer.state
 
 
 def test_max_grad_norm_clips_the_applied_gradient(tmp_path):

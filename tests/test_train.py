@@ -265,10 +265,10 @@ def test_errors_that_name_what_to_do(tmp_path, capsys, monkeypatch):
 
 
 OPTIMIZER_ERRORS = [
-    (["--rho", "-1"], "--optimizer zosam: --rho must be a non-negative number, got -1.0"),
+    (["--rho", "-1"], "--optimizer zosam: --rho must be a finite non-negative number, got -1.0"),
     (["--n-dirs", "0"], "--optimizer zosam: --n-dirs must be an int >= 1, got 0"),
-    (["--delta", "0"], "--optimizer zosam: --delta must be a positive number, got 0.0"),
-    (["--optimizer", "sam", "--max-grad-norm", "0"], "--max-grad-norm must be a positive number"),
+    (["--delta", "0"], "--optimizer zosam: --delta must be a finite positive number, got 0.0"),
+    (["--optimizer", "sam", "--max-grad-norm", "0"], "--max-grad-norm must be a finite positive number"),
 ]
 DATA_ERRORS = [
     (["--data", "cifar10", "--data-dir", "nowhere"], "--data-dir nowhere is not a directory"),

@@ -15,6 +15,8 @@ refuses these, with the reason, and is otherwise accelerator.prepare:
     model = prepare(accelerator, model)
     opt = prepare(accelerator, zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.1))
 """
+import functools
+
 import torch
 
 from . import unwrap
@@ -22,21 +24,42 @@ from . import unwrap
 
 def prepare(accelerator, *objects, **kwargs):
     """accelerator.prepare(*objects, **kwargs), after refusing the settings that
-    cannot drive the package's optimizers among `objects`."""
+    cannot drive the package's optimizers among `objects`; the settings are
+    checked again at every step of a prepared optimizer (an Accelerator's
+    gradient_accumulation_steps may be set after prepare)."""
+    modules = any(isinstance(o, torch.nn.Module) for o in objects)
     for ours in filter(None, map(unwrap, objects)):
-        name = type(ours).__name__
-        if accelerator.num_processes > 1 and any(isinstance(o, torch.nn.Module) for o in objects):
-            raise ValueError(
-                f"prepare(accelerator, model, {name}(...)) on {accelerator.num_processes} processes: wrapping the "
-                "model in DDP leaves its parameters outside the flat buffer of an optimizer built before; "
-                "prepare the model first, then build the optimizer on its parameters and prepare that")
-        if accelerator.gradient_accumulation_steps != 1:
-            raise ValueError(
-                f"Accelerator(gradient_accumulation_steps={accelerator.gradient_accumulation_steps}): a {name} "
-                "step evaluates every pass on one batch, and accumulating skips step(closure) on the other "
-                "batches, dropping them; use gradient_accumulation_steps=1 with a larger batch")
-        if accelerator.scaler is not None:
-            raise ValueError(
-                f"Accelerator(mixed_precision={accelerator.mixed_precision!r}): its GradScaler steps the optimizer "
-                f"itself, which cannot drive {name} (it runs its own backward); use mixed_precision='bf16'")
-    return accelerator.prepare(*objects, **kwargs)
+        _refuse(accelerator, ours, modules)
+    prepared = accelerator.prepare(*objects, **kwargs)
+    for wrapper in prepared if isinstance(prepared, tuple) else (prepared,):
+        ours = unwrap(wrapper)
+        if ours is not None and wrapper is not ours:
+            wrapper.step = _checked(accelerator, ours, wrapper.step)
+    return prepared
+
+
+def _checked(accelerator, ours, step):
+    """The wrapper's step, refusing first what cannot work (before the wrapper skips a batch)."""
+    @functools.wraps(step)
+    def checked(*args, **kwargs):
+        _refuse(accelerator, ours, modules=False)
+        return step(*args, **kwargs)
+    return checked
+
+
+def _refuse(accelerator, ours, modules):
+    name = type(ours).__name__
+    if modules and accelerator.num_processes > 1:
+        raise ValueError(
+            f"prepare(accelerator, model, {name}(...)) on {accelerator.num_processes} processes: wrapping the "
+            "model in DDP leaves its parameters outside the flat buffer of an optimizer built before; "
+            "prepare the model first, then build the optimizer on its parameters and prepare that")
+    if accelerator.gradient_accumulation_steps != 1:
+        raise ValueError(
+            f"Accelerator(gradient_accumulation_steps={accelerator.gradient_accumulation_steps}): a {name} "
+            "step evaluates every pass on one batch, and accumulating skips step(closure) on the other "
+            "batches, dropping them; use gradient_accumulation_steps=1 with a larger batch")
+    if accelerator.scaler is not None:
+        raise ValueError(
+            f"Accelerator(mixed_precision={accelerator.mixed_precision!r}): its GradScaler steps the optimizer "
+            f"itself, which cannot drive {name} (it runs its own backward); use mixed_precision='bf16'")

@@ -65,6 +65,7 @@ class SharpnessAwareTrainer(Trainer):
         ours = getattr(self, "_sharpness_aware", None)
         if ours is None:
             return super().training_step(model, inputs, num_items_in_batch)
+        self._check_args(ours)   # the arguments may change after the optimizer was made
         model.train()
         inputs = self._prepare_inputs(inputs)
 

@@ -65,8 +65,8 @@ class SharpnessAwareModule(pl.LightningModule):
         ours = unwrap(optimizer)
         if ours is None:
             return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self._check_trainer()   # at every step: the trainer's settings may change after the first
         if id(ours) not in self._hooked:
-            self._check_trainer()
             ours.base_optimizer.register_step_pre_hook(self._before_base_step(ours))
             self._hooked.add(id(ours))
         ddp = self.trainer.strategy.model

@@ -28,11 +28,10 @@ from typing import Optional
 import torch
 
 from ..flat import FlatParams
-from ..masks import zero_pruned_
 from ..seeds import check_seed, derived_seed
 from . import formulas
 from .checks import check_fraction, check_nonnegative, check_positive, check_positive_int
-from .components import Ascent, same_in_every_group
+from .components import Ascent, Plan, same_in_every_group
 from .directions import FusedDirections, UnfusedDirections, Walk
 from .passes import mean_loss, phase
 
@@ -52,7 +51,7 @@ class GradientAscent(Ascent):
     the authors' rescaling."""
 
     first_order = True
-    state_keys = ("seed",)
+    state_keys = ("seed", "eps_params", "eps_tensors")
 
     def __init__(self, rho: float = 0.05, adaptive: bool = False, m_sharpness: bool = False,
                  beta: float = 1.0, seed: int = 0):
@@ -63,6 +62,7 @@ class GradientAscent(Ascent):
         self.beta, self.seed = float(beta), seed
         self.last_perturbed: list = []
         self._saved = self._kept = self._pending = None
+        self._params: list = []
 
     def group_defaults(self):
         return {"rho": self.rho, "adaptive": self.adaptive}
@@ -70,8 +70,9 @@ class GradientAscent(Ascent):
     def check_group(self, group):
         check_nonnegative("rho", group["rho"])
 
-    def relayout(self, engine, layout):
+    def relayout(self, layout, masks, flat):
         self._saved = self._kept = None   # theta's copy, and a kept eps, are of the old layout
+        self._params = layout.params
 
     def observe(self, step):
         chosen = self._draw(len(step.params), step.index)
@@ -110,18 +111,14 @@ class GradientAscent(Ascent):
         eps = formulas.sam_perturbation([g for _, g in pairs], params, rhos, adaptive)
         if self.beta < 1:
             torch._foreach_div_(eps, self.beta)
-        if step.restriction is not None:   # a perturbation mask (SSAM)
-            by_param = dict(zip(map(id, step.params), step.masks.layout.views(step.restriction)))
-            for e, p in zip(eps, params):
-                zero_pruned_(e, by_param[id(p)])
-        return params, eps
+        return params, step.restrict(params, eps)   # a perturbation mask (SSAM): ||g|| stays the whole one
 
     @contextlib.contextmanager
     def perturbed(self, step):
-        if step.plan == "none":
+        if step.plan is Plan.NONE:
             yield
             return
-        params, eps = self._kept if step.plan == "reuse" else self._eps(step)
+        params, eps = self._kept if step.plan is Plan.REUSE else self._eps(step)
         self._pending = (params, eps)
         if self._saved is None:
             self._saved = [torch.empty_like(p) for p in step.params]
@@ -142,6 +139,19 @@ class GradientAscent(Ascent):
         if step.keep_eps:   # one parameter-sized set of tensors, kept between steps
             self._kept = self._pending
         self._pending = None
+
+    def kept_state(self):
+        if self._kept is None:
+            return {}
+        index = {id(p): i for i, p in enumerate(self._params)}
+        return {"eps_params": [index[id(p)] for p in self._kept[0]], "eps_tensors": list(self._kept[1])}
+
+    def load_kept_state(self, state):
+        if "eps_tensors" not in state:
+            self._kept = None
+            return
+        params = [self._params[i] for i in state["eps_params"]]
+        self._kept = (params, [t.to(p.device, p.dtype) for p, t in zip(params, state["eps_tensors"])])
 
     def direction(self, step):
         return step.theta_grads
@@ -169,7 +179,7 @@ class ZerothOrderAscent(Ascent):
 
     compares_losses = True   # L(theta + delta u) - L(theta - delta u): common random numbers by default
     flattens = True
-    state_keys = ("seed", "n_dirs")
+    state_keys = ("seed", "n_dirs", "eps_seeds", "eps")
 
     def __init__(self, rho: float = 0.05, delta: float = 1e-3, n_dirs: int = 1, seed: int = 0,
                  adaptive: bool = False, backend: str = "fused", batch_fraction: float = 1.0,
@@ -197,25 +207,22 @@ class ZerothOrderAscent(Ascent):
     def check_group(self, group):
         check_nonnegative("rho", group["rho"])
         check_positive("delta", group["delta"])
-        for p in group["params"]:
-            if p.requires_grad and p.dtype != torch.float32:
-                raise TypeError(f"params: the zeroth-order ascent perturbs float32 parameters, got {p.dtype} "
-                                f"(shape {tuple(p.shape)}); {_WHY_FLOAT32.get(p.dtype, _WHY_FLOAT32[None])}")
 
     def check_groups(self, groups):
         for name in ("rho", "delta", "adaptive"):
             same_in_every_group(groups, name, when="at construction")
+        for p in (p for g in groups for p in g["params"]):
+            if p.requires_grad and p.dtype != torch.float32:
+                raise TypeError(f"params: the zeroth-order ascent perturbs float32 parameters, got {p.dtype} "
+                                f"(shape {tuple(p.shape)}); {_WHY_FLOAT32.get(p.dtype, _WHY_FLOAT32[None])}")
 
-    def relayout(self, engine, layout):
-        self.flat = engine.flat
-        sharded = not isinstance(self.flat, FlatParams)
-        if sharded and (self.backend != "fused" or engine.masks.masked or
-                        any(getattr(p, "restricts_directions", False) for p in engine.parts)):
+    def relayout(self, layout, masks, flat):
+        self.flat = flat
+        if not isinstance(flat, FlatParams) and (self.backend != "fused" or masks.masked):
             raise NotImplementedError("params: the zeroth-order ascent on FSDP2 (fully_shard) needs "
-                                      "backend='fused', no masks and directions over all weights (no "
-                                      "perturbation mask)")
+                                      "backend='fused' and no masks")
         self.directions = BACKENDS[self.backend](self.flat)
-        self._masks = engine.masks
+        self._masks = masks
         self._saved = None   # theta, for the adaptive eps (one parameter-sized copy, kept between steps)
 
     def _direction_masks(self, step):
@@ -225,13 +232,12 @@ class ZerothOrderAscent(Ascent):
 
     @contextlib.contextmanager
     def perturbed(self, step):
-        if step.plan == "none":
+        if step.plan is Plan.NONE:
             yield
             return
-        rho, delta = same_in_every_group(step.groups, "rho"), same_in_every_group(step.groups, "delta")
+        rho, delta = step.radius(), same_in_every_group(step.groups, "delta")
         adaptive = same_in_every_group(step.groups, "adaptive")
-        check_nonnegative("rho", rho)
-        reuse = step.plan == "reuse"
+        reuse = step.plan is Plan.REUSE
         seeds = self._kept[0] if reuse else [derived_seed(self.seed, step.index, i) for i in range(self.n_dirs)]
         saved = self._saved_theta() if adaptive else None
         with phase("perturb"):
@@ -302,16 +308,16 @@ class ZerothOrderAscent(Ascent):
         return self._masks.layout.views(walk.materialized(coefs / walk.m))
 
     def commit(self, step):
-        if step.plan != "full":
+        if step.plan is not Plan.FULL:
             return
         self.last_seeds, self.last_coefficients, self.last_eps = self._pending
         if step.keep_eps:   # m seeds and m coefficients: no parameter-sized buffer
             self._kept = (self._pending[0], self._pending[2])
 
     def kept_state(self):
-        """The eps kept for reuse (seeds and coefficients), for a part that reuses it."""
+        """The eps kept for reuse: m seeds and m coefficients."""
         if self._kept is None:
-            return {"eps_seeds": [], "eps": None}
+            return {}
         return {"eps_seeds": list(self._kept[0]), "eps": self._kept[1].tolist()}
 
     def load_kept_state(self, state):

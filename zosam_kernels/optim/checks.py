@@ -1,14 +1,21 @@
-"""Argument checks shared by the family's constructors: each names the argument."""
+"""Argument checks shared by the family's constructors and by the engine's
+check of the param groups at every step: each names the argument. Numbers
+must be finite: an infinite radius, step or threshold has no meaning here."""
+import math
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_nonnegative(name, value):
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    if not (_number(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
 
 
 def check_positive(name, value):
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if not (_number(value) and value > 0):
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
 
 
 def check_positive_int(name, value):
@@ -18,5 +25,5 @@ def check_positive_int(name, value):
 
 def check_fraction(name, value):
     """A number in (0, 1]."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
+    if not (_number(value) and 0 < value <= 1):
         raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")

@@ -1,26 +1,55 @@
-"""What the engine asks of an ascent and of a part (engine.py): every hook,
-with the no-op that most of them keep. A component sees a step only through
-engine.Step."""
+"""The contract between the engine (engine.py) and its components: what an
+ascent and a part declare, every hook they may keep, and what each must
+honour on a step (docs/DESIGN.md, "The engine"). A component sees a step
+only through engine.Step; the engine checks the declarations at
+construction and refuses, with the reason, a composition that cannot keep
+them. tests/test_compositions.py holds every ascent and every part to it.
+
+What an ascent must honour on a Step:
+- step.plan: Plan.FULL, find eps (and measure at theta when it says so);
+  Plan.REUSE, put the weights at theta + the eps it kept (only asked of an
+  ascent with `reusable`); Plan.NONE, leave them at theta.
+- step.restriction: a perturbation mask; eps is zero outside it, in every
+  pass of the step (the passes that estimate eps included).
+- step.per_sample_at_theta: set step.at_theta to per-sample losses at theta
+  (only asked of an ascent with `measures_at_theta`).
+- step.keep_eps: keep this step's eps at commit, for the REUSE steps after
+  it; `kept_state` returns it for the optimizer's state_dict and
+  `load_kept_state` takes it back, so a run resumed in the middle of a reuse
+  period continues as the uninterrupted one.
+- perturbed(): the weights at theta again when the block ends, however it
+  ends (an exception included).
+"""
 import contextlib
+import enum
+
+
+class Plan(enum.Enum):
+    """What a step does with the perturbation (a part that `decides_plan` sets it)."""
+    FULL = "full"     # the ascent finds eps
+    REUSE = "reuse"   # the ascent applies the eps it kept
+    NONE = "none"     # no perturbation: the update's gradient is taken at theta
 
 
 class Component:
     compares_losses = False   # whether its passes compare losses: common random numbers by default
-    state_keys = ()           # the keys it keeps in the optimizer's state_dict (under "sharpness")
+    state_keys: tuple = ()    # the keys it keeps in the optimizer's state_dict (under "sharpness")
 
     def group_defaults(self):
         """Hyperparameters kept per param group (schedulers may change them), with their defaults."""
         return {}
 
     def check_group(self, group):
-        """Complete and validate a param group; raise to refuse it."""
+        """Validate a param group's values; raise to refuse them. Called at construction,
+        for a group added later, and at every step (a scheduler or a user may set them)."""
 
     def check_groups(self, groups):
-        """Validate the param groups together (raise to refuse a new one)."""
+        """Validate the param groups together, at construction and when the layout changes."""
 
-    def relayout(self, engine, layout):
+    def relayout(self, layout, masks, flat):
         """Follow a new layout of the weights (construction, a parameter frozen,
-        unfrozen or added): rebuild what depends on it."""
+        unfrozen or added): rebuild what depends on it. masks: the sparse masks
+        (masks.Masks); flat: the weights' buffers (flat.py)."""
 
     def commit(self, step):
         """After a step that was taken."""
@@ -33,13 +62,14 @@ class Component:
 
 
 class Ascent(Component):
-    """How eps is found. first_order: it takes the gradient at theta (observe);
-    flattens: it moves the weights with the fused ops, over flat buffers (flat.py)."""
-    first_order = False
-    flattens = False
-    estimates_gradient = True   # direction() estimates the gradient at theta (gradient surgery needs it)
-    measures_at_theta = True    # sets step.at_theta, per sample when asked (data selection needs it)
-    reusable = True             # can keep its eps and apply it again (Reuse)
+    """How eps is found."""
+    first_order = False          # it takes the gradient at theta (observe)
+    flattens = False             # it moves the weights with the fused ops, over flat buffers (flat.py)
+    estimates_gradient = True    # direction() estimates the gradient at theta (gradient surgery needs it)
+    measures_at_theta = True     # sets step.at_theta, per sample when asked (data selection needs it)
+    reusable = True              # keeps its eps and applies it again (Plan.REUSE); kept_state saves it
+    m_sharpness = False          # under DDP, eps from each rank's own gradient
+    batch_fraction = 1.0         # the share of the batch its extra passes see
 
     def pass_options(self):
         """Options of the extra passes (passes.Passes: batch_fraction, autocast, name)."""
@@ -50,7 +80,7 @@ class Ascent(Component):
 
     def perturbed(self, step):
         """A context manager: the weights at theta + eps inside (theta on a step
-        whose plan is "none"), theta again when it ends, however it ends."""
+        whose plan is NONE), theta again when it ends, however it ends."""
         return contextlib.nullcontext()
 
     def direction(self, step):
@@ -58,16 +88,34 @@ class Ascent(Component):
         gradient itself, or what estimates it; for gradient surgery."""
         raise NotImplementedError
 
+    def can_reuse(self):
+        """Whether it holds a kept eps to apply (a Plan.REUSE step asks)."""
+        return False
+
+    def kept_state(self):
+        """The eps kept for Plan.REUSE, as state_dict entries (an ascent with `reusable` keeps one)."""
+        return {}
+
+    def load_kept_state(self, state):
+        """Take back what kept_state returned (state: the optimizer's "sharpness" dict)."""
+
 
 class Part(Component):
     uses_theta_gradient = False   # reads the gradient at theta for more than eps
+    decides_plan = False          # sets step.plan (one such part per composition)
+    reuses_eps = False            # its Plan.REUSE steps apply a kept eps and measure nothing at theta
+    restricts_directions = False  # sets step.restriction (a perturbation mask)
 
     def refuses(self, ascent, parts):
         """Why this part cannot join `ascent` and `parts` (a sentence), or None."""
         return None
 
+    def radius(self, group, rho):
+        """The radius of `group` at this step, given rho from the parts before (a schedule)."""
+        return rho
+
     def plan(self, step):
-        """Set step.plan ("full", "reuse" or "none") and what the step must measure."""
+        """Set step.plan (a part that decides_plan) and what the step must measure."""
 
     def before_ascent(self, step):
         """After the ascent's observation at theta, before eps (a perturbation mask)."""

@@ -41,8 +41,9 @@ import torch
 from ..flat import FlatParams, InPlaceParams, Layout, dense_strides
 from ..masks import Masks
 from ..sharded import ShardedParams, is_sharded
-from .checks import check_positive
-from .passes import Passes, mean_loss, phase
+from .checks import check_nonnegative, check_positive
+from .components import Plan, same_in_every_group
+from .passes import ADAPTERS, Passes, mean_loss, phase
 from .replicas import Replicas
 
 LOOP_OPTIONS = ("grad_scaler", "max_grad_norm", "micro_batches", "common_random_numbers", "process_group")
@@ -53,9 +54,9 @@ Closure = Callable[..., torch.Tensor]
 class Step:
     """One step as the ascent and the parts see it.
 
-    plan: "full" (the ascent finds eps), "reuse" (the ascent applies the eps it
-    kept), "none" (no perturbation: the update's gradient is taken at theta);
-    the parts set it in `plan`. losses: every loss of the step by name (all
+    plan: a components.Plan (FULL, REUSE or NONE); a part that decides_plan
+    sets it in `plan`. can_reuse: whether the ascent holds a kept eps.
+    first_order: whether the ascent takes the gradient at theta. losses: every loss of the step by name (all
     must be finite for it to be taken). loss: what step() returns, the loss at
     theta when a pass measured it, else the update pass's. theta_grads: the
     gradient at theta, where a pass took one. restriction: a perturbation mask
@@ -71,7 +72,9 @@ class Step:
         self.params = engine.layout.params
         self.groups = engine.param_groups
         self.masks = engine.masks
-        self.plan = "full"
+        self.plan = Plan.FULL
+        self.can_reuse = engine.ascent.can_reuse()
+        self.first_order = engine.ascent.first_order
         self.losses: dict[str, torch.Tensor] = {}
         self.loss: Optional[torch.Tensor] = None
         self.at_theta: Optional[torch.Tensor] = None
@@ -110,9 +113,27 @@ class Step:
         """The weights' gradients now (None where a weight got none), in stream order."""
         return [p.grad for p in self.params]
 
-    def radius(self, group: dict) -> float:
-        """The perturbation radius of a param group at this step (a part may schedule it)."""
-        return self._engine.radius(group)
+    def radius(self, group: Optional[dict] = None) -> float:
+        """The perturbation radius of a param group at this step (a part may schedule
+        it); group None: the one radius of an eps normalised over the whole model,
+        which must then be the same in every group."""
+        if group is not None:
+            return self._engine.radius(group)
+        rho = same_in_every_group([{"rho": self._engine.radius(g)} for g in self.groups], "rho")
+        check_nonnegative("rho", rho)
+        return rho
+
+    def restrict(self, params: Sequence[torch.Tensor], tensors: Sequence[Any]) -> list:
+        """tensors (one per weight of `params`, None allowed) kept to the perturbation
+        restriction: new tensors, zero outside it; the same list when there is none."""
+        if self.restriction is None:
+            return list(tensors)
+        by_param = dict(zip(map(id, self.params), self.masks.layout.views(self.restriction)))
+        return [None if t is None else t * by_param[id(p)] for p, t in zip(params, tensors)]
+
+    def ascent_direction(self) -> list:
+        """The ascent's gradient at theta, or its estimate (gradient surgery reads it)."""
+        return self._engine.ascent.direction(self)
 
     def mean_over_ranks_(self, t: torch.Tensor) -> torch.Tensor:
         """t = its mean over the ranks of a data-parallel run, in place (one all-reduce)."""
@@ -196,7 +217,14 @@ class Engine(torch.optim.Optimizer):
 
     def _check_composition(self):
         """Refuse, with the reason, a composition the math does not allow."""
-        if getattr(self.ascent, "m_sharpness", False):
+        kinds = [type(p).__name__ for p in self.parts]
+        twice = sorted({k for k in kinds if kinds.count(k) > 1})
+        if twice:
+            raise ValueError(f"parts: {', '.join(twice)} given twice; give each part once")
+        deciders = [type(p).__name__ for p in self.parts if p.decides_plan]
+        if len(deciders) > 1:
+            raise ValueError(f"parts: {' and '.join(deciders)} both decide which steps are full; use one")
+        if self.ascent.m_sharpness:
             for part in self.parts:
                 if part.uses_theta_gradient:
                     raise ValueError(f"m_sharpness: {type(part).__name__} uses the gradient at theta for more "
@@ -218,10 +246,10 @@ class Engine(torch.optim.Optimizer):
             component.check_group(group)
 
     def radius(self, group):
+        rho = group["rho"]
         for part in self.parts:
-            if hasattr(part, "radius"):
-                return part.radius(group)
-        return group["rho"]
+            rho = part.radius(group, rho)
+        return rho
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
@@ -254,12 +282,15 @@ class Engine(torch.optim.Optimizer):
             if not all(sharded) or layout.aliases:
                 raise NotImplementedError("params: on FSDP2 (fully_shard) every parameter must be sharded, "
                                           "none tied to another")
+            if any(p.restricts_directions for p in self.parts):
+                raise NotImplementedError("params: on FSDP2 (fully_shard) the directions run over all weights "
+                                          "(no perturbation mask)")
             self.flat = ShardedParams(layout)
         else:
             self.flat = FlatParams(layout)
         self.masks.mask_params_()
         for component in self._components():
-            component.relayout(self, layout)
+            component.relayout(layout, self.masks, self.flat)
 
     def _relayout(self, layout):
         left = {id(p) for p in self.trainable} - {id(p) for p in layout.params} - {id(a) for a, _ in layout.aliases}
@@ -312,7 +343,7 @@ class Engine(torch.optim.Optimizer):
         with self._rolled_back_on_fault():
             for part in self.parts:
                 part.plan(s)
-            if s.plan == "full":
+            if s.plan is Plan.FULL:
                 self.ascent.observe(s)             # a first-order ascent: the gradient pass at theta
             for part in self.parts:
                 part.before_ascent(s)
@@ -321,7 +352,7 @@ class Engine(torch.optim.Optimizer):
                     part.before_update(s)
                 # at theta (plan "none") the masked g, as every pass at theta gives; at theta + eps the
                 # gradient stays dense until the base step
-                at_theta = s.plan == "none"
+                at_theta = s.plan is Plan.NONE
                 s.returned = s.gradient("the gradient pass" if at_theta else "the gradient pass at theta + eps",
                                         indices=s.indices, mask=at_theta)
             for part in self.parts:
@@ -336,7 +367,7 @@ class Engine(torch.optim.Optimizer):
     def _begin(self, closure):
         if closure is None:
             raise ValueError(f"{type(self).__name__}.step needs a closure that runs the forward pass "
-                             "and returns the loss (it must not call backward)")
+                             f"and returns the loss (it must not call backward). {ADAPTERS}")
         if getattr(self, "found_inf", None) is not None or getattr(self, "grad_scale", None) is not None:
             # GradScaler.step sets these on an optimizer that handles scaling itself, then calls step()
             raise RuntimeError(f"GradScaler.step(optimizer, closure) cannot drive {type(self).__name__}, "
@@ -345,6 +376,9 @@ class Engine(torch.optim.Optimizer):
                                "optimizer.step(closure); it scales, unscales, skips and updates itself")
         self.passes.check(closure)
         self._follow_param_changes()
+        for group in self.param_groups:   # values set after construction (a scheduler, a user): as there
+            for component in self._components():
+                component.check_group(group)
         self.replicas.check_same_(self.layout.params)
         self.passes.begin_step()
         self.masks.refresh_()
@@ -408,7 +442,8 @@ class Engine(torch.optim.Optimizer):
     # ---- state ------------------------------------------------------------------------
     def state_dict(self) -> dict:
         sd = super().state_dict()
-        extra = {"step_count": self.step_count, "extra_passes": self.passes.state_dict()}
+        extra = {"step_count": self.step_count, "extra_passes": self.passes.state_dict(),
+                 **self.ascent.kept_state()}
         for component in self._components():
             extra.update(component.state_dict())
         sd["sharpness"] = extra
@@ -417,13 +452,21 @@ class Engine(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
         extra = state_dict.pop("sharpness", {})
+        groups, state = self.param_groups, self.state
         super().load_state_dict(state_dict)
-        self.base_optimizer.param_groups = self.param_groups
-        self.base_optimizer.state = self.state
+        # torch's load_state_dict makes a new list of groups and a new state: load them into the
+        # objects we had, which the base optimizer, an LR scheduler's wrapper or an adapter's stand-in
+        # (integrations/hf.py) may hold, so none of them is left with the groups of before
+        groups[:], self.param_groups = self.param_groups, groups
+        state.clear()
+        state.update(self.state)
+        self.state = self.base_optimizer.state = state
+        self.base_optimizer.param_groups = groups
         self.step_count = int(extra.get("step_count", 0))
         self.passes.load_state_dict(extra.get("extra_passes", {}))
         for component in self._components():
             component.load_state_dict(extra)
+        self.ascent.load_kept_state(extra)
 
     @property
     def params(self) -> list:

@@ -4,7 +4,15 @@ MomentumAscent (MSAM, Becker et al. 2024, arXiv 2401.12033)
     eps = sign rho v / ||v||, v the base optimizer's momentum (SGD's momentum_buffer,
     Adam's exp_avg); the published default sign is -1 (against the momentum,
     as Nesterov's look-ahead). No extra pass; before the first step there is
-    no momentum and eps = 0.
+    no momentum and eps = 0. A base optimizer that keeps no momentum (SGD with
+    momentum=0, Adam with beta1=0, Adagrad) is refused, at construction and
+    at every step: eps would be 0 at every step, MSAM silently plain SGD.
+    (The authors' code then perturbs along the last gradient; that is another
+    method, not offered under this name.) Weight decay: the engine restores
+    theta before the base step, so a base optimizer's coupled weight decay
+    (SGD's weight_decay) decays theta; the authors' MSAM for SGD decays
+    theta - rho v/||v||, the weights they keep between steps. The two differ
+    by lr * wd * rho v/||v|| per step (docs/DESIGN.md, "The engine").
 
 RandomAscent (random weight perturbation, RWP)
     eps = rho u / ||u||, u ~ N(0, I) one direction of the stream: no sign, no pass.
@@ -12,7 +20,11 @@ RandomAscent (random weight perturbation, RWP)
 NoisyOracleAscent (an instrument, not a method)
     eps = rho (c g/||g|| + sqrt(1 - c^2) u_perp), u_perp a random unit direction
     orthogonal to the gradient g at theta (one gradient pass), so cos(eps, g) = c
-    exactly: which cosine does SAM's benefit need?
+    exactly: which cosine does SAM's benefit need? Under a perturbation mask P,
+    g and u are P g and P u: eps lies on the mask and cos(eps, P g) = c.
+
+Under a perturbation mask (components.py) each keeps eps on it: MSAM's v is
+P v, normalised on the mask.
 
 MomentumAscent moves the weights in place along v and back by the opposite
 move (no parameter-sized buffer; back to theta within float32 rounding).
@@ -31,19 +43,32 @@ from ..seeds import check_seed, derived_seed
 from . import formulas
 from .ascents import GradientAscent, ZerothOrderAscent
 from .checks import check_nonnegative
-from .components import Ascent, same_in_every_group
+from .components import Ascent, Plan, same_in_every_group
 from .passes import phase
 
 MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")   # SGD's, Adam's and AdamW's
 
 
 def momentum_of(step):
-    """The base optimizer's momentum of each weight (None where it keeps none yet)."""
+    """The base optimizer's momentum of each weight (None where it keeps none yet),
+    kept to the step's perturbation restriction."""
     out = []
     for p in step.params:
         state = step.state(p)
         out.append(next((state[k] for k in MOMENTUM_KEYS if torch.is_tensor(state.get(k))), None))
-    return out
+    return step.restrict(step.params, out)
+
+
+def check_keeps_momentum(group, who):
+    """Refuse a param group whose base optimizer keeps no momentum (SGD's momentum,
+    Adam's beta1): `who` perturbs along it and would never perturb."""
+    beta = group["momentum"] if "momentum" in group else group["betas"][0] if "betas" in group else None
+    if beta is None or not beta > 0:
+        setting = ("momentum=0" if "momentum" in group else f"betas[0]={beta!r}" if "betas" in group
+                   else "a base optimizer without momentum")
+        raise ValueError(f"{setting}: {who} perturbs along the base optimizer's momentum, and this one keeps "
+                         "none, so eps would be 0 at every step (plain SGD); give the base optimizer momentum "
+                         "(torch.optim.SGD(momentum=0.9), Adam's betas[0] > 0)")
 
 
 class Along:
@@ -81,17 +106,20 @@ class MomentumAscent(Ascent):
     def group_defaults(self):
         return {"rho": self.rho}
 
+    def check_group(self, group):
+        check_nonnegative("rho", group["rho"])
+        check_keeps_momentum(group, "MSAM (MomentumAscent)")
+
     def check_groups(self, groups):
         same_in_every_group(groups, "rho", when="at construction")
 
     @contextlib.contextmanager
     def perturbed(self, step):
-        rho = same_in_every_group(step.groups, "rho")
-        check_nonnegative("rho", rho)
+        rho = step.radius()
         v = momentum_of(step)
         present = [t for t in v if t is not None]
         along = Along(step.params, v)
-        if step.plan == "none" or not present:
+        if step.plan is Plan.NONE or not present:
             yield
             return
         with torch.no_grad(), phase("perturb"):
@@ -135,13 +163,14 @@ class NoisyOracleAscent(GradientAscent):
 
     @torch.no_grad()
     def _eps(self, step):
-        rho = same_in_every_group(step.groups, "rho")
-        check_nonnegative("rho", rho)
+        rho = step.radius()
         pairs = [(p, p.grad) for p in step.params if p.grad is not None]
         if not pairs:
             return [], []
-        params, grads = [p for p, _ in pairs], [g for _, g in pairs]
-        u = _stream_like(params, step.masks, derived_seed(self.seed, step.index, 0), step.masks.layout)
+        params = [p for p, _ in pairs]
+        grads = step.restrict(params, [g for _, g in pairs])
+        u = step.restrict(params, _stream_like(params, step.masks, derived_seed(self.seed, step.index, 0),
+                                               step.masks.layout))
         g_norm = formulas.norm(grads) + formulas.EPS
         u_perp = formulas.orthogonal_part(u, grads)
         u_norm = formulas.norm(u_perp) + formulas.EPS

@@ -21,7 +21,9 @@ Nothing parameter-sized is kept: eps is one coefficient on p and m on the
 stream, and the move along p is taken back by the opposite move (theta
 within float32 rounding). Before any prior exists (the first step, or after
 zero_grad), the step is plain ZO-SAM on the m directions (m >= 1), or
-unperturbed (m = 0).
+unperturbed (m = 0). prior="momentum" refuses a base optimizer that keeps
+none (it would be plain ZO-SAM at every step). Under a perturbation mask P
+the prior is P p and the directions P u_i.
 """
 from __future__ import annotations
 
@@ -33,10 +35,9 @@ from ..flat import FlatParams
 from ..seeds import derived_seed
 from . import formulas
 from .ascents import ZerothOrderAscent
-from .checks import check_nonnegative
-from .components import same_in_every_group
+from .components import Plan, same_in_every_group
 from .directions import Walk
-from .free_ascents import Along, momentum_of
+from .free_ascents import Along, check_keeps_momentum, momentum_of
 from .passes import phase
 
 PRIORS = ("momentum", "gradient")
@@ -61,8 +62,13 @@ class GuidedAscent(ZerothOrderAscent):
         self.n_dirs, self.prior = n_dirs, prior
         self.last_alpha_estimate = None
 
-    def relayout(self, engine, layout):
-        super().relayout(engine, layout)
+    def check_group(self, group):
+        super().check_group(group)
+        if self.prior == "momentum":
+            check_keeps_momentum(group, 'the guided ascent with prior="momentum"')
+
+    def relayout(self, layout, masks, flat):
+        super().relayout(layout, masks, flat)
         if not isinstance(self.flat, FlatParams):
             raise NotImplementedError("params: the guided ascent on FSDP2 shards is not supported: its "
                                       "prior's inner products with the stream are per rank")
@@ -71,22 +77,20 @@ class GuidedAscent(ZerothOrderAscent):
         if self.prior == "momentum":
             v = momentum_of(step)
         else:
-            v = [step.state(p).get("guided_prior") for p in step.params]
+            v = step.restrict(step.params, [step.state(p).get("guided_prior") for p in step.params])
         return v if any(t is not None for t in v) else None
 
     @contextlib.contextmanager
     def perturbed(self, step):
-        prior = self._prior(step) if step.plan == "full" else None
-        if step.plan != "full" or (prior is None and self.n_dirs == 0):
+        prior = self._prior(step) if step.plan is Plan.FULL else None
+        if step.plan is not Plan.FULL or (prior is None and self.n_dirs == 0):
             yield   # no perturbation ("none"; or no prior yet and no direction to fall back on)
             return
         if prior is None:   # nothing to be guided by yet: plain ZO-SAM on the stream
             with super().perturbed(step):
                 yield
             return
-        rho = same_in_every_group(step.groups, "rho")
-        delta = same_in_every_group(step.groups, "delta")
-        check_nonnegative("rho", rho)
+        rho, delta = step.radius(), same_in_every_group(step.groups, "delta")
         seeds = [derived_seed(self.seed, step.index, i) for i in range(self.n_dirs)]
         along = Along(step.params, prior)
         walk = Walk(self.directions, seeds, self._direction_masks(step)) if seeds else None
@@ -154,7 +158,7 @@ class GuidedAscent(ZerothOrderAscent):
         return gram
 
     def commit(self, step):
-        if step.plan == "full" and self._pending is not None:
+        if step.plan is Plan.FULL and self._pending is not None:
             self.last_seeds, self.last_coefficients, self.last_eps = self._pending
         self._pending = None
         if self.prior == "gradient":   # the tensor .grad holds until the next pass drops it

@@ -17,7 +17,7 @@ import torch
 
 from . import formulas
 from .checks import check_fraction, check_nonnegative, check_positive_int
-from .components import Part, same_in_every_group
+from .components import Part, Plan, same_in_every_group
 from .passes import check_takes_indices
 
 
@@ -28,38 +28,30 @@ class Reuse(Part):
     parameter-sized buffer), the gradient ascent as tensors (one). The loss
     of an in-between step is the loss at theta + eps (no pass at theta)."""
 
-    state_keys = ("k", "eps_seeds", "eps")
+    decides_plan = True
+    reuses_eps = True
+    state_keys = ("k",)
 
     def __init__(self, k: int = 5):
         check_positive_int("k", k)
         self.k = k
 
     def refuses(self, ascent, parts):
-        if any(isinstance(p, LookAhead) for p in parts):
-            return "Reuse and LookAhead both decide which steps are full; use one"
         if not ascent.reusable:
             return f"{type(ascent).__name__} finds eps from what changes every step; there is nothing to reuse"
         return None
 
-    def relayout(self, engine, layout):
-        self.ascent = engine.ascent
-
     def plan(self, step):
-        if step.index % self.k and self.ascent.can_reuse():
-            step.plan = "reuse"
+        if step.index % self.k and step.can_reuse:
+            step.plan = Plan.REUSE
         else:
-            step.keep_eps = True
+            step.keep_eps = True   # the ascent keeps it, and saves it with the optimizer's state
 
     def state_dict(self):
-        state = {"k": self.k}
-        if hasattr(self.ascent, "kept_state"):
-            state.update(self.ascent.kept_state())
-        return state
+        return {"k": self.k}
 
     def load_state_dict(self, state):
         self.k = int(state.get("k", self.k))
-        if hasattr(self.ascent, "load_kept_state"):
-            self.ascent.load_kept_state(state)
 
 
 class LookAhead(Part):
@@ -78,6 +70,7 @@ class LookAhead(Part):
     ("looksam_g_v", one tensor per weight), so it resumes from a checkpoint."""
 
     uses_theta_gradient = True
+    decides_plan = True
     state_keys = ("k",)
 
     def refuses(self, ascent, parts):
@@ -91,23 +84,22 @@ class LookAhead(Part):
     def group_defaults(self):
         return {"alpha": self.alpha}
 
-    def relayout(self, engine, layout):
-        self.ascent = engine.ascent
+    def check_group(self, group):
+        check_nonnegative("alpha", group["alpha"])
 
     def plan(self, step):
         if step.index % self.k:
-            step.plan = "none"
+            step.plan = Plan.NONE
 
     def after_update(self, step):
-        if step.plan == "full":
+        if step.plan is Plan.FULL:
             step.masks.mask_grads_()   # g_v (and its norm) on the active weights only
-            pairs = [(p, d) for p, d in zip(step.params, self.ascent.direction(step))
+            pairs = [(p, d) for p, d in zip(step.params, step.ascent_direction())
                      if p.grad is not None and d is not None]
             self._perturbed = [p for p, _ in pairs]
             self._g_v = formulas.orthogonal_part([p.grad for p in self._perturbed], [d for _, d in pairs])
             return
         alpha = same_in_every_group(step.groups, "alpha")
-        check_nonnegative("alpha", alpha)
         with torch.no_grad():
             pairs = [(p.grad, step.state(p)["looksam_g_v"]) for p in step.params
                      if p.grad is not None and "looksam_g_v" in step.state(p)]
@@ -116,7 +108,7 @@ class LookAhead(Part):
                 torch._foreach_add_(grads, torch._foreach_mul(g_v, formulas.looksam_scale(grads, g_v, alpha)))
 
     def commit(self, step):
-        if step.plan == "full":
+        if step.plan is Plan.FULL:
             for p, v in zip(self._perturbed, self._g_v):
                 step.keep(p, "looksam_g_v", v)
         self._g_v = self._perturbed = None
@@ -144,18 +136,21 @@ class SurrogateGap(Part):
         self.alpha = alpha
 
     def refuses(self, ascent, parts):
+        if any(p.reuses_eps for p in parts):
+            return "a reused step measures no gradient at theta, and the surgery needs it"
         return _needs_an_estimate(ascent)
 
     def group_defaults(self):
         return {"alpha": self.alpha}
 
-    def relayout(self, engine, layout):
-        self.ascent = engine.ascent
+    def check_group(self, group):
+        check_nonnegative("alpha", group["alpha"])
 
     def after_update(self, step):
+        if step.plan is not Plan.FULL:   # unperturbed (LookAhead's in-between steps): g_perp = 0
+            return
         alpha = same_in_every_group(step.groups, "alpha")
-        check_nonnegative("alpha", alpha)
-        g = self.ascent.direction(step)
+        g = step.ascent_direction()
         pairs = [(p.grad, d) for p, d in zip(step.params, g) if p.grad is not None and d is not None]
         if pairs:
             with torch.no_grad():
@@ -180,13 +175,14 @@ class LearningRateRadius(Part):
     def check_group(self, group):
         if group["lr_max"] is None:   # rho follows the group's own learning rate from where it starts
             group["lr_max"] = group["lr"]
+        for name in ("rho_min", "lr_min", "lr_max"):
+            check_nonnegative(name, group[name])
         if not group["lr_max"] > group["lr_min"]:
             raise ValueError(f"lr_max must exceed lr_min for rho to follow the learning rate, "
                              f"got lr_max={group['lr_max']!r}, lr_min={group['lr_min']!r}")
 
-    def radius(self, group):
-        return formulas.lr_following_radius(group["rho"], group["rho_min"], group["lr"], group["lr_min"],
-                                            group["lr_max"])
+    def radius(self, group, rho):
+        return formulas.lr_following_radius(rho, group["rho_min"], group["lr"], group["lr_min"], group["lr_max"])
 
 
 class DataSelection(Part):
@@ -219,7 +215,7 @@ class DataSelection(Part):
         step.per_sample_at_theta = True
 
     def before_update(self, step):
-        if step.plan != "full":   # nothing measured at theta: the whole batch
+        if step.plan is not Plan.FULL:   # nothing measured at theta: the whole batch
             return
         before = step.at_theta
         if before.dim() != 1:

@@ -316,6 +316,9 @@ def _no_backward_inside(closure, indices):
         raise RuntimeError(f"{_CALLS_BACKWARD} (autograd said: {e})") from None
 
 
+ADAPTERS = ("In a trainer, use its adapter (zosam_kernels.integrations): Lightning, subclass "
+            "lightning.SharpnessAwareModule; the Hugging Face Trainer, hf.SharpnessAwareTrainer; "
+            "Accelerate, accelerate.prepare")
 _CALLS_BACKWARD = ("closure must not call backward(): it runs the forward pass and returns the loss; "
                    "the optimizer calls backward itself, once per step, and evaluates the closure "
-                   "without autograd where its method needs only the loss")
+                   "without autograd where its method needs only the loss. " + ADAPTERS)

@@ -27,7 +27,7 @@ import torch
 from ..masks import keep_top_across
 from ..seeds import check_seed, derived_seed
 from .checks import check_nonnegative, check_positive_int
-from .components import Part
+from .components import Part, Plan
 
 KINDS = ("fisher", "dynamic")
 
@@ -166,10 +166,9 @@ class PerturbationMasking(Part):
                  seed=0):
         self.perturbation_mask = PerturbationMask(sparsity, mask, update_interval, drop_rate, total_steps, seed)
 
-    def relayout(self, engine, layout):
+    def relayout(self, layout, masks, flat):
         self.perturbation_mask.relayout_(layout)
-        self.first_order = engine.ascent.first_order
-        self._masks, self._topology = engine.masks, engine.masks.changes
+        self._masks, self._topology = masks, masks.changes
         self._pending = None
 
     def _for_step(self, step_index, grads):
@@ -181,8 +180,8 @@ class PerturbationMasking(Part):
         return pm.buffers, False
 
     def before_ascent(self, step):
-        if self.first_order:
-            if step.plan == "full":
+        if step.first_order:
+            if step.plan is Plan.FULL:
                 self._pending = self._for_step(step.index, step.theta_grads)
                 step.restriction = self._pending[0]
             return
@@ -199,7 +198,7 @@ class PerturbationMasking(Part):
 
     def commit(self, step):
         pm = self.perturbation_mask
-        if self.first_order:
+        if step.first_order:
             if self._pending is not None:
                 pm.commit_(self._pending[0], step.theta_grads, self._pending[1])
         else:
