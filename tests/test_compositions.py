@@ -257,3 +257,11 @@ def test_every_ascent_takes_its_radius_from_the_schedule(ascent):
     unscheduled, _, _ = problem(5)
     run(unscheduled, build(ascent, (), unscheduled.parameters()), x, y, 3)
     assert any((a - b).abs().max() > 1e-4 for a, b in zip(unscheduled.parameters(), reference.parameters()))
+
+
+def test_every_member_has_a_case():
+    """Each member of the registry is under test_contract.py's float64 contract."""
+    from family_cases import CASES
+    from zosam_kernels.optim import FAMILY
+    missing = set(FAMILY) - {"sgd"} - {member for member, _, _ in CASES.values()}
+    assert not missing, f"give {sorted(missing)} a case in tests/family_cases.py"

@@ -158,3 +158,14 @@ def test_other_optimizers_train_as_under_trainer(tmp_path):
         opt.step()
         opt.zero_grad()
     assert_same_weights(model, reference)
+
+
+def test_a_plain_trainer_is_told_which_adapter_to_use(tmp_path):
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=BATCH,
+                                          num_train_epochs=1, use_cpu=True, report_to="none", disable_tqdm=True,
+                                          save_strategy="no", logging_strategy="no", max_grad_norm=0.0)
+    model = make_model()
+    plain = transformers.Trainer(model=model, args=args, train_dataset=dataset(),
+                                 optimizers=(zosam(model.parameters()), None))
+    with pytest.raises(ValueError, match="SharpnessAwareTrainer"):
+        plain.train()

@@ -254,3 +254,30 @@ def test_ddp_on_two_processes_equals_one_process_on_the_whole_batch(tmp_path, ma
     for a, b, c in zip(ranks[0]["params"], ranks[1]["params"], whole.parameters()):
         assert torch.equal(a, b)
         torch.testing.assert_close(a, c.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_plain_lightning_module_is_told_which_adapter_to_use():
+    class Plain(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = make_net()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self):
+            return zosam(self.parameters())
+
+    with pytest.raises(RuntimeError, match="SharpnessAwareModule"):
+        trainer(1).fit(Plain(), loader())
+
+
+def test_accumulation_set_after_the_first_step_is_refused():
+    class Later(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            trainer.accumulate_grad_batches = 2
+
+    model = Net(zosam)
+    with pytest.raises(ValueError, match="accumulate_grad_batches=2"):
+        trainer(1, callbacks=[Later()]).fit(model, loader())

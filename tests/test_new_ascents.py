@@ -171,3 +171,27 @@ def test_guided_and_oracle_bad_arguments(kw, words):
     name = "oracle" if "cosine" in kw else "zosam-guided"
     with pytest.raises(ValueError, match=words):
         FAMILY[name].build(model.parameters(), torch.optim.SGD, lr=0.1, **kw)
+
+
+@pytest.mark.parametrize("name, options", [("msam", {}), ("zosam-guided", dict(prior="momentum"))])
+@pytest.mark.parametrize("base, base_options, setting", [
+    (torch.optim.SGD, dict(lr=LR), "momentum=0"),
+    (torch.optim.Adam, dict(lr=LR, betas=(0.0, 0.999)), r"betas\[0\]=0.0"),
+    (torch.optim.Adagrad, dict(lr=LR), "a base optimizer without momentum"),
+])
+def test_a_base_without_momentum_is_refused(name, options, base, base_options, setting):
+    """Along a momentum that never exists eps is 0 at every step: plain SGD under MSAM's name."""
+    model, _, _ = problem()
+    entry = FAMILY[name]
+    with pytest.raises(ValueError, match=f"{setting}: .* keeps none"):
+        entry.build(model.parameters(), base, **{**entry.defaults, **options}, **base_options)
+
+
+def test_momentum_set_to_zero_later_is_refused_at_the_step():
+    model, x, y = problem()
+    opt = make("msam", model)
+    opt.step(closure(model, x, y))
+    opt.param_groups[0]["momentum"] = 0.0
+    with pytest.raises(ValueError, match="momentum=0"):
+        opt.step(closure(model, x, y))
+    assert opt.step_count == 1

@@ -115,3 +115,18 @@ def test_ascent_columns_for_the_family_and_a_dash_for_sgd(tmp_path, capsys):
     rise_half = T975[1] * statistics.stdev([0.012, 0.018]) / math.sqrt(2)
     assert lines[3] == (f"| sam | 2 | 60.00 ± 0.00 | 0.9300 ± {cos_half:.4f} | 0.0150 ± {rise_half:.4f} "
                         "| - (2 never) |")
+
+
+def test_one_run_names_its_data_and_model_and_whole_epochs(tmp_path, capsys):
+    d = fake_run(tmp_path, "one", 0, "sam", 61.25, epochs_to=7)
+    config = json.loads(open(f"{d}/config.json").read())
+    config["args"].update(data="mnist1d", model="cnn1d")
+    open(f"{d}/config.json", "w").write(json.dumps(config))
+    summary = json.loads(open(f"{d}/summary.json").read())
+    summary.update(test_acc_at_best_val=60.0, best_val_epoch=2)
+    open(f"{d}/summary.json", "w").write(json.dumps(summary))
+    main([d])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("| data | model | optimizer | seeds | test acc % | test acc at best val % | best val epoch "
+                        "| epochs to 90 % |")
+    assert lines[2] == "| mnist1d | cnn1d | sam | 1 | 61.25 | 60.00 | 2 | 7 |"

@@ -246,8 +246,10 @@ def test_argument_errors(tmp_path, capsys, argv, message):
 
 
 def test_errors_that_name_what_to_do(tmp_path, capsys, monkeypatch):
-    assert "--delta: not an option of --optimizer sam" in error_of(tmp_path, capsys, "--optimizer", "sam",
-                                                                   "--delta", "0.01")
+    message = error_of(tmp_path, capsys, "--optimizer", "sam", "--delta", "0.01")
+    assert "--delta: not an option of --optimizer sam; it takes --adaptive, --max-grad-norm, --rho (" in message
+    for python_only in ("grad_scaler", "masks", "process_group", "check_finite"):   # keywords, not flags
+        assert python_only not in message
     assert "cifar-10-python.tar.gz" in error_of(tmp_path, capsys, "--data", "cifar10",
                                                 "--data-dir", str(tmp_path / "nowhere"))
     monkeypatch.setitem(sys.modules, "timm", None)     # import timm now fails, as when it is absent
@@ -376,3 +378,23 @@ def test_diagnostics_errors(tmp_path, capsys):
     assert "choose from gradvar" in error_of(tmp_path, capsys, "--diagnostics", "sharpness")
     assert "or all" in error_of(tmp_path, capsys, "--corrupt", "fog")
     assert "not images in [0, 1]" in error_of(tmp_path, capsys, "--corrupt", "all")
+
+
+def test_help_shows_no_default_for_a_required_option(capsys):
+    with pytest.raises(SystemExit):
+        zosam_train(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--out RUN_DIR directory of the run's outputs --resume" in text
+    assert "(default: None)" not in text.split("--out RUN_DIR")[1].split("--resume")[0]
+
+
+def test_the_summary_keeps_the_best_epoch_before_the_last(tmp_path):
+    """A written history whose best test accuracy is not its last."""
+    from zosam_kernels.train.outputs import write_summary
+    accs = [40.0, 71.5, 65.0, 62.5]
+    history = [{"epoch": i + 1, "round": 0, "round_epoch": i + 1, "test_acc": a, "density": 1.0}
+               for i, a in enumerate(accs)]
+    summary = write_summary(str(tmp_path), history, 1.0, [70.0], True, {}, 1)
+    assert (summary["best_test_acc"], summary["best_epoch"]) == (71.5, 2)
+    assert summary["final_test_acc"] == 62.5
+    assert summary["epochs_to"] == {"70": 2}

@@ -158,8 +158,9 @@ def optimizer_arguments(args, masking=None, total_steps=1):
         given.add("zo_bf16")
     if given:
         flags = ", ".join("--" + g.replace("_", "-") for g in sorted(given))
+        flags_taken = sorted("--" + opt.replace("_", "-") for opt, kw in OPTIMIZER_OPTIONS.items() if kw in takes)
         raise ValueError(f"{flags}: not an option of --optimizer {name}; it takes "
-                         f"{', '.join(sorted(takes)) or 'only --lr, --momentum, --weight-decay'}")
+                         f"{', '.join(flags_taken) or 'only --lr, --momentum, --weight-decay'}")
     return dict(lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay), options
 
 

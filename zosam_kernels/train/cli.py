@@ -60,7 +60,10 @@ the last one."""
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every option's default in --help, and the epilog's line breaks kept."""
+    """Every option's default in --help (a required one has none), and the epilog's line breaks kept."""
+
+    def _get_help_string(self, action):
+        return action.help if action.required else super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):

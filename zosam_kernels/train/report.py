@@ -44,6 +44,7 @@ COLUMNS = {
 
 # decimals of a cell; 2 for the others
 DIGITS = {"gradvar": 4, "hessian": 4, "best_val_epoch": 1, "ascent_cosine": 4, "loss_rise": 4}
+EPOCHS = {"best_val_epoch"}   # whole numbers: one seed's shown as such, a mean over seeds with DIGITS
 
 
 def load_runs(dirs):
@@ -81,10 +82,12 @@ def interval(values):
     return statistics.mean(values), t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n), n
 
 
-def cell(values, digits=2):
+def cell(values, digits=2, whole=False):
     mean, half, n = interval(values)
     if mean is None:
         return "-"
+    if whole and n == 1:
+        return str(int(mean))
     return f"{mean:.{digits}f}" if half is None else f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
@@ -122,7 +125,8 @@ def group(runs):
 def table(groups, target):
     varying = [k for k in sorted({k for g in groups.values() for k in g.args} - NOT_CONFIGURATION)
                if len({json.dumps(g.args.get(k), sort_keys=True) for g in groups.values()}) > 1]
-    varying = varying or ["optimizer"]
+    # one configuration: what it is
+    varying = varying or [k for k in ("data", "model", "optimizer") if k in next(iter(groups.values())).args]
     present = [c for c, (_, read) in COLUMNS.items() if any(v is not None for g in groups.values()
                                                             for v in g.values(read))]
     header = varying + ["seeds"] + [COLUMNS[c][0] for c in present] + [f"epochs to {target:g} %"]
@@ -131,10 +135,10 @@ def table(groups, target):
         runs = sum(len(r) for r in g.seeds.values())
         row = [str(g.args.get(k)) for k in varying]
         row.append(str(len(g.seeds)) + (f" ({runs} runs)" if runs > len(g.seeds) else ""))
-        row += [cell(g.values(COLUMNS[c][1]), DIGITS.get(c, 2)) for c in present]
+        row += [cell(g.values(COLUMNS[c][1]), DIGITS.get(c, 2), whole=c in EPOCHS) for c in present]
         reached = g.values(lambda s: s["epochs_to"].get(f"{target:g}"))
         never = sum(r is None for r in reached)
-        row.append(cell([r for r in reached if r is not None], 1) + (f" ({never} never)" if never else ""))
+        row.append(cell([r for r in reached if r is not None], 1, whole=True) + (f" ({never} never)" if never else ""))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
