@@ -13,6 +13,8 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 # The trainers of the [lightning] and [hf] extras, pinned to releases that accept the torch pin
 # and pull no other torch (their tests run in `make test`, and skip where they are missing).
 TRAINERS ?= lightning==2.6.6 transformers==5.25.0 accelerate==1.16.0
+# the linter and the type checker that tests/test_lint.py runs (pyproject.toml configures them)
+CHECKERS ?= ruff==0.17.6 mypy==2.4.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.zosam-installed
 
@@ -23,7 +25,7 @@ $(STAMP): Makefile setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH) numpy ninja setuptools wheel pytest pytest-benchmark matplotlib \
-		"triton>=3.0" tqdm timm==1.0.31 scikit-learn==1.9.1 mnist1d==0.0.2.post1 $(TRAINERS)
+		"triton>=3.0" tqdm timm==1.0.31 scikit-learn==1.9.1 mnist1d==0.0.2.post1 $(TRAINERS) $(CHECKERS)
 	$(PY) -m pip install -q --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -98,7 +98,8 @@ def command(runs, arm, rho, seed, epochs=EPOCHS, cell="dense", cosine=None, prob
     return None if os.path.exists(out) else " ".join(parts) + f" --out {out} > {out}.log 2>&1"
 
 
-NAME = re.compile(r"^(?P<cell>[^-]+)-(?P<arm>.+)-r(?P<rho>[^-]+)(?:-c(?P<cosine>[^-]+))?-e(?P<epochs>\d+)-s(?P<seed>\d+)$")
+NAME = re.compile(r"^(?P<cell>[^-]+)-(?P<arm>.+)-r(?P<rho>[^-]+)(?:-c(?P<cosine>[^-]+))?"
+                  r"-e(?P<epochs>\d+)-s(?P<seed>\d+)$")
 
 
 def parse(name):
@@ -354,14 +355,16 @@ def accuracy_table(found, chosen, cost, cell="dense", arms=ARMS):
         eig = [_diagnostic(r, EPOCHS, "hessian", "top_eigenvalue") for r in last.values()]
         trace = [_diagnostic(r, EPOCHS, "hessian", "trace") for r in last.values()]
         rho = "-" if rho_last is None else f"{rho_last:g} / {rho_es:g}"
-        wins = "-" if arm == "sgd" else f"{sum(d >= 3 for d in d_last)}/{len(d_last)} · {sum(d >= 3 for d in d_es)}/{len(d_es)}"
+        wins = "-" if arm == "sgd" else (f"{sum(d >= 3 for d in d_last)}/{len(d_last)} · "
+                                         f"{sum(d >= 3 for d in d_es)}/{len(d_es)}")
         out.append(f"| {arm} | {PASSES[arm]} | {cost.get(arm, float('nan')):.2f} | {rho} | {len(last)} "
                    f"| {_cell([r['summary']['final_test_acc'] for r in last.values()], 2)} "
                    f"| {'-' if arm == 'sgd' else _cell(d_last, 1, signed=True)} | {wins} "
                    f"| {_cell([r['summary']['test_acc_at_best_val'] for r in early.values()], 2)} "
                    f"| {'-' if arm == 'sgd' else _cell(d_es, 1, signed=True)} "
                    f"| {_cell([r['summary']['final_fit_noisy'] for r in last.values()], 1)} "
-                   f"| {_cell([e for e in eig if e is not None], 2)} | {_cell([t for t in trace if t is not None], 1)} |")
+                   f"| {_cell([e for e in eig if e is not None], 2)} "
+                   f"| {_cell([t for t in trace if t is not None], 1)} |")
     return "\n".join(out)
 
 
@@ -459,9 +462,11 @@ def oracle_table(found, chosen):
         d_last = paired(found, "oracle", rho, "final", cosine=cosine)
         d_es = paired(found, "oracle", rho, "early-stopped", cosine=cosine)
         if d_last:
-            out.append(f"| oracle, ρ {rho:g} | {cosine:g} | {len(d_last)} | {_cell(d_last, 1, signed=True)} | {_cell(d_es, 1, signed=True)} |")
+            out.append(f"| oracle, ρ {rho:g} | {cosine:g} | {len(d_last)} | {_cell(d_last, 1, signed=True)} "
+                       f"| {_cell(d_es, 1, signed=True)} |")
     d_last, d_es = paired(found, "sam", rho, "final"), paired(found, "sam", rho, "early-stopped")
-    out.append(f"| SAM, ρ {rho:g} | 1 | {len(d_last)} | {_cell(d_last, 1, signed=True)} | {_cell(d_es, 1, signed=True)} |")
+    out.append(f"| SAM, ρ {rho:g} | 1 | {len(d_last)} | {_cell(d_last, 1, signed=True)} "
+               f"| {_cell(d_es, 1, signed=True)} |")
     return "\n".join(out)
 
 
@@ -494,7 +499,8 @@ def collapse_table(found):
     cell, and against the same arm and seed in RigL's cell with the standard init."""
     out = ["| cell | arm | ρ | seeds | epochs at chance | test acc, last epoch | − SGD, paired "
            "| − same arm in rigl@0.1, paired | test acc, early-stopped | − SGD, paired "
-           "| noisy labels fitted at the end % |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| noisy labels fitted at the end % |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     last, early = METRICS["final"][0], METRICS["early-stopped"][0]
     for cell in COLLAPSE_CELLS:
         for arm, radii in COLLAPSE_ARMS[cell].items():

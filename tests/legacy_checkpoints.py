@@ -55,7 +55,8 @@ def main():
         closure = closure_of(model, x, y)
         for _ in range(STEPS):
             opt.step(closure)
-        saved = {"model": {k: v.clone() for k, v in model.state_dict().items()}, "opt": copy.deepcopy(opt.state_dict())}  # not views of live state
+        saved = {"model": {k: v.clone() for k, v in model.state_dict().items()},
+                 "opt": copy.deepcopy(opt.state_dict())}  # not views of live state
         for _ in range(STEPS):
             opt.step(closure)
         out[name] = dict(cls=cls, kwargs=kw, x=x, y=y, masks=[m.clone() for m in masks.values()],

@@ -285,7 +285,8 @@ def test_study_picks_radii_on_validation_and_pairs_by_seed(tmp_path, capsys):
     sparse = text.split("Sparse: snip at density 0.1 ")[1]
     sam = next(line for line in sparse.splitlines() if line.startswith("| sam |"))
     assert "| 5 | 41.00 ± 0.00 | +1.0 ± 0.0 | 0/5 · 0/5 | 45.00 ± 0.00 | +0.0 ± 0.0 |" in sam
-    cheap = next(line for line in sparse.splitlines() if line.startswith("| zosam-m1 |"))   # 90 %: the cheap ascents too
+    # 90 %: the cheap ascents too
+    cheap = next(line for line in sparse.splitlines() if line.startswith("| zosam-m1 |"))
     assert "| 5 | 40.00 ± 0.00 | +0.0 ± 0.0 |" in cheap
     assert "| zosam-m1 |" not in text.split("Sparse: snip at density 0.02 ")[1].split("Sparse:")[0]
     study["main"](["--runs", str(tmp_path), "figure", str(tmp_path / "gain.png")])

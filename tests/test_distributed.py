@@ -216,7 +216,8 @@ def train_own_model(rank, world, process_group=None):
     return {"steps": opt.step_count}
 
 
-JOBS = {"train": train, "train_own_model": train_own_model, "train_fsdp": train_fsdp, "train_sam_m_sharpness": train_sam_m_sharpness}
+JOBS = {"train": train, "train_own_model": train_own_model, "train_fsdp": train_fsdp,
+        "train_sam_m_sharpness": train_sam_m_sharpness}
 
 
 def test_ddp_replicas_stay_identical_and_equal_one_process_on_the_whole_batch(tmp_path):

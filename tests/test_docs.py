@@ -71,7 +71,8 @@ def test_python_snippet_runs(index, tmp_path, monkeypatch):
     code = SNIPPETS[index]
     for name in ("lightning", "transformers", "accelerate"):
         if f"import {name}" in code:
-            pytest.importorskip(name, reason=f"the snippet needs {name}: pip install 'zosam_kernels[lightning]' or '[hf]'")
+            pytest.importorskip(name, reason=f"the snippet needs {name}: "
+                                             "pip install 'zosam_kernels[lightning]' or '[hf]'")
     if "accelerate" in code:
         import accelerate
         accelerate.state.AcceleratorState._reset_state(True)

@@ -4,7 +4,6 @@ that a member's ascent and parts keep per group (enumerated from their
 group_defaults, not listed), set to a value the constructor refuses, makes
 the next step raise, naming it, with nothing changed."""
 import pytest
-import torch
 
 from family_cases import CASES, build, plain_closure_cases
 from test_contract import assert_as_before, closure_of, problem, snapshot

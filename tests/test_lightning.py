@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pl = pytest.importorskip("lightning.pytorch", reason="needs the [lightning] extra: pip install 'zosam_kernels[lightning]'")
+pl = pytest.importorskip("lightning.pytorch",
+                         reason="needs the [lightning] extra: pip install 'zosam_kernels[lightning]'")
 
 import zosam_kernels as zk  # noqa: E402
 from zosam_kernels.integrations.lightning import SharpnessAwareModule  # noqa: E402

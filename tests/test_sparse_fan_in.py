@@ -55,7 +55,8 @@ def test_zosam_train_sparse_init_and_a_fixed_random_topology(tmp_path):
     gives the standard start's weights times sqrt(n / a) per unit, on the same random topology,
     which --sparse random never changes."""
     common = ["--model", "resnet20", "--train-size", "64", "--test-size", "32", "--batch-size", "32",
-              "--epochs", "2", "--progress", "off", "--optimizer", "sgd", "--lr", "1e-30", "--weight-decay", "0", "--sparse", "random",
+              "--epochs", "2", "--progress", "off", "--optimizer", "sgd", "--lr", "1e-30", "--weight-decay", "0",
+              "--sparse", "random",
               "--density", "0.2"]
     ckpts = {}
     for init in ("standard", "fan-in"):

@@ -41,7 +41,8 @@ def main():
     for name, what in ENTRY_POINTS.items():
         print(f"  {name:<13} {what}")
     print("optimizers (zosam-train --optimizer): " + ", ".join(FAMILY) + " (README, \"Python API\")")
-    trainers = {name: importlib.util.find_spec(name) is not None for name in ("lightning", "transformers", "accelerate")}
+    trainers = {name: importlib.util.find_spec(name) is not None
+                for name in ("lightning", "transformers", "accelerate")}
     print("trainers (zosam_kernels.integrations): "
           + ", ".join(f"{name} {'yes' if found else 'no'}" for name, found in trainers.items())
           + " (pip install 'zosam_kernels[lightning]' or '[hf]')")

@@ -326,7 +326,7 @@ class Engine(torch.optim.Optimizer):
     # inside the closure stays compiled), as it must to find the BatchNorm layers in one eager
     # pass and to move the weights between passes.
     @torch.compiler.disable
-    def step(self, closure: Optional[Closure] = None) -> torch.Tensor:  # type: ignore[override]
+    def step(self, closure: Optional[Closure] = None) -> torch.Tensor:
         """One step of the method; returns the loss at theta (detached).
 
         closure() must run the forward pass on the current batch and return the
