@@ -66,7 +66,7 @@ def test_reads_real_runs(tmp_path, capsys):
     main([str(tmp_path / "r0"), str(tmp_path / "r1")])
     row = capsys.readouterr().out.splitlines()[2]
     accs = [s["final_test_acc"] for s in summaries]
-    assert row.startswith(f"| sgd | 2 | {statistics.mean(accs):.2f}")
+    assert row.startswith(f"| synthetic | resnet20 | sgd | 2 | {statistics.mean(accs):.2f}")
 
 
 def test_errors(tmp_path):
