@@ -20,7 +20,8 @@ import itertools
 import pytest
 import torch
 
-from test_contract import assert_as_before, closure_of, problem, snapshot
+from test_contract import (assert_ranks_identical, closure_of, fail_at_every_pass, passes_of_step, problem,
+                           weights_on_ranks)
 from zosam_kernels.optim import components, parts as parts_module
 from zosam_kernels.optim.engine import Engine
 from zosam_kernels.optim.perturbation_mask import PerturbationMasking
@@ -164,20 +165,6 @@ def test_resume_at_any_step_continues_bit_for_bit(composition, tmp_path):
             assert torch.equal(v, straight[k]), f"resumed after step {at}: {k}"
 
 
-def passes_per_step(composition, index):
-    model, x, y = problem(3, batchnorm=True)
-    opt = build(*composition, model.parameters())
-    calls, closure = [0], closure_of(model, x, y)
-
-    def counting(indices=None):
-        calls[0] += 1
-        return closure(indices)
-    for _ in range(index + 1):
-        calls[0] = 0
-        opt.step(counting)
-    return calls[0]
-
-
 @pytest.mark.parametrize("composition", ACCEPTED, ids=name)
 def test_a_fault_at_any_pass_loses_nothing(composition):
     """Steps 0 and 1 (a full step; for the parts that decide the plan, an in-between
@@ -186,52 +173,20 @@ def test_a_fault_at_any_pass_loses_nothing(composition):
     opt = build(*composition, model.parameters())
     closure = closure_of(model, x, y)
     for index in (0, 1):
-        for fail_at in range(1, passes_per_step(composition, index) + 1):
-            for fault in ("raise", "nan"):
-                before, calls = snapshot(model, opt), [0]
-
-                def faulty(indices=None):
-                    calls[0] += 1
-                    if calls[0] == fail_at and fault == "raise":
-                        raise RuntimeError("the data loader died")
-                    loss = closure(indices)
-                    return loss * float("nan") if calls[0] == fail_at else loss
-                if fault == "raise":
-                    with pytest.raises(RuntimeError, match="the data loader died"):
-                        opt.step(faulty)
-                else:
-                    with pytest.warns(RuntimeWarning, match="non-finite loss"):
-                        opt.step(faulty)
-                assert_as_before(model, opt, before)
+        fail_at_every_pass(model, opt, closure, passes_of_step(lambda params: build(*composition, params), index))
         assert opt.step_count == index
         opt.step(closure)
 
 
-def ddp_run(rank, world, steps=3):
-    """Every accepted composition over DDP on this rank's half of each batch."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    out = {}
-    for composition in ACCEPTED:
-        model, _, _ = problem(4)
-        net = DDP(model)
-        opt = build(*composition, list(net.parameters()))
-        for step in range(steps):
-            g = torch.Generator().manual_seed(step)
-            xs = torch.randn(16, 5, generator=g).chunk(world)[rank]
-            ys = torch.randint(0, 3, (16,), generator=g).chunk(world)[rank]
-            opt.step(closure_of(net, xs, ys))
-        out[name(composition)] = [p.detach().clone() for p in model.parameters()]
-    return out
+def ddp_run(rank, world):
+    """Every accepted composition."""
+    makers = {name(c): (lambda params, c=c: build(*c, params), False) for c in ACCEPTED}
+    return weights_on_ranks(rank, world, makers)
 
 
 def test_two_ddp_ranks_stay_bit_identical(tmp_path):
     from test_distributed import spawn
-    ranks = spawn(ddp_run, tmp_path)
-    assert "error" not in ranks[0] and "error" not in ranks[1], ranks[0].get("error") or ranks[1].get("error")
-    assert set(ranks[0]) == {name(c) for c in ACCEPTED}
-    for key in ranks[0]:
-        for a, b in zip(ranks[0][key], ranks[1][key]):
-            assert torch.equal(a, b), key
+    assert_ranks_identical(spawn(ddp_run, tmp_path), [name(c) for c in ACCEPTED])
 
 
 def sgd_run(model, x, y, steps):

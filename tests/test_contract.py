@@ -164,10 +164,10 @@ def snapshot(model, opt):
             {n: b.clone() for n, b in model.named_buffers()}, copy.deepcopy(opt.state_dict()))
 
 
-def passes_of_step(case, index):
-    """How many times step `index` of `case` calls its closure (on a twin run)."""
+def passes_of_step(make, index):
+    """How many times step `index` calls its closure, on a twin run: make(params) builds the optimizer."""
     model, x, y = problem(3, batchnorm=True)
-    opt = build(case, model.parameters())
+    opt = make(model.parameters())
     calls, closure = [0], closure_of(model, x, y)
 
     def counting(indices=None):
@@ -179,20 +179,12 @@ def passes_of_step(case, index):
     return calls[0]
 
 
-@pytest.mark.parametrize("index", [0, 1])
-@pytest.mark.parametrize("case", list(CASES))
-def test_a_fault_at_any_pass_leaves_everything_as_before(case, index):
-    """Step 0 (the first pass finds the BatchNorm layers) and step 1 (for the
-    methods that reuse, an in-between step), failing at each of their passes."""
-    model, x, y = problem(3, batchnorm=True)
-    opt = build(case, model.parameters())
-    closure = closure_of(model, x, y)
-    calls = [0]
-    for _ in range(index):
-        opt.step(closure)
-    for fail_at in range(1, passes_of_step(case, index) + 1):
+def fail_at_every_pass(model, opt, closure, passes):
+    """The next step, `passes` times with its closure raising at one pass and `passes`
+    times with a non-finite loss at one pass: each leaves everything as before."""
+    for fail_at in range(1, passes + 1):
         for fault in ("raise", "nan"):
-            before, calls[0] = snapshot(model, opt), 0
+            before, calls = snapshot(model, opt), [0]
 
             def faulty(indices=None):
                 calls[0] += 1
@@ -207,33 +199,56 @@ def test_a_fault_at_any_pass_leaves_everything_as_before(case, index):
                 with pytest.warns(RuntimeWarning, match="non-finite loss"):
                     opt.step(faulty)
             assert_as_before(model, opt, before)
+
+
+@pytest.mark.parametrize("index", [0, 1])
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_fault_at_any_pass_leaves_everything_as_before(case, index):
+    """Step 0 (the first pass finds the BatchNorm layers) and step 1 (for the
+    methods that reuse, an in-between step), failing at each of their passes."""
+    model, x, y = problem(3, batchnorm=True)
+    opt = build(case, model.parameters())
+    closure = closure_of(model, x, y)
+    for _ in range(index):
+        opt.step(closure)
+    fail_at_every_pass(model, opt, closure, passes_of_step(lambda params: build(case, params), index))
     assert opt.step_count == index
     opt.step(closure)
     assert int(model[1].num_batches_tracked) == index + 1
 
 
-def ddp_run(rank, world, steps=3):
-    """Every case over DDP on this rank's half of each batch; the weights after, by case."""
+def weights_on_ranks(rank, world, makers, steps=3):
+    """Each optimizer of `makers` (name -> (make(params), find_unused_parameters)) over DDP,
+    on this rank's half of each batch; the weights after, by name."""
     from torch.nn.parallel import DistributedDataParallel as DDP
     out = {}
-    for case in CASES:
-        model, x, y = problem(4)
-        net = DDP(model, find_unused_parameters=CASES[case][0] == "esam")   # ESAM's beta leaves tensors out
-        opt = build(case, list(net.parameters()))
+    for name, (make, find_unused) in makers.items():
+        model, _, _ = problem(4)
+        net = DDP(model, find_unused_parameters=find_unused)
+        opt = make(list(net.parameters()))
         for step in range(steps):
             g = torch.Generator().manual_seed(step)
             xs = torch.randn(16, 5, generator=g).chunk(world)[rank]
             ys = torch.randint(0, 3, (16,), generator=g).chunk(world)[rank]
             opt.step(closure_of(net, xs, ys))
-        out[case] = [p.detach().clone() for p in model.parameters()]
+        out[name] = [p.detach().clone() for p in model.parameters()]
     return out
+
+
+def assert_ranks_identical(ranks, names):
+    assert "error" not in ranks[0] and "error" not in ranks[1], ranks[0].get("error") or ranks[1].get("error")
+    assert set(ranks[0]) == set(names)
+    for name in names:
+        for a, b in zip(ranks[0][name], ranks[1][name]):
+            assert torch.equal(a, b), name
+
+
+def ddp_run(rank, world):
+    """Every case; ESAM's beta leaves tensors out of the backward at theta."""
+    makers = {case: (lambda params, case=case: build(case, params), CASES[case][0] == "esam") for case in CASES}
+    return weights_on_ranks(rank, world, makers)
 
 
 def test_two_ddp_ranks_stay_bit_identical(tmp_path):
     from test_distributed import spawn
-    ranks = spawn(ddp_run, tmp_path)
-    assert "error" not in ranks[0] and "error" not in ranks[1], ranks[0].get("error") or ranks[1].get("error")
-    assert set(ranks[0]) == set(CASES)
-    for case in CASES:
-        for a, b in zip(ranks[0][case], ranks[1][case]):
-            assert torch.equal(a, b), case
+    assert_ranks_identical(spawn(ddp_run, tmp_path), list(CASES))
