@@ -220,3 +220,19 @@ def test_every_member_has_a_case():
     from zosam_kernels.optim import FAMILY
     missing = set(FAMILY) - {"sgd"} - {member for member, _, _ in CASES.values()}
     assert not missing, f"give {sorted(missing)} a case in tests/family_cases.py"
+
+
+@pytest.mark.parametrize("part", sorted(PARTS))
+def test_a_part_given_twice_is_refused(part):
+    model, _, _ = problem(0)
+    with pytest.raises(ValueError, match=f"parts: {part} given twice"):
+        Engine(model.parameters(), torch.optim.SGD, ascent=ASCENTS["GradientAscent"](),
+               parts=[PARTS[part](**PART_OPTIONS[part]) for _ in range(2)], **BASE)
+
+
+def test_two_parts_that_decide_the_plan_are_refused():
+    deciders = [p for p in sorted(PARTS) if PARTS[p].decides_plan]
+    assert len(deciders) >= 2
+    for pair in itertools.combinations(deciders, 2):
+        reason = refusal("ZerothOrderAscent", pair)
+        assert reason is not None and "both decide which steps are full" in reason, pair

@@ -147,6 +147,23 @@ def test_refused_with_the_reason(tmp_path, kwargs, message):
         train(make_model(), zosam, tmp_path, 1, **kwargs)
 
 
+def test_accumulation_set_during_training_is_refused_at_the_next_step(tmp_path):
+    class Later(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            args.gradient_accumulation_steps = 2
+
+    model = make_model()
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=BATCH,
+                                          num_train_epochs=1, use_cpu=True, report_to="none", disable_tqdm=True,
+                                          save_strategy="no", logging_strategy="no", max_grad_norm=0.0)
+    opt = zosam(model.parameters())
+    trainer = SharpnessAwareTrainer(model=model, args=args, train_dataset=dataset(), optimizers=(opt, None),
+                                    callbacks=[Later()])
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=2"):
+        trainer.train()
+    assert opt.step_count == 1
+
+
 def test_other_optimizers_train_as_under_trainer(tmp_path):
     model = make_model()
     reference = copy.deepcopy(model)
