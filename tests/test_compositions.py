@@ -236,3 +236,11 @@ def test_two_parts_that_decide_the_plan_are_refused():
     for pair in itertools.combinations(deciders, 2):
         reason = refusal("ZerothOrderAscent", pair)
         assert reason is not None and "both decide which steps are full" in reason, pair
+
+
+@pytest.mark.parametrize("ascent", sorted(ASCENTS))
+def test_surgery_beside_reuse_is_refused(ascent):
+    """A reused step measures no gradient at theta: GSAM's surgery would silently skip it."""
+    reason = refusal(ascent, ("Reuse", "SurrogateGap"))
+    assert reason is not None and ("a reused step measures no gradient at theta" in reason
+                                   or "nothing to reuse" in reason or "makes none" in reason), reason

@@ -56,8 +56,8 @@ class Step:
 
     plan: a components.Plan (FULL, REUSE or NONE); a part that decides_plan
     sets it in `plan`. can_reuse: whether the ascent holds a kept eps.
-    first_order: whether the ascent takes the gradient at theta. losses: every loss of the step by name (all
-    must be finite for it to be taken). loss: what step() returns, the loss at
+    first_order: whether the ascent takes the gradient at theta. losses:
+    every loss of the step by name (all must be finite for it to be taken). loss: what step() returns, the loss at
     theta when a pass measured it, else the update pass's. theta_grads: the
     gradient at theta, where a pass took one. restriction: a perturbation mask
     (one flat bool buffer per bucket, within the sparse masks) that the ascent
