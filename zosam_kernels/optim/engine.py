@@ -57,12 +57,13 @@ class Step:
     plan: a components.Plan (FULL, REUSE or NONE); a part that decides_plan
     sets it in `plan`. can_reuse: whether the ascent holds a kept eps.
     first_order: whether the ascent takes the gradient at theta. losses:
-    every loss of the step by name (all must be finite for it to be taken). loss: what step() returns, the loss at
-    theta when a pass measured it, else the update pass's. theta_grads: the
-    gradient at theta, where a pass took one. restriction: a perturbation mask
-    (one flat bool buffer per bucket, within the sparse masks) that the ascent
-    keeps eps to. indices: the samples of the update's gradient pass (None:
-    all). per_sample_at_theta: whether a part needs per-sample losses at theta
+    every loss of the step by name (all must be finite for it to be taken).
+    loss: what step() returns, the loss at theta when a pass measured it,
+    else the update pass's. theta_grads: the gradient at theta, where a pass
+    took one. restriction: a perturbation mask (one flat bool buffer per
+    bucket, within the sparse masks) that the ascent keeps eps to. indices:
+    the samples of the update's gradient pass (None: all).
+    per_sample_at_theta: whether a part needs per-sample losses at theta
     (`at_theta`)."""
 
     def __init__(self, engine: "Engine", closure: Closure):
