@@ -8,7 +8,8 @@ gradient (prior="gradient", for a base optimizer without momentum): the
 optimizer keeps that tensor in its state ("guided_prior"), where .grad held
 it between steps anyway, so that a resumed or faulted run has it too.
 With b_0 = p/||p|| and b_i = u_i, i = 1..m, the 2(m+1) passes measure
-y_j = <g, b_j> (central differences, step delta); the estimate is the projection of g onto their span,
+y_j = <g, b_j> (central differences, step delta); the estimate is the
+projection of g onto their span,
 
     g_hat = B w,   G w = y,   G_jk = <b_j, b_k>,
 
