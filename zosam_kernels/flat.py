@@ -73,7 +73,7 @@ class Layout:
         self.signature = tuple((id(p), p.requires_grad) for p in params)
         self.known = frozenset(id(p) for p in params)
         owners, self.aliases = _owners_and_aliases([p for p in params if p.requires_grad])
-        groups = {}
+        groups: dict = {}
         for p in owners:
             groups.setdefault((p.device, p.dtype), []).append(p)
         self.buckets = list(groups.values())
@@ -101,8 +101,10 @@ class Layout:
 
     def new_buffers(self, dtype, fill=None):
         """One flat tensor per bucket, on the bucket's device (filled with `fill` if given)."""
-        make = torch.empty if fill is None else (lambda *a, **k: torch.full(*a, fill, **k))
-        return [make((n,), dtype=dtype, device=b[0].device) for b, n in zip(self.buckets, self.numels)]
+        def make(n, device):
+            return (torch.empty((n,), dtype=dtype, device=device) if fill is None
+                    else torch.full((n,), fill, dtype=dtype, device=device))
+        return [make(n, b[0].device) for b, n in zip(self.buckets, self.numels)]
 
     def views(self, buffers):
         """Per-parameter views of per-bucket buffers, in stream order (None for a None buffer)."""
@@ -114,7 +116,9 @@ def _owners_and_aliases(params):
     """Split params into owners and (alias, owner) pairs: an alias covers exactly
     its owner's memory, in the same element order. Any other overlap cannot be
     laid out flat and is refused."""
-    owners, aliases, seen = [], [], {}
+    owners: list = []
+    aliases: list = []
+    seen: dict = {}
     for p in params:
         region = _region(p)
         owner = seen.get(region) if region is not None else None

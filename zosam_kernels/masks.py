@@ -25,7 +25,8 @@ def normalize_masks(layout, masks):
         masks = masks.param_masks()
     if not hasattr(masks, "items"):
         raise TypeError(f"masks must be a mapping from parameter to bool tensor, got {type(masks).__name__}")
-    out, dormant = {}, {}
+    out: dict = {}
+    dormant: dict = {}
     for p, m in masks.items():
         if not torch.is_tensor(m) or m.dtype != torch.bool:
             raise TypeError(f"masks: the mask of a parameter of shape {tuple(p.shape)} must be a bool "

@@ -55,7 +55,7 @@ class ShardedParams:
                 m.reshard()
             yield
             return
-        found = {}
+        found: dict = {}
 
         def find(module, args):
             for m in module.modules():

@@ -93,7 +93,7 @@ class SharpnessAwareModule(pl.LightningModule):
     def _before_base_step(self, ours):
         def hook(base_optimizer, args, kwargs):
             trainer = self.trainer
-            for callback in trainer.callbacks:
+            for callback in trainer.callbacks:  # type: ignore[attr-defined]  # a property the stubs miss
                 callback.on_before_optimizer_step(trainer, self, ours)
             self.on_before_optimizer_step(ours)
             # Clipped as the base optimizer's: the gradients are the same, unscaled already, and Lightning

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -61,7 +61,9 @@ class GradientAscent(Ascent):
         self.rho, self.adaptive, self.m_sharpness = rho, bool(adaptive), bool(m_sharpness)
         self.beta, self.seed = float(beta), seed
         self.last_perturbed: list = []
-        self._saved = self._kept = self._pending = None
+        self._saved: Optional[list] = None   # theta, to restore exactly
+        self._kept: Any = None      # (params, eps) kept for Plan.REUSE
+        self._pending: Any = None   # this step's (params, eps)
         self._params: list = []
 
     def group_defaults(self):
@@ -196,7 +198,8 @@ class ZerothOrderAscent(Ascent):
         self.last_seeds: list = []
         self.last_coefficients: Optional[torch.Tensor] = None
         self.last_eps: Optional[torch.Tensor] = None
-        self._kept = self._pending = None
+        self._kept: Any = None      # (seeds, eps coefficients) kept for Plan.REUSE
+        self._pending: Any = None   # this step's (seeds, c_i, eps coefficients)
 
     def pass_options(self):
         return {"batch_fraction": self.batch_fraction, "autocast": self.autocast, "name": "zo"}
@@ -223,7 +226,7 @@ class ZerothOrderAscent(Ascent):
                                       "backend='fused' and no masks")
         self.directions = BACKENDS[self.backend](self.flat)
         self._masks = masks
-        self._saved = None   # theta, for the adaptive eps (one parameter-sized copy, kept between steps)
+        self._saved: Optional[list] = None   # theta, for the adaptive eps (one parameter-sized copy, kept)
 
     def _direction_masks(self, step):
         if step.restriction is not None:

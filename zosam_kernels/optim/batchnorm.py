@@ -24,6 +24,7 @@ buffers of those layers and register no hook.
 """
 import contextlib
 import warnings
+from typing import Optional
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -34,7 +35,7 @@ class BatchNormStatistics:
     """The running statistics of the BatchNorm layers in the models an optimizer's closure calls."""
 
     def __init__(self):
-        self.layers = None   # None until the first pass has found them
+        self.layers: Optional[list] = None   # None until the first pass has found them
         self._buffers, self._saved, self._start = [], [], []   # buffers as last seen; room for copies
         self._started = False   # whether _start holds this step's statistics
 
@@ -77,7 +78,7 @@ class BatchNormStatistics:
         """The layers' buffers and the room for their copies, made anew only when a
         buffer was replaced (e.g. `bn.running_mean = ...`). Module._buffers rather
         than buffers(): the public generator costs 25x more, per pass."""
-        buffers = [b for m in self.layers for b in m._buffers.values() if b is not None]
+        buffers = [b for m in self.layers or () for b in m._buffers.values() if b is not None]
         if len(buffers) != len(self._buffers) or any(a is not b for a, b in zip(buffers, self._buffers)):
             self._buffers, self._saved = buffers, [torch.empty_like(b) for b in buffers]
             self._start, self._started = [b.clone() for b in buffers], False
@@ -91,7 +92,10 @@ class BatchNormStatistics:
         a former one adds its own. The layers are kept only if the pass completes
         (else the next pass looks again); their copies, the statistics before
         the pass, become the step's start (the first pass of a step finds them)."""
-        seen, layers, buffers, copies = set(), [], [], []
+        seen: set = set()
+        layers: list = []
+        buffers: list = []
+        copies: list = []
 
         def find(module, args):
             if module in seen:

@@ -277,6 +277,7 @@ class Engine(torch.optim.Optimizer):
         self.layout = layout
         self.trainable = layout.params + [a for a, _ in layout.aliases]
         sharded = [is_sharded(p) for p in layout.params]
+        self.flat: InPlaceParams | FlatParams | ShardedParams
         if not self.ascent.flattens:
             self.flat = InPlaceParams(layout)
         elif any(sharded):

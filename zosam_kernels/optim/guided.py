@@ -98,7 +98,8 @@ class GuidedAscent(ZerothOrderAscent):
         device = self.flat.buffers[0].device
         try:
             inv_norm = 1.0 / (formulas.norm([t for t in prior if t is not None]) + formulas.EPS)
-            plus, minus = [], []
+            plus: list = []
+            minus: list = []
             with torch.no_grad():
                 for sign, out in ((1.0, plus), (-1.0, minus)):
                     with phase("perturb"):

@@ -111,7 +111,7 @@ class LookAhead(Part):
         if step.plan is Plan.FULL:
             for p, v in zip(self._perturbed, self._g_v):
                 step.keep(p, "looksam_g_v", v)
-        self._g_v = self._perturbed = None
+        self._g_v, self._perturbed = [], []
 
     def state_dict(self):
         return {"k": self.k}

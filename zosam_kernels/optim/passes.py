@@ -17,6 +17,7 @@ data selection) require such a closure; every other use calls closure().
 import contextlib
 import inspect
 import math
+from typing import Any
 
 import torch
 
@@ -177,7 +178,7 @@ class Passes:
         if replay:
             self._replay()
         parts = self.micro.parts(indices)
-        returned = []
+        returned: list = []
         with torch.enable_grad(), self.batchnorm.frozen(freeze_batchnorm), phase("grad_pass"):
             for idx in parts:
                 part = evaluate(closure, idx)
@@ -197,10 +198,10 @@ class Passes:
                                "with other tensors than the ones given to the optimizer (after "
                                "model.load_state_dict(..., assign=True), or model.to() to another "
                                "device, build the optimizer anew, or load with assign=False)")
-        returned = self.micro.joined(returned)
+        joined = self.micro.joined(returned)
         if len(parts) > 1:
-            torch._foreach_div_(grads, returned.numel())
-        return mean_loss(returned) if reduce else returned
+            torch._foreach_div_(grads, joined.numel())
+        return mean_loss(joined) if reduce else joined
 
     def unscale_(self, optimizer):
         """Take the grad_scaler's scale off the gradients (once per step, before
@@ -293,7 +294,7 @@ class RandomState:
     def __init__(self, devices):
         self.cuda = sorted({d.index if d.index is not None else torch.cuda.current_device()
                             for d in devices if d.type == "cuda"})
-        self.saved = None
+        self.saved: Any = None   # (the CPU generator's state, the CUDA generators')
 
     def save(self):
         self.saved = (torch.get_rng_state(), [torch.cuda.get_rng_state(i) for i in self.cuda])

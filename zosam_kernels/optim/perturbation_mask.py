@@ -21,6 +21,7 @@ temporaries are made. Random draws come from a generator seeded by
 (seed, step), so a resumed run draws the same.
 """
 import math
+from typing import Any, Optional
 
 import torch
 
@@ -54,7 +55,9 @@ class PerturbationMask:
         check_seed(seed)
         self.sparsity, self.kind, self.update_interval = float(sparsity), kind, update_interval
         self.drop_rate, self.total_steps, self.seed = float(drop_rate), total_steps, seed
-        self.layout, self.buffers, self.fisher = None, None, None
+        self.layout: Any = None            # flat.Layout, from relayout_
+        self.buffers: Optional[list] = None
+        self.fisher: Optional[list] = None
 
     def relayout_(self, layout):
         """Follow the optimizer's layout; a new layout starts the mask afresh."""
