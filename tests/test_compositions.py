@@ -23,6 +23,7 @@ import torch
 from test_contract import (assert_ranks_identical, closure_of, fail_at_every_pass, passes_of_step, problem,
                            weights_on_ranks)
 from zosam_kernels.optim import components, parts as parts_module
+from zosam_kernels.optim.ascents import CoinFlipSigns, UnitCoefficients
 from zosam_kernels.optim.engine import Engine
 from zosam_kernels.optim.perturbation_mask import PerturbationMasking
 
@@ -36,6 +37,9 @@ ASCENT_OPTIONS = {
     "ZerothOrderAscent": dict(rho=0.05, n_dirs=2),
     "CoinFlipAscent": dict(rho=0.05, n_dirs=2),
     "RandomAscent": dict(rho=0.05),
+    # the skeleton of the stream ascents, with pieces no member puts together: no pass, coin-flip signs
+    "StreamAscent": dict(rho=0.05, n_dirs=2, seed=0, adaptive=False, backend="fused",
+                         estimate=UnitCoefficients(), transform=CoinFlipSigns()),
     "MomentumAscent": dict(rho=0.3),
     "NoisyOracleAscent": dict(rho=0.05, cosine=0.5),
     "GuidedAscent": dict(rho=0.05, n_dirs=1),

@@ -1,8 +1,8 @@
 """The family: one engine (engine.py), ascents (ascents.py), parts (parts.py,
 perturbation_mask.py), and the public optimizers as compositions of them
 (family.py)."""
-from .ascents import CoinFlipAscent, GradientAscent, ZerothOrderAscent
-from .free_ascents import MomentumAscent, NoisyOracleAscent, RandomAscent
+from .ascents import CoinFlipAscent, GradientAscent, RandomAscent, ZerothOrderAscent
+from .free_ascents import MomentumAscent, NoisyOracleAscent
 from .guided import GuidedAscent
 from .engine import Engine, is_engine
 from .family import ESAM, FAMILY, GSAM, SAM, SSAM, ZOSAM, ZOSSAM, LookSAM, ZOLookSAM

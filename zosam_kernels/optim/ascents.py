@@ -38,6 +38,26 @@ from .passes import mean_loss, phase
 BACKENDS = {"fused": FusedDirections, "unfused": UnfusedDirections}
 
 
+class SamAim:
+    """The gradient ascent's eps from the gradient g at theta (its aim piece): SAM's
+    rho g / (||g|| + 1e-12), ASAM's when adaptive; rho per param group. Under ESAM's
+    stochastic weight perturbation (beta < 1) the authors' rescaling by 1/beta."""
+
+    def __init__(self, beta: float = 1.0):
+        self.beta = beta
+
+    def __call__(self, step, params, grads, seed):
+        adaptive = same_in_every_group(step.groups, "adaptive")
+        rho_of = {id(p): step.radius(g) for g in step.groups for p in g["params"]}
+        rhos = [rho_of[id(p)] for p in params]
+        for rho in rhos:
+            check_nonnegative("rho", rho)
+        eps = formulas.sam_perturbation(grads, params, rhos, adaptive)
+        if self.beta < 1:
+            torch._foreach_div_(eps, self.beta)
+        return step.restrict(params, eps)   # a perturbation mask (SSAM): ||g|| stays the whole one
+
+
 class GradientAscent(Ascent):
     """GradientAscent(rho=0.05, adaptive=False, m_sharpness=False, beta=1.0, seed=0)
 
@@ -54,12 +74,13 @@ class GradientAscent(Ascent):
     state_keys = ("seed", "eps_params", "eps_tensors")
 
     def __init__(self, rho: float = 0.05, adaptive: bool = False, m_sharpness: bool = False,
-                 beta: float = 1.0, seed: int = 0):
+                 beta: float = 1.0, seed: int = 0, aim: Any = None):
         check_nonnegative("rho", rho)
         check_fraction("beta", beta)
         check_seed(seed)
         self.rho, self.adaptive, self.m_sharpness = rho, bool(adaptive), bool(m_sharpness)
         self.beta, self.seed = float(beta), seed
+        self.aim = SamAim(self.beta) if aim is None else aim   # eps from the gradient at theta
         self.last_perturbed: list = []
         self._saved: Optional[list] = None   # theta, to restore exactly
         self._kept: Any = None      # (params, eps) kept for Plan.REUSE
@@ -101,19 +122,11 @@ class GradientAscent(Ascent):
 
     @torch.no_grad()
     def _eps(self, step):
-        adaptive = same_in_every_group(step.groups, "adaptive")
-        rho_of = {id(p): step.radius(g) for g in step.groups for p in g["params"]}
         pairs = [(p, p.grad) for p in step.params if p.grad is not None]
         if not pairs:
             return [], []
         params = [p for p, _ in pairs]
-        rhos = [rho_of[id(p)] for p in params]
-        for rho in rhos:
-            check_nonnegative("rho", rho)
-        eps = formulas.sam_perturbation([g for _, g in pairs], params, rhos, adaptive)
-        if self.beta < 1:
-            torch._foreach_div_(eps, self.beta)
-        return params, step.restrict(params, eps)   # a perturbation mask (SSAM): ||g|| stays the whole one
+        return params, self.aim(step, params, [g for _, g in pairs], self.seed)
 
     @contextlib.contextmanager
     def perturbed(self, step):
@@ -165,112 +178,42 @@ class GradientAscent(Ascent):
         self.seed = int(state.get("seed", self.seed))
 
 
-class ZerothOrderAscent(Ascent):
-    """ZerothOrderAscent(rho=0.05, delta=1e-3, n_dirs=1, seed=0, adaptive=False,
-    backend="fused", batch_fraction=1.0, autocast=None)
+class FiniteDifferences:
+    """The zeroth-order estimate (an estimate piece of a StreamAscent): from 2m
+    no-grad passes, c_i = (L(theta + delta u_i) - L(theta - delta u_i)) / (2 delta).
+    batch_fraction < 1 and autocast make the passes cheaper (passes.Passes: a
+    leading fraction of the batch, whose closure takes `indices` and returns
+    per-sample losses; bf16/fp16 autocast)."""
 
-    batch_fraction < 1 and autocast make the 2m passes cheaper (passes.Passes:
-    a leading fraction of the batch, whose closure takes `indices` and returns
-    per-sample losses; bf16/fp16 autocast). backend="unfused" materialises each
-    direction per tensor (the baseline the fused ops are measured against).
-    rho and delta must be the same in every param group: eps is normalised
-    over the whole model and the directions are one stream, so a per-group
-    radius would need a per-weight scale buffer the fused ops do not read.
-    `last_seeds`, `last_coefficients` (the c_i) and `last_eps` (eps = sum_i
-    last_eps[i] u_i, times T^2 when adaptive) tell what the last step taken used."""
+    compares_losses = True     # L(theta + delta u) - L(theta - delta u): common random numbers by default
+    estimates_gradient = True
+    measures_at_theta = True   # (L+ + L-)/2 per sample is L(theta) to O(delta^2)
 
-    compares_losses = True   # L(theta + delta u) - L(theta - delta u): common random numbers by default
-    flattens = True
-    state_keys = ("seed", "n_dirs", "eps_seeds", "eps")
-
-    def __init__(self, rho: float = 0.05, delta: float = 1e-3, n_dirs: int = 1, seed: int = 0,
-                 adaptive: bool = False, backend: str = "fused", batch_fraction: float = 1.0,
-                 autocast: Optional[torch.dtype] = None):
-        check_nonnegative("rho", rho)
+    def __init__(self, delta: float = 1e-3, batch_fraction: float = 1.0, autocast: Optional[torch.dtype] = None):
         check_positive("delta", delta)
-        check_positive_int("n_dirs", n_dirs)
-        check_seed(seed)
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be 'fused' or 'unfused', got {backend!r}")
-        self.rho, self.delta, self.adaptive = rho, delta, bool(adaptive)
-        self.n_dirs, self.seed, self.backend = n_dirs, seed, backend
-        self.batch_fraction, self.autocast = batch_fraction, autocast
-        self.last_seeds: list = []
-        self.last_coefficients: Optional[torch.Tensor] = None
-        self.last_eps: Optional[torch.Tensor] = None
-        self._kept: Any = None      # (seeds, eps coefficients) kept for Plan.REUSE
-        self._pending: Any = None   # this step's (seeds, c_i, eps coefficients)
+        self.delta, self.batch_fraction, self.autocast = delta, batch_fraction, autocast
+
+    def group_defaults(self):
+        return {"delta": self.delta}
+
+    def check_group(self, group):
+        check_positive("delta", group["delta"])
+
+    def check_groups(self, groups):
+        same_in_every_group(groups, "delta", when="at construction")
 
     def pass_options(self):
         return {"batch_fraction": self.batch_fraction, "autocast": self.autocast, "name": "zo"}
 
-    def group_defaults(self):
-        return {"rho": self.rho, "delta": self.delta, "adaptive": self.adaptive}
-
-    def check_group(self, group):
-        check_nonnegative("rho", group["rho"])
-        check_positive("delta", group["delta"])
-
-    def check_groups(self, groups):
-        for name in ("rho", "delta", "adaptive"):
-            same_in_every_group(groups, name, when="at construction")
-        for p in (p for g in groups for p in g["params"]):
-            if p.requires_grad and p.dtype != torch.float32:
-                raise TypeError(f"params: the zeroth-order ascent perturbs float32 parameters, got {p.dtype} "
-                                f"(shape {tuple(p.shape)}); {_WHY_FLOAT32.get(p.dtype, _WHY_FLOAT32[None])}")
-
-    def relayout(self, layout, masks, flat):
-        self.flat = flat
-        if not isinstance(flat, FlatParams) and (self.backend != "fused" or masks.masked):
-            raise NotImplementedError("params: the zeroth-order ascent on FSDP2 (fully_shard) needs "
-                                      "backend='fused' and no masks")
-        self.directions = BACKENDS[self.backend](self.flat)
-        self._masks = masks
-        self._saved: Optional[list] = None   # theta, for the adaptive eps (one parameter-sized copy, kept)
-
-    def _direction_masks(self, step):
-        if step.restriction is not None:
-            return step.restriction
-        return self._masks.buffers if isinstance(self.flat, FlatParams) else [None] * len(self.flat.buffers)
-
-    @contextlib.contextmanager
-    def perturbed(self, step):
-        if step.plan is Plan.NONE:
-            yield
-            return
-        rho, delta = step.radius(), same_in_every_group(step.groups, "delta")
-        adaptive = same_in_every_group(step.groups, "adaptive")
-        reuse = step.plan is Plan.REUSE
-        seeds = self._kept[0] if reuse else [derived_seed(self.seed, step.index, i) for i in range(self.n_dirs)]
-        saved = self._saved_theta() if adaptive else None
-        with phase("perturb"):
-            walk = Walk(self.directions, seeds, self._direction_masks(step), saved)
-        try:
-            if reuse:
-                eps = self._kept[1]
-            else:
-                eps, coefs = self._eps(walk, step, rho, delta, adaptive)
-                self._pending = (seeds, coefs, eps)
-            walk.move_(eps, power=2 if adaptive else 0)   # theta + eps; the last -delta u rides along
-            yield
-        finally:
-            with phase("restore"):
-                walk.restore_()
-
-    def _eps(self, walk, step, rho, delta, adaptive):
-        """(eps, c): eps as coefficients on the directions, from the 2m passes."""
-        plus, minus = self._estimate(walk, step, delta)
-        coefs = self._coefficients(plus, minus, delta, step)
-        with phase("perturb"):   # ||g_hat|| (||T g_hat|| when adaptive)
-            norm = walk.sq_norm(coefs / walk.m, power=1 if adaptive else 0).sqrt()
+    def coefficients(self, walk, step):
+        """c, one per direction of the walk; sets the step's losses and its loss (the estimate of L(theta))."""
+        delta = same_in_every_group(step.groups, "delta")
+        plus, minus = self.losses(walk, step, delta)
         step.losses["the +delta passes"], step.losses["the -delta passes"] = plus, minus
         step.loss = (plus.mean() + minus.mean()) / 2
-        return formulas.zo_perturbation(coefs, norm, rho), coefs
-
-    def _coefficients(self, plus, minus, delta, step):
         return formulas.zo_coefficients(plus, minus, delta)
 
-    def _estimate(self, walk, step, delta):
+    def losses(self, walk, step, delta):
         """(L(theta + delta u_i), L(theta - delta u_i)) for every direction i, as two
         device tensors (the global batch's under DDP); per-sample losses at theta
         in step.at_theta when a part asks for them. The move to theta + delta u_i
@@ -296,6 +239,150 @@ class ZerothOrderAscent(Ascent):
                                        .to(walk.device))
         return losses[0], losses[1]
 
+
+class UnitCoefficients:
+    """No estimate (an estimate piece of a StreamAscent): c_i = 1, no pass; eps is
+    then rho u / ||u|| for one direction, a random perturbation of norm rho."""
+
+    compares_losses = False
+    estimates_gradient = False
+    measures_at_theta = False
+
+    def group_defaults(self):
+        return {}
+
+    def check_group(self, group):
+        pass
+
+    def check_groups(self, groups):
+        pass
+
+    def pass_options(self):
+        return {}
+
+    def coefficients(self, walk, step):
+        return torch.ones(walk.m, device=walk.device)
+
+
+class CoinFlipSigns:
+    """A transform of the coefficients (a piece of a StreamAscent): each c_i given a
+    coin-flip sign drawn from (the ascent's seed, step), so eps keeps the estimate's size and
+    support but none of its information about the gradient's direction."""
+
+    keeps_direction = False
+
+    def __call__(self, c, step, seed):
+        g = torch.Generator().manual_seed(derived_seed(seed, step.index, COIN_INDEX))
+        signs = torch.randint(0, 2, (c.numel(),), generator=g).mul_(2).sub_(1)
+        return signs.to(c.device, c.dtype) * c.abs()
+
+
+COIN_INDEX = 1 << 32   # the coin's draw index: apart from the directions' (0 .. n_dirs - 1)
+
+
+class StreamAscent(Ascent):
+    """An ascent whose eps lies on m directions of the stream, composed of three pieces:
+
+        c     = estimate.coefficients(walk, step)      (FiniteDifferences; UnitCoefficients: no pass)
+        c     = transform(c, step)                     (optional: CoinFlipSigns)
+        g_hat = 1/m sum_i c_i u_i,   eps = rho g_hat / (||g_hat|| + 1e-12)   (adaptive: rho T^2 g_hat / ||T g_hat||)
+
+    and the walk (directions.Walk) that moves the weights along the directions,
+    one pass of a fused op each. Its capabilities are its pieces'.
+    rho (and the estimate's delta) must be the same in every param group: eps is
+    normalised over the whole model and the directions are one stream, so a
+    per-group radius would need a per-weight scale buffer the fused ops do not
+    read. backend="unfused" materialises each direction per tensor (the baseline
+    the fused ops are measured against). `last_seeds`, `last_coefficients` (the
+    c_i) and `last_eps` (eps = sum_i last_eps[i] u_i, times T^2 when adaptive)
+    tell what the last step taken used."""
+
+    flattens = True
+    state_keys = ("seed", "n_dirs", "eps_seeds", "eps")
+
+    def __init__(self, rho: float, n_dirs: int, seed: int, adaptive: bool, backend: str, estimate: Any,
+                 transform: Any = None):
+        check_nonnegative("rho", rho)
+        check_positive_int("n_dirs", n_dirs)
+        check_seed(seed)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be 'fused' or 'unfused', got {backend!r}")
+        self.rho, self.adaptive, self.n_dirs, self.seed, self.backend = rho, bool(adaptive), n_dirs, seed, backend
+        self.estimate, self.transform = estimate, transform
+        self.compares_losses = estimate.compares_losses
+        self.measures_at_theta = estimate.measures_at_theta
+        self.estimates_gradient = estimate.estimates_gradient and getattr(transform, "keeps_direction", True)
+        self.last_seeds: list = []
+        self.last_coefficients: Optional[torch.Tensor] = None
+        self.last_eps: Optional[torch.Tensor] = None
+        self._kept: Any = None      # (seeds, eps coefficients) kept for Plan.REUSE
+        self._pending: Any = None   # this step's (seeds, c_i, eps coefficients)
+
+    def pass_options(self):
+        return self.estimate.pass_options()
+
+    def group_defaults(self):
+        return {"rho": self.rho, "adaptive": self.adaptive, **self.estimate.group_defaults()}
+
+    def check_group(self, group):
+        check_nonnegative("rho", group["rho"])
+        self.estimate.check_group(group)
+
+    def check_groups(self, groups):
+        for name in ("rho", "adaptive"):
+            same_in_every_group(groups, name, when="at construction")
+        self.estimate.check_groups(groups)
+        for p in (p for g in groups for p in g["params"]):
+            if p.requires_grad and p.dtype != torch.float32:
+                raise TypeError(f"params: the zeroth-order ascent perturbs float32 parameters, got {p.dtype} "
+                                f"(shape {tuple(p.shape)}); {_WHY_FLOAT32.get(p.dtype, _WHY_FLOAT32[None])}")
+
+    def relayout(self, layout, masks, flat):
+        self.flat = flat
+        if not isinstance(flat, FlatParams) and (self.backend != "fused" or masks.masked):
+            raise NotImplementedError("params: the zeroth-order ascent on FSDP2 (fully_shard) needs "
+                                      "backend='fused' and no masks")
+        self.directions = BACKENDS[self.backend](self.flat)
+        self._masks = masks
+        self._saved: Optional[list] = None   # theta, for the adaptive eps (one parameter-sized copy, kept)
+
+    def direction_masks(self, step):
+        """The mask of the step's directions, per bucket: the perturbation restriction, else the sparse masks."""
+        if step.restriction is not None:
+            return step.restriction
+        return self._masks.buffers if isinstance(self.flat, FlatParams) else [None] * len(self.flat.buffers)
+
+    def walk(self, step, seeds, saved=None):
+        """The step's walk on the directions of `seeds`."""
+        with phase("perturb"):
+            return Walk(self.directions, seeds, self.direction_masks(step), saved)
+
+    @contextlib.contextmanager
+    def perturbed(self, step):
+        if step.plan is Plan.NONE:
+            yield
+            return
+        rho, adaptive = step.radius(), same_in_every_group(step.groups, "adaptive")
+        reuse = step.plan is Plan.REUSE
+        seeds = self._kept[0] if reuse else [derived_seed(self.seed, step.index, i) for i in range(self.n_dirs)]
+        walk = self.walk(step, seeds, self._saved_theta() if adaptive else None)
+        try:
+            if reuse:
+                eps = self._kept[1]
+            else:
+                coefs = self.estimate.coefficients(walk, step)
+                if self.transform is not None:
+                    coefs = self.transform(coefs, step, self.seed)
+                with phase("perturb"):   # ||g_hat|| (||T g_hat|| when adaptive)
+                    norm = walk.sq_norm(coefs / walk.m, power=1 if adaptive else 0).sqrt()
+                eps = formulas.zo_perturbation(coefs, norm, rho)
+                self._pending = (seeds, coefs, eps)
+            walk.move_(eps, power=2 if adaptive else 0)   # theta + eps; the last -delta u rides along
+            yield
+        finally:
+            with phase("restore"):
+                walk.restore_()
+
     def _saved_theta(self):
         if self._saved is None:
             self._saved = [torch.empty_like(b) for b in self.flat.buffers]
@@ -307,7 +394,7 @@ class ZerothOrderAscent(Ascent):
     def direction(self, step):
         """g_hat = 1/m sum_i c_i u_i, materialised (one parameter-sized buffer per bucket)."""
         seeds, coefs, _ = self._pending
-        walk = Walk(self.directions, seeds, self._direction_masks(step))
+        walk = Walk(self.directions, seeds, self.direction_masks(step))
         return self._masks.layout.views(walk.materialized(coefs / walk.m))
 
     def commit(self, step):
@@ -334,32 +421,52 @@ class ZerothOrderAscent(Ascent):
         return {"seed": self.seed, "n_dirs": self.n_dirs}
 
     def load_state_dict(self, state):
-        for name in ("seed", "n_dirs"):
-            value = int(state.get(name, getattr(self, name)))
-            if value != getattr(self, name):
-                warnings.warn(f"load_state_dict: the checkpoint's {name}={value} replaces "
-                              f"{name}={getattr(self, name)} given to the constructor (a resumed run "
-                              "replays the checkpoint's directions)", UserWarning, stacklevel=3)
-            setattr(self, name, value)
+        take_from_checkpoint(self, state, ("seed", "n_dirs"))
 
 
-
-class CoinFlipAscent(ZerothOrderAscent):
-    """The control of the zeroth-order ascent: its own passes, directions and
-    |c_i|, each c_i given a coin-flip sign drawn from (seed, step), so eps keeps
-    the estimate's size and support but none of its information about the
-    gradient's direction. Same cost as ZO-SAM."""
-
-    estimates_gradient = False
-
-    def _coefficients(self, plus, minus, delta, step):
-        c = formulas.zo_coefficients(plus, minus, delta)
-        g = torch.Generator().manual_seed(derived_seed(self.seed, step.index, COIN_INDEX))
-        signs = torch.randint(0, 2, (c.numel(),), generator=g).mul_(2).sub_(1)
-        return signs.to(c.device, c.dtype) * c.abs()
+def take_from_checkpoint(component, state, names):
+    """Set the integer settings `names` of `component` from a checkpoint's state, with a
+    warning where one replaces a value given to the constructor (a resumed run replays
+    the checkpoint's directions)."""
+    for name in names:
+        value = int(state.get(name, getattr(component, name)))
+        if value != getattr(component, name):
+            warnings.warn(f"load_state_dict: the checkpoint's {name}={value} replaces "
+                          f"{name}={getattr(component, name)} given to the constructor (a resumed run "
+                          "replays the checkpoint's directions)", UserWarning, stacklevel=4)
+        setattr(component, name, value)
 
 
-COIN_INDEX = 1 << 32   # the coin's draw index: apart from the directions' (0 .. n_dirs - 1)
+class ZerothOrderAscent(StreamAscent):
+    """ZerothOrderAscent(rho=0.05, delta=1e-3, n_dirs=1, seed=0, adaptive=False,
+    backend="fused", batch_fraction=1.0, autocast=None): ZO-SAM's ascent, the
+    stream ascent with the finite-difference estimate (FiniteDifferences)."""
+
+    def __init__(self, rho: float = 0.05, delta: float = 1e-3, n_dirs: int = 1, seed: int = 0,
+                 adaptive: bool = False, backend: str = "fused", batch_fraction: float = 1.0,
+                 autocast: Optional[torch.dtype] = None):
+        super().__init__(rho, n_dirs, seed, adaptive, backend, FiniteDifferences(delta, batch_fraction, autocast))
+
+
+class CoinFlipAscent(StreamAscent):
+    """CoinFlipAscent(rho=0.05, delta=1e-3, n_dirs=1, seed=0, backend="fused"): the
+    control of the zeroth-order ascent: its own passes, directions and |c_i|,
+    each c_i given a coin-flip sign (CoinFlipSigns). Same cost as ZO-SAM."""
+
+    def __init__(self, rho: float = 0.05, delta: float = 1e-3, n_dirs: int = 1, seed: int = 0,
+                 backend: str = "fused"):
+        super().__init__(rho, n_dirs, seed, False, backend, FiniteDifferences(delta), CoinFlipSigns())
+
+
+class RandomAscent(StreamAscent):
+    """RandomAscent(rho=0.05, seed=0, backend="fused"): eps = rho u/||u|| along one
+    direction of the stream, drawn anew each step from (seed, step); no pass
+    (UnitCoefficients). The loss returned is the update pass's (nothing is
+    measured at theta). Isotropic with a fixed norm: not the published random
+    weight perturbation, whose noise is scaled per filter."""
+
+    def __init__(self, rho: float = 0.05, seed: int = 0, backend: str = "fused"):
+        super().__init__(rho, 1, seed, False, backend, UnitCoefficients())
 
 
 _WHY_FLOAT32 = {

@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
-from .ascents import CoinFlipAscent, GradientAscent, ZerothOrderAscent
-from .free_ascents import MomentumAscent, NoisyOracleAscent, RandomAscent
+from .ascents import CoinFlipAscent, GradientAscent, RandomAscent, ZerothOrderAscent
+from .free_ascents import MomentumAscent, NoisyOracleAscent
 from .guided import GuidedAscent
 from .checks import check_nonnegative
 from .engine import Engine

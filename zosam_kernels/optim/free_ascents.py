@@ -14,9 +14,6 @@ MomentumAscent (MSAM, Becker et al. 2024, arXiv 2401.12033)
     theta - rho v/||v||, the weights they keep between steps. The two differ
     by lr * wd * rho v/||v|| per step (docs/DESIGN.md, "The engine").
 
-RandomAscent (random weight perturbation, RWP)
-    eps = rho u / ||u||, u ~ N(0, I) one direction of the stream: no sign, no pass.
-
 NoisyOracleAscent (an instrument, not a method)
     eps = rho (c g/||g|| + sqrt(1 - c^2) u_perp), u_perp a random unit direction
     orthogonal to the gradient g at theta (one gradient pass), so cos(eps, g) = c
@@ -41,7 +38,7 @@ from ..flat import dense_strides
 from ..masks import zero_pruned_
 from ..seeds import check_seed, derived_seed
 from . import formulas
-from .ascents import GradientAscent, ZerothOrderAscent
+from .ascents import GradientAscent
 from .checks import check_nonnegative
 from .components import Ascent, Plan, same_in_every_group
 from .passes import phase
@@ -131,52 +128,38 @@ class MomentumAscent(Ascent):
                 along.move_(torch.zeros((), device=present[0].device))
 
 
-class RandomAscent(ZerothOrderAscent):
-    """RandomAscent(rho=0.05, seed=0): eps = rho u/||u|| along one direction of the
-    stream, drawn anew each step from (seed, step); no pass. The loss returned
-    is the update pass's (nothing is measured at theta)."""
+class OrthogonalMix:
+    """The noisy oracle's aim piece (for GradientAscent): eps = rho (c g/||g|| +
+    sqrt(1 - c^2) u_perp/||u_perp||), u_perp the part of a stream direction (drawn
+    from (the ascent's seed, step) on the active weights) orthogonal to g."""
 
-    compares_losses = False
-    estimates_gradient = False
-    measures_at_theta = False
+    def __init__(self, cosine: float):
+        self.cosine = cosine
 
-    def __init__(self, rho: float = 0.05, seed: int = 0, backend: str = "fused"):
-        super().__init__(rho=rho, n_dirs=1, seed=seed, backend=backend)
-
-    def _eps(self, walk, step, rho, delta, adaptive):
-        norm = walk.sq_norm(torch.ones(1, device=walk.device)).sqrt()
-        return (rho / (norm + formulas.EPS)).reshape(1), None
+    def __call__(self, step, params, grads, seed):
+        rho = step.radius()
+        grads = step.restrict(params, grads)
+        u = step.restrict(params, _stream_like(params, step.masks, derived_seed(seed, step.index, 0),
+                                               step.masks.layout))
+        g_norm = formulas.norm(grads) + formulas.EPS
+        u_perp = formulas.orthogonal_part(u, grads)
+        u_norm = formulas.norm(u_perp) + formulas.EPS
+        c, s = self.cosine, math.sqrt(1 - self.cosine ** 2)
+        return [rho * (c * g / g_norm + s * v / u_norm) for g, v in zip(grads, u_perp)]
 
 
 class NoisyOracleAscent(GradientAscent):
     """NoisyOracleAscent(rho=0.05, cosine=0.5, seed=0): the gradient at theta
     (one gradient pass, as SAM), mixed with a random unit direction
     orthogonal to it (drawn from the stream on the active weights) so that
-    cos(eps, g) = cosine."""
+    cos(eps, g) = cosine: the gradient ascent with the OrthogonalMix aim."""
 
     def __init__(self, rho: float = 0.05, cosine: float = 0.5, seed: int = 0):
-        super().__init__(rho=rho)
         if not isinstance(cosine, (int, float)) or isinstance(cosine, bool) or not 0 <= cosine <= 1:
             raise ValueError(f"cosine must be a number in [0, 1], got {cosine!r}")
         check_seed(seed)
-        self.cosine, self.seed = float(cosine), seed
-
-    @torch.no_grad()
-    def _eps(self, step):
-        rho = step.radius()
-        pairs = [(p, p.grad) for p in step.params if p.grad is not None]
-        if not pairs:
-            return [], []
-        params = [p for p, _ in pairs]
-        grads = step.restrict(params, [g for _, g in pairs])
-        u = step.restrict(params, _stream_like(params, step.masks, derived_seed(self.seed, step.index, 0),
-                                               step.masks.layout))
-        g_norm = formulas.norm(grads) + formulas.EPS
-        u_perp = formulas.orthogonal_part(u, grads)
-        u_norm = formulas.norm(u_perp) + formulas.EPS
-        c, s = self.cosine, math.sqrt(1 - self.cosine ** 2)
-        eps = [rho * (c * g / g_norm + s * v / u_norm) for g, v in zip(grads, u_perp)]
-        return params, eps
+        super().__init__(rho=rho, seed=seed, aim=OrthogonalMix(float(cosine)))
+        self.cosine = float(cosine)
 
 
 def _stream_like(params, masks, seed, layout):

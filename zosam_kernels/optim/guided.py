@@ -29,29 +29,35 @@ the prior is P p and the directions P u_i.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 
 from ..flat import FlatParams
 from ..seeds import derived_seed
 from . import formulas
-from .ascents import ZerothOrderAscent
-from .components import Plan, same_in_every_group
-from .directions import Walk
+from .ascents import ZerothOrderAscent, take_from_checkpoint
+from .components import Ascent, Plan, same_in_every_group
 from .free_ascents import Along, check_keeps_momentum, momentum_of
 from .passes import phase
 
 PRIORS = ("momentum", "gradient")
 
 
-class GuidedAscent(ZerothOrderAscent):
+class GuidedAscent(Ascent):
     """GuidedAscent(rho=0.05, delta=1e-3, n_dirs=1, prior="momentum", seed=0, backend="fused"):
-    2 (n_dirs + 1) no-grad passes (n_dirs may be 0: the prior alone).
-    `last_alpha_estimate`: the last step's <g_hat, p>/(||g_hat|| ||p||)."""
+    2 (n_dirs + 1) no-grad passes (n_dirs may be 0: the prior alone). Composed
+    of a zeroth-order ascent (`stream`: the directions' walk, the
+    finite-difference passes, and plain ZO-SAM before a prior exists) and the
+    move along the prior (free_ascents.Along). `last_alpha_estimate`: the last
+    step's <g_hat, p>/(||g_hat|| ||p||)."""
 
+    flattens = True
+    compares_losses = True
     estimates_gradient = False   # its estimate lives on p and the stream: no surgery on it
     measures_at_theta = False    # no per-sample losses at theta (data selection)
     reusable = False             # its eps is tied to this step's prior
+    state_keys = ("seed", "n_dirs")
 
     def __init__(self, rho: float = 0.05, delta: float = 1e-3, n_dirs: int = 1, prior: str = "momentum",
                  seed: int = 0, backend: str = "fused"):
@@ -59,18 +65,32 @@ class GuidedAscent(ZerothOrderAscent):
             raise ValueError(f"n_dirs must be an int >= 0 (the stream directions beside the prior), got {n_dirs!r}")
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
-        super().__init__(rho=rho, delta=delta, n_dirs=max(n_dirs, 1), seed=seed, backend=backend)
-        self.n_dirs, self.prior = n_dirs, prior
+        self.stream = ZerothOrderAscent(rho=rho, delta=delta, n_dirs=max(n_dirs, 1), seed=seed, backend=backend)
+        self.rho, self.delta, self.n_dirs, self.prior, self.seed = rho, delta, n_dirs, prior, seed
         self.last_alpha_estimate = None
+        self.last_seeds: list = []
+        self.last_coefficients = self.last_eps = None
+        self._pending: Any = None   # this step's (seeds, y, eps); None: the stream's step (no prior yet)
+
+    def pass_options(self):
+        return self.stream.pass_options()
+
+    def group_defaults(self):
+        return self.stream.group_defaults()
 
     def check_group(self, group):
-        super().check_group(group)
+        self.stream.check_group(group)
+        if group["adaptive"]:
+            raise ValueError("adaptive: the guided ascent has no adaptive (ASAM) form; set adaptive=False")
         if self.prior == "momentum":
             check_keeps_momentum(group, 'the guided ascent with prior="momentum"')
 
+    def check_groups(self, groups):
+        self.stream.check_groups(groups)
+
     def relayout(self, layout, masks, flat):
-        super().relayout(layout, masks, flat)
-        if not isinstance(self.flat, FlatParams):
+        self.stream.relayout(layout, masks, flat)
+        if not isinstance(flat, FlatParams):
             raise NotImplementedError("params: the guided ascent on FSDP2 shards is not supported: its "
                                       "prior's inner products with the stream are per rank")
 
@@ -83,19 +103,20 @@ class GuidedAscent(ZerothOrderAscent):
 
     @contextlib.contextmanager
     def perturbed(self, step):
+        self._pending = None
         prior = self._prior(step) if step.plan is Plan.FULL else None
         if step.plan is not Plan.FULL or (prior is None and self.n_dirs == 0):
             yield   # no perturbation ("none"; or no prior yet and no direction to fall back on)
             return
         if prior is None:   # nothing to be guided by yet: plain ZO-SAM on the stream
-            with super().perturbed(step):
+            with self.stream.perturbed(step):
                 yield
             return
         rho, delta = step.radius(), same_in_every_group(step.groups, "delta")
         seeds = [derived_seed(self.seed, step.index, i) for i in range(self.n_dirs)]
         along = Along(step.params, prior)
-        walk = Walk(self.directions, seeds, self._direction_masks(step)) if seeds else None
-        device = self.flat.buffers[0].device
+        walk = self.stream.walk(step, seeds) if seeds else None
+        device = self.stream.flat.buffers[0].device
         try:
             inv_norm = 1.0 / (formulas.norm([t for t in prior if t is not None]) + formulas.EPS)
             plus: list = []
@@ -108,7 +129,7 @@ class GuidedAscent(ZerothOrderAscent):
                 with phase("perturb"):
                     along.move_(torch.zeros((), device=device))
             if walk is not None:
-                p_i, m_i = self._estimate(walk, step, delta)
+                p_i, m_i = self.stream.estimate.losses(walk, step, delta)
                 with phase("perturb"):
                     walk.move_(torch.zeros(walk.m, device=device))
             else:
@@ -160,10 +181,20 @@ class GuidedAscent(ZerothOrderAscent):
         return gram
 
     def commit(self, step):
-        if step.plan is Plan.FULL and self._pending is not None:
+        if step.plan is Plan.FULL and (self._pending is not None or self.stream._pending is not None):
+            if self._pending is None:   # the stream's step
+                self.stream.commit(step)
+                self._pending = self.stream._pending
             self.last_seeds, self.last_coefficients, self.last_eps = self._pending
-        self._pending = None
+        self._pending = self.stream._pending = None
         if self.prior == "gradient":   # the tensor .grad holds until the next pass drops it
             for p in step.params:
                 if p.grad is not None:
                     step.keep(p, "guided_prior", p.grad)
+
+    def state_dict(self):
+        return {"seed": self.seed, "n_dirs": self.n_dirs}
+
+    def load_state_dict(self, state):
+        take_from_checkpoint(self, state, ("seed", "n_dirs"))
+        self.stream.seed, self.stream.n_dirs = self.seed, max(self.n_dirs, 1)
