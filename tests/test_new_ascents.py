@@ -146,11 +146,13 @@ def test_guided_cosine_is_at_least_the_priors():
 @pytest.mark.parametrize("name,part,words", [
     ("msam", "Reuse", "nothing to reuse"), ("zosam-guided", "DataSelection", "never measures"),
     ("rwp", "SurrogateGap", "makes none"), ("zosam-coin", "LookAhead", "makes none"),
+    ("zosam-frac", "DataSelection", "zo_batch_fraction"),
 ])
 def test_compositions_the_math_forbids_are_refused(name, part, words):
     import zosam_kernels as zk
     ascents = {"msam": zk.optim.MomentumAscent(), "zosam-guided": zk.optim.GuidedAscent(),
-               "rwp": zk.optim.RandomAscent(), "zosam-coin": zk.optim.CoinFlipAscent()}
+               "rwp": zk.optim.RandomAscent(), "zosam-coin": zk.optim.CoinFlipAscent(),
+               "zosam-frac": zk.optim.ZerothOrderAscent(batch_fraction=0.5)}
     model, _, _ = problem()
     with pytest.raises(ValueError, match=words):
         zk.Engine(model.parameters(), torch.optim.SGD, ascent=ascents[name], parts=[getattr(zk.optim, part)()],

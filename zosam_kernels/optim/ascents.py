@@ -247,6 +247,7 @@ class UnitCoefficients:
     compares_losses = False
     estimates_gradient = False
     measures_at_theta = False
+    batch_fraction = 1.0
 
     def group_defaults(self):
         return {}
@@ -311,6 +312,7 @@ class StreamAscent(Ascent):
         self.estimate, self.transform = estimate, transform
         self.compares_losses = estimate.compares_losses
         self.measures_at_theta = estimate.measures_at_theta
+        self.batch_fraction = estimate.batch_fraction
         self.estimates_gradient = estimate.estimates_gradient and getattr(transform, "keeps_direction", True)
         self.last_seeds: list = []
         self.last_coefficients: Optional[torch.Tensor] = None

@@ -205,7 +205,7 @@ class DataSelection(Part):
     def refuses(self, ascent, parts):
         if not ascent.measures_at_theta:
             return f"data selection compares per-sample losses at theta, which {type(ascent).__name__} never measures"
-        if getattr(ascent, "batch_fraction", 1.0) < 1:
+        if ascent.batch_fraction < 1:
             return ("data selection compares per-sample losses of the whole batch, and the zeroth-order "
                     "passes run on a fraction of it (zo_batch_fraction < 1)")
         return None
