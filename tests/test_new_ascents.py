@@ -152,7 +152,7 @@ def test_compositions_the_math_forbids_are_refused(name, part, words):
     import zosam_kernels as zk
     ascents = {"msam": zk.optim.MomentumAscent(), "zosam-guided": zk.optim.GuidedAscent(),
                "rwp": zk.optim.RandomAscent(), "zosam-coin": zk.optim.CoinFlipAscent(),
-               "zosam-frac": zk.optim.ZerothOrderAscent(batch_fraction=0.5)}
+               "zosam-frac": zk.optim.ZerothOrderAscent(zo_batch_fraction=0.5)}
     model, _, _ = problem()
     with pytest.raises(ValueError, match=words):
         zk.Engine(model.parameters(), torch.optim.SGD, ascent=ascents[name], parts=[getattr(zk.optim, part)()],

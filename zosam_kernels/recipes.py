@@ -4,23 +4,15 @@
 benchmark and the training command build the same optimizer from the same
 name.
 """
-import inspect
-
 import torch
 
-from .optim.engine import LOOP_OPTIONS
 from .optim.family import FAMILY
 
 
 def options_of(name):
     """The keyword options the optimizer `name` takes besides the base optimizer's
-    (its own and the training loop's, optim/engine.py LOOP_OPTIONS)."""
-    build = FAMILY[name].build
-    if build is None:
-        return set()
-    own = {n for n, p in inspect.signature(build).parameters.items()
-           if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)} - {"self", "params", "base_optimizer"}
-    return own | set(LOOP_OPTIONS)
+    (its own, masks, check_finite and the training loop's, optim/engine.py LOOP_OPTIONS)."""
+    return FAMILY[name].takes()
 
 
 def make_optimizer(name, params, base=torch.optim.SGD, base_kwargs=None, **options):
@@ -35,6 +27,4 @@ def make_optimizer(name, params, base=torch.optim.SGD, base_kwargs=None, **optio
     if unknown:
         raise ValueError(f"optimizer {name!r} does not take {unknown}; it takes "
                          f"{sorted(options_of(name)) or 'only the base optimizer options'}")
-    if member.build is None:
-        return base(params, **base_kwargs)
-    return member.build(params, base, **{**member.defaults, **options}, **base_kwargs)
+    return member.build(params, base, **options, **base_kwargs)

@@ -74,7 +74,7 @@ class GradientAscent(Ascent):
     state_keys = ("seed", "eps_params", "eps_tensors")
 
     def __init__(self, rho: float = 0.05, adaptive: bool = False, m_sharpness: bool = False,
-                 beta: float = 1.0, seed: int = 0, aim: Any = None):
+                 beta: float = 1.0, seed: int = 0, *, aim: Any = None):
         check_nonnegative("rho", rho)
         check_fraction("beta", beta)
         check_seed(seed)
@@ -441,13 +441,15 @@ def take_from_checkpoint(component, state, names):
 
 class ZerothOrderAscent(StreamAscent):
     """ZerothOrderAscent(rho=0.05, delta=1e-3, n_dirs=1, seed=0, adaptive=False,
-    backend="fused", batch_fraction=1.0, autocast=None): ZO-SAM's ascent, the
-    stream ascent with the finite-difference estimate (FiniteDifferences)."""
+    backend="fused", zo_batch_fraction=1.0, zo_autocast=None): ZO-SAM's ascent,
+    the stream ascent with the finite-difference estimate (FiniteDifferences,
+    whose passes see zo_batch_fraction of the batch under zo_autocast)."""
 
     def __init__(self, rho: float = 0.05, delta: float = 1e-3, n_dirs: int = 1, seed: int = 0,
-                 adaptive: bool = False, backend: str = "fused", batch_fraction: float = 1.0,
-                 autocast: Optional[torch.dtype] = None):
-        super().__init__(rho, n_dirs, seed, adaptive, backend, FiniteDifferences(delta, batch_fraction, autocast))
+                 adaptive: bool = False, backend: str = "fused", zo_batch_fraction: float = 1.0,
+                 zo_autocast: Optional[torch.dtype] = None):
+        super().__init__(rho, n_dirs, seed, adaptive, backend,
+                         FiniteDifferences(delta, zo_batch_fraction, zo_autocast))
 
 
 class CoinFlipAscent(StreamAscent):

@@ -1,10 +1,14 @@
-"""The family: the public optimizers as compositions of an ascent and parts
-(engine.py), and FAMILY, the one registry of them by the name the command
-lines use (zosam-train --optimizer, zosam-bench --methods), with each
-paper's defaults. recipes.py, zosam-bench, zosam-train and the tests read it.
+"""The family: FAMILY, the one registry of the methods by the name the command
+lines use (zosam-train --optimizer, zosam-bench --methods). An entry (Member)
+names the ascent and the parts it composes (engine.py) and the paper's
+defaults where they differ from the components'; every option is routed to
+the components whose constructors name it, so each default is written once,
+in a component's signature or in the entry. recipes.py, zosam-bench,
+zosam-train, the benchmarks and the tests build from it. The public classes
+(SAM, ZOSAM, ...) are members under a class name; help() shows their options.
 
-Every constructor takes `params`, `base_optimizer` (a torch.optim class, wrapped
-and stepped by the engine), the method's options, `masks`, `check_finite`, the
+Every member takes `params`, `base_optimizer` (a torch.optim class, wrapped and
+stepped by the engine), the method's options, `masks`, `check_finite`, the
 loop's options (engine.LOOP_OPTIONS) and the base optimizer's keyword arguments.
 `step(closure)` takes a closure that runs the forward pass and returns the loss
 and never calls backward (Engine.step says what it must be).
@@ -16,216 +20,224 @@ Any other composition is one Engine call, e.g. ZO-GSAM:
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 
 from .ascents import CoinFlipAscent, GradientAscent, RandomAscent, ZerothOrderAscent
 from .free_ascents import MomentumAscent, NoisyOracleAscent
 from .guided import GuidedAscent
-from .checks import check_nonnegative
-from .engine import Engine
+from .engine import LOOP_OPTIONS, Engine
 from .parts import DataSelection, LearningRateRadius, LookAhead, Reuse, SurrogateGap
 from .perturbation_mask import PerturbationMasking
 
 SGD = torch.optim.SGD
+ENGINE_OPTIONS = ("masks", "check_finite") + LOOP_OPTIONS
 
 
-class SAM(Engine):
+def _options_of(component: type) -> dict:
+    """A component's options: its constructor's named parameters, with their defaults
+    (None for one without: an optional part's switch). Keyword-only parameters are
+    pieces (an ascent's aim), not options."""
+    params = inspect.signature(component).parameters
+    return {n: (None if p.default is p.empty else p.default) for n, p in params.items()
+            if p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+@dataclass(frozen=True)
+class Member:
+    """A registry entry: the ascent and the parts a method composes.
+
+    optional: part -> (option, test): the part joins when test(option's value)
+    holds (GSAM's radius schedule when rho_min is given); its other options are
+    refused while it is out, since nothing would read them. paper: the paper's
+    defaults where they differ from the components'. fixed: options the method
+    pins (SAM's beta = 1: ESAM's stochastic perturbation is another member).
+    quick: the options at which its state matters within a few steps (masks
+    remade every 2 steps instead of 1950), for tests."""
+    ascent: Optional[type]                            # None: the plain base optimizer
+    parts: tuple = ()
+    optional: dict = field(default_factory=dict)
+    paper: dict = field(default_factory=dict)
+    fixed: dict = field(default_factory=dict)
+    needs_total_steps: bool = False                   # a schedule over the run (SSAM-D's drop rate)
+    quick: dict = field(default_factory=dict)
+    cls: Optional[type] = None                        # its public class, if it has one
+
+    def _components(self) -> list:
+        return [] if self.ascent is None else [self.ascent, *self.parts, *self.optional]
+
+    @property
+    def defaults(self) -> dict:
+        """Every option of the method with its default."""
+        out: dict = {}
+        for component in self._components():
+            for name, value in _options_of(component).items():
+                out.setdefault(name, value)
+        out.update(self.paper)
+        return {n: v for n, v in out.items() if n not in self.fixed}
+
+    def takes(self) -> set:
+        """The keyword options it takes besides the base optimizer's."""
+        return set() if self.ascent is None else set(self.defaults) | set(ENGINE_OPTIONS)
+
+    def arguments(self, options: dict) -> dict:
+        """Engine's keyword arguments for `options` (the rest goes to the base optimizer)."""
+        fixed = sorted(set(options) & set(self.fixed))
+        if fixed:
+            raise ValueError(f"{fixed[0]}: this method pins {fixed[0]}={self.fixed[fixed[0]]!r}; "
+                             "use the member that varies it (e.g. esam for beta)")
+        values = {**self.defaults, **self.fixed, **options}
+        parts = list(self.parts)
+        for part, (switch, test) in self.optional.items():
+            if test(values[switch]):
+                parts.append(part)
+                continue
+            idle = sorted(n for n, d in _options_of(part).items()
+                          if n != switch and n in options and options[n] != d)
+            if idle:
+                raise ValueError(f"{idle[0]}: only read by {part.__name__}, which joins when {switch} is "
+                                 f"given (got {switch}={values[switch]!r}); give {switch} too, or drop {idle[0]}")
+        built = [c(**{n: values[n] for n in _options_of(c)}) for c in [self.ascent, *parts]]
+        rest = {n: v for n, v in options.items() if n not in self.defaults}
+        return dict(ascent=built[0], parts=built[1:], **rest)
+
+    def needs_indices(self, options: Optional[dict] = None) -> bool:
+        """Whether its closure must take `indices` and return per-sample losses (data selection)."""
+        values = {**self.defaults, **(options or {})}
+        return DataSelection in self.parts or (DataSelection in self.optional
+                                               and self.optional[DataSelection][1](values["gamma"]))
+
+    def build(self, params: Iterable, base_optimizer: type = SGD, **options: Any):
+        """The method over `params`: its defaults overridden by `options`; the plain
+        base optimizer for a member without an ascent."""
+        if self.ascent is None:
+            return base_optimizer(params, **options)
+        if self.cls is not None:   # (ssam-d is SSAM at the paper's other defaults)
+            return self.cls(params, base_optimizer, **{**self.paper, **options})
+        return Engine(params, base_optimizer, **self.arguments(options))
+
+
+class _Member(Engine):
+    """A member of FAMILY under a class name (isinstance, help)."""
+    name: str
+
+    def __init__(self, params: Iterable, base_optimizer: type = SGD, **options: Any):
+        super().__init__(params, base_optimizer, **FAMILY[self.name].arguments(options))
+
+
+class SAM(_Member):
     """SAM (Foret et al. 2021) and ASAM (adaptive=True, Kwon et al. 2021):
     eps = rho g/||g||, 2 forward + 2 backward per step; rho may differ per
     param group. m_sharpness=True takes eps from each rank's own shard under
     DDP (the SAM paper's m-sharpness), the update from DDP's average."""
-
-    def __init__(self, params: Iterable, base_optimizer: type = SGD, rho: float = 0.05, adaptive: bool = False,
-                 masks: Any = None, check_finite: bool = True, m_sharpness: bool = False, **kwargs: Any):
-        super().__init__(params, base_optimizer, ascent=GradientAscent(rho, adaptive, m_sharpness),
-                         masks=masks, check_finite=check_finite, **kwargs)
+    name = "sam"
 
 
-class ZOSAM(Engine):
+class ZOSAM(_Member):
     """ZO-SAM (arXiv 2603.13115): eps from 2 n_dirs no-grad forward passes along
     random directions regenerated from seeds (ascents.ZerothOrderAscent), one
     forward + backward at theta + eps. Returns the mean of the L+ and L-
     losses (the estimate of the loss at theta). zo_batch_fraction and
     zo_autocast make the zeroth-order passes cheaper; backend="unfused"
     materialises the directions (the baseline)."""
-
-    def __init__(self, params: Iterable, base_optimizer: type = SGD, rho: float = 0.05, delta: float = 1e-3,
-                 n_dirs: int = 1, seed: int = 0, masks: Any = None, adaptive: bool = False,
-                 backend: str = "fused", check_finite: bool = True, zo_batch_fraction: float = 1.0,
-                 zo_autocast: Optional[torch.dtype] = None, **kwargs: Any):
-        ascent = ZerothOrderAscent(rho, delta, n_dirs, seed, adaptive, backend, zo_batch_fraction, zo_autocast)
-        super().__init__(params, base_optimizer, ascent=ascent, masks=masks, check_finite=check_finite, **kwargs)
+    name = "zosam"
 
 
-class ESAM(Engine):
+class ESAM(_Member):
     """ESAM (Du et al., ICLR 2022): SAM with stochastic weight perturbation (beta:
     the share of parameter tensors perturbed, the rest skip the first
     backward) and sharpness-sensitive data selection (gamma: the share of the
     batch in the second backward). beta = gamma = 1 is SAM exactly.
     `last_perturbed` and `last_indices` (None when gamma = 1) tell what the
     last step used."""
-
-    def __init__(self, params: Iterable, base_optimizer: type = SGD, rho: float = 0.05, beta: float = 0.6,
-                 gamma: float = 0.5, seed: int = 0, masks: Any = None, adaptive: bool = False,
-                 check_finite: bool = True, **kwargs: Any):
-        selection = [DataSelection(gamma)] if gamma != 1 else []
-        super().__init__(params, base_optimizer, ascent=GradientAscent(rho, adaptive, beta=beta, seed=seed),
-                         parts=selection, masks=masks, check_finite=check_finite, **kwargs)
+    name = "esam"
 
     @property
     def last_indices(self) -> Optional[torch.Tensor]:
-        return self.parts[0].last_indices if self.parts else None
+        return next((p.last_indices for p in self.parts if isinstance(p, DataSelection)), None)
 
 
-class LookSAM(Engine):
+class LookSAM(_Member):
     """LookSAM (Liu et al., CVPR 2022): SAM every k-th step, in between one
     forward + backward and the kept g_v (parts.LookAhead)."""
-
-    def __init__(self, params: Iterable, base_optimizer: type = SGD, rho: float = 0.05, k: int = 5,
-                 alpha: float = 0.7, masks: Any = None, check_finite: bool = True, **kwargs: Any):
-        super().__init__(params, base_optimizer, ascent=GradientAscent(rho), parts=[LookAhead(k, alpha)],
-                         masks=masks, check_finite=check_finite, **kwargs)
+    name = "looksam"
 
 
-class GSAM(Engine):
+class GSAM(_Member):
     """GSAM (Zhuang et al., ICLR 2022): SAM's update minus alpha times the part of
     the plain gradient orthogonal to it (parts.SurrogateGap); with rho_min,
     rho follows the learning rate (parts.LearningRateRadius)."""
-
-    def __init__(self, params: Iterable, base_optimizer: type = SGD, rho: float = 0.05, alpha: float = 0.02,
-                 rho_min: Optional[float] = None, lr_max: Optional[float] = None, lr_min: float = 0.0,
-                 masks: Any = None, adaptive: bool = False, check_finite: bool = True, **kwargs: Any):
-        for name, value in (("lr_min", lr_min), ("lr_max", lr_max)):
-            if value is not None:
-                check_nonnegative(name, value)
-        parts: list = [SurrogateGap(alpha)]
-        if rho_min is not None:
-            parts.append(LearningRateRadius(rho_min, lr_max, lr_min))
-        super().__init__(params, base_optimizer, ascent=GradientAscent(rho, adaptive), parts=parts,
-                         masks=masks, check_finite=check_finite, **kwargs)
+    name = "gsam"
 
 
-class SSAM(Engine):
+class SSAM(_Member):
     """SSAM (Mi et al., NeurIPS 2022): SAM whose eps touches only a perturbation
     mask of the active weights, from the Fisher (mask="fisher", SSAM-F) or
     by drop and grow (mask="dynamic", SSAM-D, needs total_steps)."""
-
-    def __init__(self, params: Iterable, base_optimizer: type = SGD, rho: float = 0.1, sparsity: float = 0.5,
-                 mask: str = "fisher", update_interval: int = 1950, drop_rate: float = 0.5,
-                 total_steps: Optional[int] = None, seed: int = 0, masks: Any = None, check_finite: bool = True,
-                 **kwargs: Any):
-        part = PerturbationMasking(sparsity, mask, update_interval, drop_rate, total_steps, seed)
-        super().__init__(params, base_optimizer, ascent=GradientAscent(rho), parts=[part], masks=masks,
-                         check_finite=check_finite, **kwargs)
+    name = "ssam-f"
 
 
-class ZOLookSAM(Engine):
+class ZOLookSAM(_Member):
     """ZO-LookSAM: ZO-SAM whose eps is found every k-th step and reused in between
     (parts.Reuse): the in-between steps cost SGD's passes plus two passes over
     the flat buffer, and keep no parameter-sized buffer."""
-
-    def __init__(self, params: Iterable, base_optimizer: type = SGD, rho: float = 0.05, k: int = 5,
-                 delta: float = 1e-3, n_dirs: int = 1, seed: int = 0, masks: Any = None, adaptive: bool = False,
-                 backend: str = "fused", check_finite: bool = True, **kwargs: Any):
-        ascent = ZerothOrderAscent(rho, delta, n_dirs, seed, adaptive, backend)
-        super().__init__(params, base_optimizer, ascent=ascent, parts=[Reuse(k)], masks=masks,
-                         check_finite=check_finite, **kwargs)
+    name = "zolooksam"
 
 
-class ZOSSAM(Engine):
+class ZOSSAM(_Member):
     """ZO-SSAM: ZO-SAM whose directions are restricted to an SSAM perturbation mask."""
-
-    def __init__(self, params: Iterable, base_optimizer: type = SGD, rho: float = 0.05, sparsity: float = 0.5,
-                 mask: str = "fisher", update_interval: int = 1950, drop_rate: float = 0.5,
-                 total_steps: Optional[int] = None, delta: float = 1e-3, n_dirs: int = 1, seed: int = 0,
-                 masks: Any = None, adaptive: bool = False, backend: str = "fused", check_finite: bool = True,
-                 **kwargs: Any):
-        ascent = ZerothOrderAscent(rho, delta, n_dirs, seed, adaptive, backend)
-        part = PerturbationMasking(sparsity, mask, update_interval, drop_rate, total_steps, seed)
-        super().__init__(params, base_optimizer, ascent=ascent, parts=[part], masks=masks,
-                         check_finite=check_finite, **kwargs)
+    name = "zossam"
 
 
-def zo_gsam(params: Iterable, base_optimizer: type = SGD, rho: float = 0.05, alpha: float = 0.02,
-            delta: float = 1e-3, n_dirs: int = 1, seed: int = 0, masks: Any = None, check_finite: bool = True,
-            **kwargs: Any) -> Engine:
-    """ZO-GSAM: GSAM's surgery on the zeroth-order estimate g_hat."""
-    return Engine(params, base_optimizer, ascent=ZerothOrderAscent(rho, delta, n_dirs, seed),
-                  parts=[SurrogateGap(alpha)], masks=masks, check_finite=check_finite, **kwargs)
-
-
-def zo_esam(params: Iterable, base_optimizer: type = SGD, rho: float = 0.05, gamma: float = 0.5,
-            delta: float = 1e-3, n_dirs: int = 1, seed: int = 0, masks: Any = None, check_finite: bool = True,
-            **kwargs: Any) -> Engine:
-    """ZO-ESAM: ESAM's data selection after the zeroth-order ascent."""
-    return Engine(params, base_optimizer, ascent=ZerothOrderAscent(rho, delta, n_dirs, seed),
-                  parts=[DataSelection(gamma)], masks=masks, check_finite=check_finite, **kwargs)
-
-
-def msam(params: Iterable, base_optimizer: type = SGD, rho: float = 0.3, sign: int = -1, masks: Any = None,
-         check_finite: bool = True, **kwargs: Any) -> Engine:
-    """MSAM (Becker et al. 2024): eps along the base optimizer's momentum, no extra pass."""
-    return Engine(params, base_optimizer, ascent=MomentumAscent(rho, sign), masks=masks,
-                  check_finite=check_finite, **kwargs)
-
-
-def rwp(params: Iterable, base_optimizer: type = SGD, rho: float = 0.05, seed: int = 0, masks: Any = None,
-        check_finite: bool = True, **kwargs: Any) -> Engine:
-    """Random weight perturbation: eps = rho u/||u||, one direction of the stream, no extra pass."""
-    return Engine(params, base_optimizer, ascent=RandomAscent(rho, seed), masks=masks, check_finite=check_finite,
-                  **kwargs)
-
-
-def zosam_coin(params: Iterable, base_optimizer: type = SGD, rho: float = 0.05, delta: float = 1e-3,
-               n_dirs: int = 1, seed: int = 0, masks: Any = None, check_finite: bool = True,
-               **kwargs: Any) -> Engine:
-    """ZO-SAM's control: its own passes and directions, each coefficient given a coin-flip sign."""
-    return Engine(params, base_optimizer, ascent=CoinFlipAscent(rho, delta, n_dirs, seed), masks=masks,
-                  check_finite=check_finite, **kwargs)
-
-
-def noisy_oracle_sam(params: Iterable, base_optimizer: type = SGD, rho: float = 0.05, cosine: float = 0.5,
-                     seed: int = 0, masks: Any = None, check_finite: bool = True, **kwargs: Any) -> Engine:
-    """An instrument: SAM's eps mixed with a random orthogonal direction, cos(eps, grad) = cosine."""
-    return Engine(params, base_optimizer, ascent=NoisyOracleAscent(rho, cosine, seed), masks=masks,
-                  check_finite=check_finite, **kwargs)
-
-
-def guided_zosam(params: Iterable, base_optimizer: type = SGD, rho: float = 0.05, delta: float = 1e-3,
-                 n_dirs: int = 1, prior: str = "momentum", seed: int = 0, masks: Any = None,
-                 check_finite: bool = True, **kwargs: Any) -> Engine:
-    """The guided zeroth-order ascent: finite differences along a free prior and n_dirs directions."""
-    return Engine(params, base_optimizer, ascent=GuidedAscent(rho, delta, n_dirs, prior, seed), masks=masks,
-                  check_finite=check_finite, **kwargs)
-
-
-@dataclass(frozen=True)
-class Member:
-    """A registry entry: how to build it, and the defaults its paper uses."""
-    build: Optional[Callable[..., Engine]]   # None: the plain base optimizer
-    defaults: dict = field(default_factory=dict)
-    needs_total_steps: bool = False          # a schedule over the run (SSAM-D's drop rate)
-
+SAM_ONLY = dict(beta=1.0, seed=0)   # the stochastic perturbation is ESAM's
+GAMMA = (DataSelection, ("gamma", lambda gamma: gamma != 1))   # gamma = 1: every sample, no selection
+RADIUS_SCHEDULE = (LearningRateRadius, ("rho_min", lambda rho_min: rho_min is not None))
+QUICK_MASK = dict(update_interval=2)   # the perturbation mask remade every 2 steps
 
 FAMILY: dict[str, Member] = {
     "sgd": Member(None),
-    "sam": Member(SAM, dict(rho=0.05)),
-    "zosam": Member(ZOSAM, dict(rho=0.05, delta=1e-3)),
-    "esam": Member(ESAM, dict(rho=0.05, beta=0.6, gamma=0.5)),
-    "looksam": Member(LookSAM, dict(rho=0.05, k=5, alpha=0.7)),
-    "gsam": Member(GSAM, dict(rho=0.05, alpha=0.02)),
-    "ssam-f": Member(SSAM, dict(rho=0.1, sparsity=0.5)),
-    "ssam-d": Member(SSAM, dict(rho=0.1, sparsity=0.5, mask="dynamic"), needs_total_steps=True),
-    "zolooksam": Member(ZOLookSAM, dict(rho=0.05, k=5)),
-    "zossam": Member(ZOSSAM, dict(rho=0.05, sparsity=0.5)),
-    "zogsam": Member(zo_gsam, dict(rho=0.05, alpha=0.02)),
-    "zoesam": Member(zo_esam, dict(rho=0.05, gamma=0.5)),
-    "msam": Member(msam, dict(rho=0.3)),
-    "rwp": Member(rwp, dict(rho=0.05)),
-    "zosam-coin": Member(zosam_coin, dict(rho=0.05, delta=1e-3)),
-    "oracle": Member(noisy_oracle_sam, dict(rho=0.05, cosine=0.5)),
-    "zosam-guided": Member(guided_zosam, dict(rho=0.05, delta=1e-3, n_dirs=1, prior="momentum")),
+    "sam": Member(GradientAscent, fixed=SAM_ONLY, cls=SAM),
+    "zosam": Member(ZerothOrderAscent, cls=ZOSAM, quick=dict(n_dirs=2)),
+    "esam": Member(GradientAscent, optional=dict([GAMMA]), paper=dict(beta=0.6), cls=ESAM,
+                   quick=dict(beta=0.5, gamma=1.0, seed=1)),
+    "looksam": Member(GradientAscent, (LookAhead,), fixed=SAM_ONLY, cls=LookSAM, quick=dict(k=2)),
+    "gsam": Member(GradientAscent, (SurrogateGap,), optional=dict([RADIUS_SCHEDULE]), fixed=SAM_ONLY, cls=GSAM,
+                   quick=dict(alpha=0.3, rho_min=0.01)),
+    "ssam-f": Member(GradientAscent, (PerturbationMasking,), paper=dict(rho=0.1), fixed=dict(beta=1.0),
+                     cls=SSAM, quick=QUICK_MASK),
+    "ssam-d": Member(GradientAscent, (PerturbationMasking,), paper=dict(rho=0.1, mask="dynamic"),
+                     fixed=dict(beta=1.0), needs_total_steps=True, cls=SSAM, quick=QUICK_MASK | dict(total_steps=6)),
+    "zolooksam": Member(ZerothOrderAscent, (Reuse,), cls=ZOLookSAM, quick=dict(n_dirs=2, k=2)),
+    "zossam": Member(ZerothOrderAscent, (PerturbationMasking,), cls=ZOSSAM, quick=QUICK_MASK | dict(n_dirs=2)),
+    # ZO-GSAM: GSAM's surgery on the zeroth-order estimate g_hat
+    "zogsam": Member(ZerothOrderAscent, (SurrogateGap,), quick=dict(n_dirs=2, alpha=0.3)),
+    # ZO-ESAM: ESAM's data selection after the zeroth-order ascent
+    "zoesam": Member(ZerothOrderAscent, (DataSelection,), quick=dict(n_dirs=2)),
+    # MSAM (Becker et al. 2024): eps along the base optimizer's momentum, no extra pass
+    "msam": Member(MomentumAscent),
+    # an isotropic random direction of norm rho (not the published RWP, whose noise is scaled per filter)
+    "rwp": Member(RandomAscent),
+    # ZO-SAM's control: its own passes and directions, each coefficient given a coin-flip sign
+    "zosam-coin": Member(CoinFlipAscent, quick=dict(n_dirs=2)),
+    # an instrument: SAM's eps mixed with a random orthogonal direction, cos(eps, grad) = cosine
+    "oracle": Member(NoisyOracleAscent, quick=dict(cosine=0.3)),
+    # the guided zeroth-order ascent: finite differences along a free prior and n_dirs directions
+    "zosam-guided": Member(GuidedAscent, quick=dict(n_dirs=2)),
 }
+
+
+def _signature(member: Member) -> inspect.Signature:
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+              inspect.Parameter("base_optimizer", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=SGD)]
+    params += [inspect.Parameter(n, keyword, default=v) for n, v in member.defaults.items()]
+    params += [inspect.Parameter(n, keyword, default=None) for n in ENGINE_OPTIONS
+               if n not in member.defaults]
+    return inspect.Signature(params + [inspect.Parameter("base_kwargs", inspect.Parameter.VAR_KEYWORD)])
+
+
+for _cls in _Member.__subclasses__():   # help(SAM) shows SAM's options and their defaults
+    _cls.__signature__ = _signature(FAMILY[_cls.name])  # type: ignore[attr-defined]

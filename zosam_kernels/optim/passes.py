@@ -237,6 +237,7 @@ def _backward(loss, params, local):
     if not local:
         loss.backward()
         return
+    params = [p for p in params if p.requires_grad]   # (ESAM's stochastic perturbation leaves some out)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     for p, g in zip(params, grads):
         if g is not None:

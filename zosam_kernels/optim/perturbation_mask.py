@@ -31,6 +31,7 @@ from .checks import check_nonnegative, check_positive_int
 from .components import Part, Plan
 
 KINDS = ("fisher", "dynamic")
+DROP_RATE = 0.5   # SSAM-D's, when not given
 
 
 class PerturbationMask:
@@ -44,6 +45,13 @@ class PerturbationMask:
         if kind not in KINDS:
             raise ValueError(f"mask must be 'fisher' or 'dynamic', got {kind!r}")
         check_positive_int("update_interval", update_interval)
+        if kind == "fisher":
+            for name, value in (("drop_rate", drop_rate), ("total_steps", total_steps)):
+                if value is not None:
+                    raise ValueError(f"{name}: only the dynamic mask (mask='dynamic') drops and grows, and the "
+                                     f"Fisher mask would ignore it; drop {name} or set mask='dynamic'")
+        if drop_rate is None:
+            drop_rate = DROP_RATE
         check_nonnegative("drop_rate", drop_rate)
         if not drop_rate <= 1:
             raise ValueError(f"drop_rate must be in [0, 1], got {drop_rate!r}")
@@ -146,8 +154,10 @@ def active_weights(masks):
 
 
 class PerturbationMasking(Part):
-    """PerturbationMasking(sparsity=0.5, mask="fisher", update_interval=1950, drop_rate=0.5,
+    """PerturbationMasking(sparsity=0.5, mask="fisher", update_interval=1950, drop_rate=None,
     total_steps=None, seed=0): eps kept to a perturbation mask among the active weights.
+    drop_rate (0.5 when not given) and total_steps are the dynamic mask's; the
+    Fisher mask refuses them.
 
     With the gradient ascent (SSAM), the mask of step t is remade (t = 0, T,
     2T, ...) from this step's gradient at theta before eps is formed, and the
@@ -165,7 +175,7 @@ class PerturbationMasking(Part):
     restricts_directions = True
     state_keys = ("perturbation_mask",)
 
-    def __init__(self, sparsity=0.5, mask="fisher", update_interval=1950, drop_rate=0.5, total_steps=None,
+    def __init__(self, sparsity=0.5, mask="fisher", update_interval=1950, drop_rate=None, total_steps=None,
                  seed=0):
         self.perturbation_mask = PerturbationMask(sparsity, mask, update_interval, drop_rate, total_steps, seed)
 
