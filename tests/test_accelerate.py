@@ -65,6 +65,9 @@ def test_one_process_equals_the_plain_loop(precision, autocast, fresh_state):
     trained = accelerated_loop(accelerate.Accelerator(cpu=True, mixed_precision=precision), model, batches)
     for a, b in zip(trained.parameters(), reference.parameters()):
         assert torch.equal(a, b)
+    if autocast is not None:   # the precision bit: not float32's weights
+        full = plain_loop(problem()[0], batches, None)
+        assert any(not torch.equal(a, b) for a, b in zip(full.parameters(), reference.parameters()))
 
 
 def test_one_process_takes_model_and_optimizer_in_one_call(fresh_state):

@@ -248,3 +248,16 @@ def test_surgery_beside_reuse_is_refused(ascent):
     reason = refusal(ascent, ("Reuse", "SurrogateGap"))
     assert reason is not None and ("a reused step measures no gradient at theta" in reason
                                    or "nothing to reuse" in reason or "makes none" in reason), reason
+
+
+@pytest.mark.parametrize("composition", ACCEPTED, ids=name)
+def test_the_optimizer_shows_what_its_components_report_and_nothing_else(composition):
+    model, _, _ = problem(0)
+    opt = build(*composition, model.parameters())
+    for component in [opt.ascent, *opt.parts]:
+        for shown in component.reports:
+            assert getattr(opt, shown) is getattr(component, shown)
+    for per_group in opt.defaults:   # per-group values live in param_groups, where a scheduler changes them
+        if per_group not in {n for c in [opt.ascent, *opt.parts] for n in c.reports}:
+            with pytest.raises(AttributeError):
+                getattr(opt, per_group)

@@ -186,3 +186,29 @@ def test_a_plain_trainer_is_told_which_adapter_to_use(tmp_path):
                                  optimizers=(zosam(model.parameters()), None))
     with pytest.raises(ValueError, match="SharpnessAwareTrainer"):
         plain.train()
+
+
+def test_the_trainer_built_optimizer_takes_the_arguments_weight_decay(tmp_path):
+    """optimizer_cls_and_kwargs: the Trainer builds the member over its own param groups
+    (args.weight_decay on the weights, 0 on biases and norms); the weights equal our
+    loop over the same groups, and weight_decay changes them."""
+    def run(weight_decay):
+        model = make_model()
+        reference = copy.deepcopy(model)
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path / str(weight_decay)), per_device_train_batch_size=BATCH, num_train_epochs=1,
+            use_cpu=True, train_sampling_strategy="sequential", report_to="none", disable_tqdm=True,
+            max_grad_norm=0.0, save_strategy="no", logging_strategy="no", lr_scheduler_type="constant",
+            weight_decay=weight_decay)
+        trainer = SharpnessAwareTrainer(model=model, args=args, train_dataset=dataset(), optimizer_cls_and_kwargs=(
+            zk.ZOSAM, dict(base_optimizer=torch.optim.AdamW, rho=0.05, n_dirs=2, lr=1e-2)))
+        decay = set(trainer.get_decay_parameter_names(model))
+        trainer.train()
+        named = list(reference.named_parameters())
+        groups = [{"params": [p for n, p in named if n in decay], "weight_decay": weight_decay},
+                  {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+        plain_loop(reference, lambda params: zosam(groups), 1)
+        assert_same_weights(model, reference)
+        return model
+    without, with_decay = run(0.0), run(0.5)
+    assert (without.classifier.weight - with_decay.classifier.weight).abs().max() > 1e-4

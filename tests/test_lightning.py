@@ -108,7 +108,9 @@ def test_lr_scheduler_per_step():
     schedule = lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)  # noqa: E731
     model = Net(zosam, schedule)
     trainer(2).fit(model, loader())
-    assert_same_weights(model.net, plain_loop(zosam, 2, schedule=schedule))
+    reference = plain_loop(zosam, 2, schedule=schedule)
+    assert_same_weights(model.net, reference)
+    assert not torch.equal(reference[0].weight, plain_loop(zosam, 2)[0].weight)   # the schedule bit
 
 
 def test_gradient_clipping_by_norm_is_max_grad_norm():
@@ -124,7 +126,9 @@ def test_gradient_clipping_by_norm_is_max_grad_norm():
 def test_gradient_clipping_by_value():
     model = Net(sam)
     trainer(2, gradient_clip_val=0.01, gradient_clip_algorithm="value").fit(model, loader())
-    assert_same_weights(model.net, plain_loop(sam, 2, clip_value=0.01))
+    reference = plain_loop(sam, 2, clip_value=0.01)
+    assert_same_weights(model.net, reference)
+    assert not torch.equal(reference[0].weight, plain_loop(sam, 2)[0].weight)   # the clip bit
 
 
 def test_bf16_mixed_is_autocast_in_every_pass_and_clips():

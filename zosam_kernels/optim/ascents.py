@@ -72,6 +72,7 @@ class GradientAscent(Ascent):
 
     first_order = True
     state_keys = ("seed", "eps_params", "eps_tensors")
+    reports = ("seed", "beta", "m_sharpness", "last_perturbed")
 
     def __init__(self, rho: float = 0.05, adaptive: bool = False, m_sharpness: bool = False,
                  beta: float = 1.0, seed: int = 0, *, aim: Any = None):
@@ -300,6 +301,7 @@ class StreamAscent(Ascent):
 
     flattens = True
     state_keys = ("seed", "n_dirs", "eps_seeds", "eps")
+    reports = ("seed", "n_dirs", "backend", "last_seeds", "last_coefficients", "last_eps")
 
     def __init__(self, rho: float, n_dirs: int, seed: int, adaptive: bool, backend: str, estimate: Any,
                  transform: Any = None):

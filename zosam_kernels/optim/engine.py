@@ -239,6 +239,9 @@ class Engine(torch.optim.Optimizer):
         keys = [k for c in self._components() for k in c.state_keys]
         if len(set(keys)) != len(keys):
             raise ValueError(f"parts: two parts keep the same state ({sorted(keys)}); give each once")
+        shown = [n for c in self._components() for n in c.reports]
+        if len(set(shown)) != len(shown):
+            raise ValueError(f"parts: two components report the same name ({sorted(shown)}); give each once")
 
     def _check_group(self, group):
         for component in self._components():
@@ -479,12 +482,11 @@ class Engine(torch.optim.Optimizer):
         self.base_optimizer.zero_grad(set_to_none)
 
     def __getattr__(self, name: str) -> Any:
-        """The composition's own settings and reports, read on the optimizer: `opt.n_dirs`,
-        `opt.k`, `opt.last_seeds`, `opt.perturbation_mask`, ... (the ascent's first, then the parts')."""
-        if not name.startswith("_"):
-            for component in [self.__dict__.get("ascent"), *self.__dict__.get("parts", ())]:
-                if component is not None and name in vars(component):
-                    return vars(component)[name]
+        """What the components report (components.Component.reports), read on the optimizer:
+        `opt.n_dirs`, `opt.k`, `opt.last_seeds`, `opt.perturbation_mask`, ..."""
+        for component in [self.__dict__.get("ascent"), *self.__dict__.get("parts", ())]:
+            if component is not None and name in component.reports:
+                return getattr(component, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 

@@ -92,6 +92,7 @@ class MomentumAscent(Ascent):
     estimates_gradient = False
     measures_at_theta = False
     reusable = False   # eps follows the momentum, which every step changes
+    reports = ("sign",)
 
     def __init__(self, rho: float = 0.3, sign: int = -1):
         check_nonnegative("rho", rho)
@@ -153,6 +154,8 @@ class NoisyOracleAscent(GradientAscent):
     (one gradient pass, as SAM), mixed with a random unit direction
     orthogonal to it (drawn from the stream on the active weights) so that
     cos(eps, g) = cosine: the gradient ascent with the OrthogonalMix aim."""
+
+    reports = GradientAscent.reports + ("cosine",)
 
     def __init__(self, rho: float = 0.05, cosine: float = 0.5, seed: int = 0):
         if not isinstance(cosine, (int, float)) or isinstance(cosine, bool) or not 0 <= cosine <= 1:

@@ -58,6 +58,7 @@ class GuidedAscent(Ascent):
     measures_at_theta = False    # no per-sample losses at theta (data selection)
     reusable = False             # its eps is tied to this step's prior
     state_keys = ("seed", "n_dirs")
+    reports = ("seed", "n_dirs", "prior", "last_seeds", "last_coefficients", "last_eps", "last_alpha_estimate")
 
     def __init__(self, rho: float = 0.05, delta: float = 1e-3, n_dirs: int = 1, prior: str = "momentum",
                  seed: int = 0, backend: str = "fused"):

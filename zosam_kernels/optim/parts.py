@@ -31,6 +31,7 @@ class Reuse(Part):
     decides_plan = True
     reuses_eps = True
     state_keys = ("k",)
+    reports = ("k",)
 
     def __init__(self, k: int = 5):
         check_positive_int("k", k)
@@ -72,6 +73,7 @@ class LookAhead(Part):
     uses_theta_gradient = True
     decides_plan = True
     state_keys = ("k",)
+    reports = ("k",)
 
     def refuses(self, ascent, parts):
         return _needs_an_estimate(ascent)
@@ -196,6 +198,8 @@ class DataSelection(Part):
     of the last step."""
 
     compares_losses = True   # ranks losses after - before: common random numbers by default
+
+    reports = ("gamma", "last_indices")
 
     def __init__(self, gamma: float = 0.5):
         check_fraction("gamma", gamma)

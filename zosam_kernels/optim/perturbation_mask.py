@@ -174,6 +174,7 @@ class PerturbationMasking(Part):
     uses_theta_gradient = True
     restricts_directions = True
     state_keys = ("perturbation_mask",)
+    reports = ("perturbation_mask",)
 
     def __init__(self, sparsity=0.5, mask="fisher", update_interval=1950, drop_rate=None, total_steps=None,
                  seed=0):
