@@ -72,7 +72,7 @@ class GradientAscent(Ascent):
 
     first_order = True
     state_keys = ("seed", "eps_params", "eps_tensors")
-    reports = ("seed", "beta", "m_sharpness", "last_perturbed")
+    reports: tuple[str, ...] = ("seed", "beta", "m_sharpness", "last_perturbed")
 
     def __init__(self, rho: float = 0.05, adaptive: bool = False, m_sharpness: bool = False,
                  beta: float = 1.0, seed: int = 0, *, aim: Any = None):

@@ -34,8 +34,9 @@ class Plan(enum.Enum):
 class Component:
     compares_losses = False   # whether its passes compare losses: common random numbers by default
     state_keys: tuple = ()    # the keys it keeps in the optimizer's state_dict (under "sharpness")
-    reports: tuple = ()       # attributes shown on the optimizer (opt.<name>): settings that are not
-                              # per param group, and what the last step used
+    # attributes shown on the optimizer (opt.<name>): settings that are not per param group, and
+    # what the last step used
+    reports: tuple[str, ...] = ()
 
     def group_defaults(self):
         """Hyperparameters kept per param group (schedulers may change them), with their defaults."""
