@@ -10,12 +10,14 @@ stage reading the runs of the ones before; then the tables and the figure.
     python benchmarks/study.py --runs R collapse > c.sh       # SAM under RigL: what makes it collapse
     python benchmarks/study.py --runs R table                 # the tables (markdown)
     python benchmarks/study.py --runs R collapse-table        # the collapse stage's table
-    python benchmarks/study.py --runs R start                 # SAM's first steps from each start
+    python benchmarks/study.py --runs R start                 # SAM's first steps from the collapse runs' starts
     python benchmarks/study.py --runs R2 stall > stall.sh     # SAM probed along the stall; then stall-table
     python benchmarks/study.py --runs R figure gain.png       # gain over SGD against cost per step
 
 A stage prints only the runs whose folder does not exist yet: after a crash,
-remove the unfinished runs' folders and print the stage again.
+remove the unfinished runs' folders and print the stage again. The stages
+and tables that read runs know each one by the options in its config.json
+(zosam-report's reader), not by its folder's name.
 
 Setting: mnist1d's generator (3000 train / 1000 validation / 5000 clean
 test), 40 % symmetric label noise on train and validation, the 1-D CNN
@@ -35,12 +37,17 @@ SGD and SAM.
 """
 import argparse
 import glob
-import json
-import math
 import os
-import re
+import shlex
 import statistics
-from collections import defaultdict
+from collections import defaultdict, namedtuple
+
+from zosam_kernels.diagnostics import sam_along_gradient
+from zosam_kernels.train.build import OPTIMIZER_OPTIONS, first_topology
+from zosam_kernels.train.cli import parser
+from zosam_kernels.train.loop import Run
+from zosam_kernels.train.probes import cross_entropy
+from zosam_kernels.train.report import interval, load_runs, read_metrics
 
 COMMON = ("zosam-train --data mnist1d --model cnn1d --label-noise 0.4 --progress off --save-every 1000 "
           "--hessian-iters 20 --hessian-samples 10")
@@ -58,7 +65,8 @@ ARMS = {
     "zosam-m4": ("--optimizer zosam --n-dirs 4", (0.1, 0.3, 1.0, 3.0, 10.0)),
     "zosam-m16": ("--optimizer zosam --n-dirs 16", (0.1, 0.3, 1.0, 3.0, 10.0)),
     "coin-m1": ("--optimizer zosam-coin --n-dirs 1", (0.1, 0.3, 1.0, 3.0, 10.0)),
-    "rwp": ("--optimizer rwp", (0.1, 0.3, 1.0, 3.0, 10.0)),
+    # the isotropic random direction rho u/||u||, which zosam-train called rwp when this study ran
+    "rwp": ("--optimizer random-direction", (0.1, 0.3, 1.0, 3.0, 10.0)),
     "msam": ("--optimizer msam", (0.1, 0.3, 1.0, 3.0)),
     "guided-m0": ("--optimizer zosam-guided --prior momentum --n-dirs 0", (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)),
     "guided-m3": ("--optimizer zosam-guided --prior momentum --n-dirs 3", (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)),
@@ -72,7 +80,7 @@ DENSITIES = (0.1, 0.02)
 SPARSE_WIDTH = 128       # 90 %: 17,800 weights, more than the dense net's 13,706
 SPARSE_SEEDS = {0.1: SEEDS, 0.02: SWEEP_SEEDS}   # 98 % fits none of the noisy labels: 2 seeds say so
 SPARSE_PROBED = "1,30,last"
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447}   # t quantiles, by degrees of freedom
+ORACLE = "--optimizer oracle"      # the oracle's arm: at SAM's radius, at each of ORACLE_COSINES
 
 
 def run_name(arm, rho, seed, epochs=EPOCHS, cell="dense", cosine=None):
@@ -82,7 +90,7 @@ def run_name(arm, rho, seed, epochs=EPOCHS, cell="dense", cosine=None):
 
 
 def command(runs, arm, rho, seed, epochs=EPOCHS, cell="dense", cosine=None, probes=True):
-    options, _ = ARMS.get(arm, ("--optimizer oracle", None))
+    options, _ = ARMS.get(arm, (ORACLE, None))
     out = os.path.join(runs, run_name(arm, rho, seed, epochs, cell, cosine))
     parts = [COMMON, options, f"--epochs {epochs} --seed {seed}"]
     if rho is not None:
@@ -98,32 +106,47 @@ def command(runs, arm, rho, seed, epochs=EPOCHS, cell="dense", cosine=None, prob
     return None if os.path.exists(out) else " ".join(parts) + f" --out {out} > {out}.log 2>&1"
 
 
-NAME = re.compile(r"^(?P<cell>[^-]+)-(?P<arm>.+)-r(?P<rho>[^-]+)(?:-c(?P<cosine>[^-]+))?"
-                  r"-e(?P<epochs>\d+)-s(?P<seed>\d+)$")
-
-
-def parse(name):
-    """run_name's fields back from a run's name."""
-    key = NAME.match(name).groupdict()
-    return {"cell": key["cell"], "arm": key["arm"], "rho": None if key["rho"] == "none" else float(key["rho"]),
-            "cosine": None if key["cosine"] is None else float(key["cosine"]),
-            "epochs": int(key["epochs"]), "seed": int(key["seed"])}
-
-
 # ---- reading runs ---------------------------------------------------------------------
 
+# A run of the study, as its config.json's options say (in run_name's order)
+Key = namedtuple("Key", "arm rho seed epochs cell cosine", defaults=(EPOCHS, "dense", None))
+# what tells the arms apart: the optimizer and its options (rho and cosine are in Key themselves);
+# and the sparse methods of SPARSE (the density is in the cell's name)
+ARM_OPTIONS = ("optimizer", *(o for o in OPTIMIZER_OPTIONS if o not in ("rho", "cosine")))
+SPARSE_OPTIONS = ("sparse", "sparse_init", "update_interval")
+
+
+def resolved(flags):
+    """zosam-train's options as these command-line flags set them, the others at their defaults."""
+    return vars(parser().parse_args([*shlex.split(flags), "--out", os.devnull]))
+
+
+def named(args, table, options):
+    """The name in `table` (name -> resolved flags) whose flags agree with a run's `args` on
+    `options`, or None."""
+    return next((name for name, flags in table.items() if all(args[o] == flags[o] for o in options)), None)
+
+
 def load(runs):
-    """run name -> {"summary", "rows"} of every finished run."""
-    found = {}
-    for path in glob.glob(os.path.join(runs, "*", "summary.json")):
-        directory = os.path.dirname(path)
-        with open(path) as f:
-            summary = json.load(f)
-        if not summary["complete"]:
-            continue
-        with open(os.path.join(directory, "metrics.jsonl")) as f:
-            rows = [json.loads(line) for line in f]
-        found[os.path.basename(directory)] = {"summary": summary, "rows": rows}
+    """Key -> {"args", "summary", "rows"} of every finished run of the study's arms and cells
+    in the folder `runs`, each known by its config.json's options (an option that the run's
+    zosam-train did not have yet at its default)."""
+    arms = {arm: resolved(flags) for arm, (flags, _) in ARMS.items()} | {"oracle": resolved(ORACLE)}
+    methods = {method: resolved(flags) for method, flags in SPARSE.items()}
+    defaults = resolved("")
+    directories = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(runs, "*", "config.json")))
+    found, where = {}, {}
+    for directory, args, summary in load_runs(directories)[0]:
+        args = {**defaults, **args}
+        arm = named(args, arms, ARM_OPTIONS)
+        method = "dense" if args["sparse"] == "dense" else named(args, methods, SPARSE_OPTIONS)
+        if arm is None or method is None:
+            continue      # not one of the study's runs
+        cell = "dense" if method == "dense" else f"{method}@{args['density']:g}"
+        key = Key(arm, args["rho"], args["seed"], args["epochs"], cell, args["cosine"])
+        if key in found:
+            raise SystemExit(f"{where[key]} and {directory} are the same run ({key}): remove one")
+        found[key], where[key] = {"args": args, "summary": summary, "rows": read_metrics(directory)}, directory
     return found
 
 
@@ -139,20 +162,12 @@ def pick(found, arm, metric, cell="dense"):
     val = METRICS[metric][1]
     scores = {}
     for rho in grid:
-        runs = [found.get(run_name(arm, rho, s, cell=cell)) for s in SWEEP_SEEDS]
+        runs = [found.get(Key(arm, rho, s, cell=cell)) for s in SWEEP_SEEDS]
         if all(runs):
             scores[rho] = statistics.mean(val(r) for r in runs)
     if not scores:
         raise SystemExit(f"no finished sweep runs of {arm} in {cell}: run the sweep stage first")
     return max(scores, key=scores.get)
-
-
-def interval(values):
-    """mean, half-width of the 95 % t-interval (None with one value)."""
-    mean = statistics.mean(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, T95[len(values) - 1] * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def fmt(mean, half, digits=2):
@@ -198,10 +213,9 @@ def main_commands(runs):
 def costs(found, cell="dense"):
     """arm -> seconds per training epoch over SGD's, the median over the sweep runs."""
     seconds = defaultdict(list)
-    for name, run in found.items():
-        key = parse(name)
-        if key["cell"] == cell and key["epochs"] == EPOCHS and key["cosine"] is None:
-            seconds[key["arm"]].append(step_seconds(run))
+    for key, run in found.items():
+        if key.cell == cell and key.epochs == EPOCHS and key.cosine is None:
+            seconds[key.arm].append(step_seconds(run))
     sgd = statistics.median(seconds["sgd"])
     return {arm: statistics.median(s) / sgd for arm, s in seconds.items()}
 
@@ -307,7 +321,7 @@ PASSES = {"sgd": "1 F + 1 B", "sam": "2 F + 2 B", "zosam-m1": "3 F + 1 B", "zosa
 
 def runs_of(found, arm, rho, cell="dense", epochs=EPOCHS, cosine=None):
     """seed -> run of one cell."""
-    return {s: found[n] for s in SEEDS if (n := run_name(arm, rho, s, epochs, cell, cosine)) in found}
+    return {s: found[k] for s in SEEDS if (k := Key(arm, rho, s, epochs, cell, cosine)) in found}
 
 
 def paired(found, arm, rho, metric, cell="dense", epochs=EPOCHS, cosine=None, base=("sgd", None),
@@ -336,7 +350,8 @@ def _cell(values, digits=2, signed=False):
     """mean ± 95 % half-width; signed for differences."""
     if not values:
         return "-"
-    text = fmt(*interval(values), digits)
+    mean, half, _ = interval(values)
+    text = fmt(mean, half, digits)
     return text if signed else text.lstrip("+")
 
 
@@ -523,60 +538,33 @@ def collapse_table(found):
     return "\n".join(out)
 
 
-def first_weights(cell, seed, batches=8):
-    """zosam-train's first weights for the collapse stage's runs of `cell` and `seed` (its own
-    model, topology and start), the masks (weight -> bool mask) and the run's first batches."""
-    import shlex
-
-    from zosam_kernels.train.build import first_topology
-    from zosam_kernels.train.cli import parse_args
-    from zosam_kernels.train.loop import Run
-    line = command(os.path.join(os.sep, "nonexistent"), "sgd", None, seed, cell=cell, probes=False)
-    args = parse_args(shlex.split(line.split(" > ")[0])[1:])
+def first_weights(args, batches=8):
+    """The first weights of a zosam-train run, rebuilt from its config.json `args` as zosam-train
+    built them (its model, topology and start; on the CPU, which gives the same weights whatever
+    device ran it), its masks (weight -> bool mask; None if dense) and its first batches."""
+    args = argparse.Namespace(**{**args, "device": "cpu", "workers": 0})
     run = Run(args)
     first_topology(args, run.sparsity, run.train_loader, run.data)
     loader = iter(run.train_loader)
-    return run.model, run.sparsity.masking.param_masks(), [next(loader) for _ in range(batches)]
+    masking = run.sparsity.masking
+    return run.model, None if masking is None else masking.param_masks(), [next(loader) for _ in range(batches)]
 
 
-def sam_along_gradient(model, masks, batches, radii):
-    """The loss, ||g|| (g: the masked gradient at theta) and, per radius, <g(theta + eps), g> /
-    ||g||^2 with eps = rho g / ||g||: SAM's step along -g in units of SGD's (below 0: SAM
-    climbs back up); each the mean over the batches. The weights are left as they were."""
-    import torch
-    import torch.nn.functional as F
-    params = [w for w in model.parameters() if w.requires_grad]
-    masks = {id(w): m for w, m in masks.items()}
-
-    def gradient(x, y):
-        loss = F.cross_entropy(model(x), y)
-        return loss.detach(), [g * masks[id(w)] if id(w) in masks else g
-                               for w, g in zip(params, torch.autograd.grad(loss, params))]
-
-    def dot(a, b):
-        return float(sum((u * v).sum() for u, v in zip(a, b)))
-
-    measures = defaultdict(list)
-    for x, y in batches:
-        loss, g = gradient(x, y)
-        norm = dot(g, g) ** 0.5
-        measures["loss"].append(float(loss))
-        measures["norm"].append(norm)
-        for rho in radii:
-            with torch.no_grad():
-                torch._foreach_add_(params, g, alpha=rho / norm)
-            measures[rho].append(dot(gradient(x, y)[1], g) / norm ** 2)
-            with torch.no_grad():
-                torch._foreach_sub_(params, g, alpha=rho / norm)
-    return {k: statistics.mean(v) for k, v in measures.items()}
-
-
-def start_table(cells=("rigl@0.1", "riglfanin@0.1"), radii=(0.1, 0.2)):
+def start_table(found, cells=("rigl@0.1", "riglfanin@0.1"), radii=(0.1, 0.2)):
+    """SAM's first steps from the starts of the collapse stage's runs (its SGD runs': every
+    arm of a cell and seed starts from the same weights)."""
     out = ["| start | seeds | loss at theta0 | ‖g‖ at theta0 | "
            + " | ".join(f"<g(θ0 + ε), g> / ‖g‖², ρ = {r:g}" for r in radii) + " |",
            "| --- | --- | --- | --- | " + " | ".join("---" for _ in radii) + " |"]
     for cell in cells:
-        per_seed = [sam_along_gradient(*first_weights(cell, seed), radii) for seed in SEEDS]
+        runs = runs_of(found, "sgd", None, cell).values()
+        if not runs:
+            raise SystemExit(f"no finished SGD runs of {cell}: run the collapse stage first")
+        per_seed = []
+        for run in runs:
+            model, masks, batches = first_weights(run["args"])
+            measured = sam_along_gradient(model, cross_entropy, batches, radii, masks)
+            per_seed.append({"loss": measured["loss"], "norm": measured["grad_norm"], **measured["along"]})
         columns = ["loss", "norm", *radii]
         digits = {"loss": 4, "norm": 4}
         out.append(f"| {cell} | {len(per_seed)} | "
@@ -597,12 +585,12 @@ def tables(found):
              ascent_table(found, chosen),
              "α = cos(prior, ∇L) over training", alpha_table(found, chosen),
              "The cosine SAM's benefit needs (noisy oracle)", oracle_table(found, chosen)]
-    if any(parse(n)["epochs"] != EPOCHS for n in found):
+    if any(key.epochs != EPOCHS for key in found):
         parts += ["Equal wall-clock (SGD's 60 epochs of training time)", wallclock_table(found, chosen, cost)]
     for method in SPARSE:
         for density in DENSITIES:
             cell = f"{method}@{density:g}"
-            if any(parse(n)["cell"] == cell for n in found):
+            if any(key.cell == cell for key in found):
                 arms = SPARSE_ARMS[density]
                 parts += [f"Sparse: {method} at density {density:g} (width {SPARSE_WIDTH}; the dense study's radii)",
                           accuracy_table(found, chosen, costs(found, cell), cell, arms),
@@ -623,7 +611,7 @@ def figure(found, path):
             d = paired(found, arm, chosen[arm][metric], metric)
             if arm == "sgd" or not d:
                 continue
-            mean, half = interval(d)
+            mean, half, _ = interval(d)
             ax.errorbar(cost[arm], mean, yerr=half or 0, fmt=marker, capsize=3,
                         label=f"{arm} (ρ {chosen[arm][metric]:g})")
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
@@ -667,7 +655,7 @@ def main(argv=None):
     elif args.what == "collapse-table":
         print(collapse_table(load(args.runs)))
     elif args.what == "start":
-        print(start_table())
+        print(start_table(load(args.runs)))
     elif args.what == "stall-table":
         print(stall_table(load(args.runs)))
     else:

@@ -23,6 +23,25 @@ CASES.update({
                        (torch.optim.AdamW, ADAMW)),
     "msam-adamw": ("msam", dict(sign=1), (torch.optim.AdamW, ADAMW)),
     "zosam-guided-gradient": ("zosam-guided", dict(n_dirs=0, prior="gradient"), (torch.optim.SGD, SGD)),
+    "rwp-same-batch": ("rwp", dict(batch="same", draws=2, rho=0.05), (torch.optim.AdamW, ADAMW)),
+})
+
+
+
+class Tensors:
+    """An option made of the optimizer's own tensors, picked from its parameter list when it is
+    built (the partial ascents' perturb=, which a model resolves outside tests)."""
+
+    def __init__(self, pick):
+        self.pick = pick
+
+
+LAST_LAYER = Tensors(lambda params: params[-2:])   # the last Linear's weight and bias
+LAST_BIAS = Tensors(lambda params: params[-1:])
+CASES.update({   # a partial ascent on the models of the tests: no normalization layer, so the last layer
+    "sam-on": ("sam-on", dict(perturb=LAST_LAYER, unscaled=LAST_BIAS), (torch.optim.SGD, SGD)),
+    "sam-partial": ("sam-partial", dict(perturb=LAST_LAYER), (torch.optim.SGD, SGD)),
+    "zosam-partial": ("zosam", ZO | dict(perturb=LAST_LAYER), (torch.optim.SGD, SGD)),
 })
 NEEDS_PER_SAMPLE = {c for c, (member, options, _) in CASES.items() if FAMILY[member].needs_indices(options)}
 
@@ -30,6 +49,8 @@ NEEDS_PER_SAMPLE = {c for c, (member, options, _) in CASES.items() if FAMILY[mem
 def build(case, params, **options):
     """The optimizer of `case` over params; options override the case's."""
     member, own, (base, base_kwargs) = CASES[case]
+    params = list(params)
+    own = {k: v.pick(params) if isinstance(v, Tensors) else v for k, v in own.items()}
     return FAMILY[member].build(params, base, **{**own, **base_kwargs, **options})
 
 

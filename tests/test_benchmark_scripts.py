@@ -194,6 +194,28 @@ def test_paper_table_commands_parse_and_collect(tmp_path, capsys):
     assert "| RIGL+ZOSAM | 91.00 ± 12.71 | - |" in text    # 2 seeds: t(0.975, 1) = 12.706, s = 1.414
 
 
+T4 = 2.7764451    # t(0.975, 4): the 95 % interval of five seeds
+
+
+def write_run(line, summary, rows):
+    """The finished run of a printed zosam-train command `line`, in zosam-train's format:
+    config.json ({"args": the resolved options}), summary.json and metrics.jsonl, in the
+    command's --out; returns the options."""
+    import shlex
+
+    from zosam_kernels.train.cli import parse_args
+    from zosam_kernels.train.outputs import write_json
+    argv = shlex.split(line.split(" > ")[0])
+    assert argv[0] == "zosam-train"
+    args = parse_args(argv[1:])
+    os.makedirs(args.out)
+    write_json(os.path.join(args.out, "config.json"), {"args": vars(args)})
+    write_json(os.path.join(args.out, "summary.json"), summary)
+    with open(os.path.join(args.out, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return args
+
+
 def fake_runs(study, folder, seeds, accuracy):
     """Finished runs of every sweep arm and radius in `seeds`, written in zosam-train's
     format: accuracy(arm, rho, seed) -> (final test, early-stopped test, last val, best val)."""
@@ -201,13 +223,10 @@ def fake_runs(study, folder, seeds, accuracy):
         for rho in grid:
             for seed in seeds:
                 final, early, last_val, best_val = accuracy(arm, rho, seed)
-                out = folder / study["run_name"](arm, rho, seed)
-                out.mkdir()
                 rows = [{"epoch": e, "val_acc": last_val, "epoch_s": 1.0 + (arm != "sgd")} for e in range(1, 61)]
-                (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-                (out / "summary.json").write_text(json.dumps({
+                write_run(study["command"](str(folder), arm, rho, seed), {
                     "complete": True, "final_test_acc": final, "test_acc_at_best_val": early,
-                    "best_val_acc": best_val, "final_fit_noisy": 50.0}))
+                    "best_val_acc": best_val, "final_fit_noisy": 50.0}, rows)
 
 
 def test_study_picks_radii_on_validation_and_pairs_by_seed(tmp_path, capsys):
@@ -224,6 +243,10 @@ def test_study_picks_radii_on_validation_and_pairs_by_seed(tmp_path, capsys):
         return table[arm, rho, seed]
     fake_runs(study, tmp_path, (0, 1, 2, 3, 4), accuracy)
     found = study["load"](str(tmp_path))
+    moved = tmp_path / study["run_name"]("sam", 0.1, 0)
+    moved.rename(tmp_path / "any-name")
+    assert study["load"](str(tmp_path)).keys() == found.keys()        # a run is known by its config, not its name
+    (tmp_path / "any-name").rename(moved)
     for arm, (_, grid) in study["ARMS"].items():      # the picks, recomputed: mean validation of seeds 0-1
         for metric, column in (("final", 2), ("early-stopped", 3)):
             best = max(grid, key=lambda r: table[arm, r, 0][column] + table[arm, r, 1][column])
@@ -233,14 +256,14 @@ def test_study_picks_radii_on_validation_and_pairs_by_seed(tmp_path, capsys):
     rho = study["pick"](found, "sam", "final")
     d = [table["sam", rho, s][0] - table["sgd", None, s][0] for s in range(5)]
     mean = sum(d) / 5
-    half = 2.776 * (sum((x - mean) ** 2 for x in d) / 4) ** 0.5 / 5 ** 0.5      # t(0.975, 4)
+    half = T4 * (sum((x - mean) ** 2 for x in d) / 4) ** 0.5 / 5 ** 0.5
     row = next(line for line in text.splitlines() if line.startswith("| sam |"))
     assert f"| {mean:+.1f} ± {half:.1f} | {sum(x >= 3 for x in d)}/5 · " in row
     assert "| 2.00 |" in row                                          # its epochs took twice SGD's seconds
     zo, coin = study["pick"](found, "zosam-m1", "final"), study["pick"](found, "coin-m1", "final")
     d = [table["zosam-m1", zo, s][0] - table["coin-m1", coin, s][0] for s in range(5)]
     mean = sum(d) / 5
-    half = 2.776 * (sum((x - mean) ** 2 for x in d) / 4) ** 0.5 / 5 ** 0.5
+    half = T4 * (sum((x - mean) ** 2 for x in d) / 4) ** 0.5 / 5 ** 0.5
     row = next(line for line in text.splitlines() if line.startswith("| zosam-m1 − coin-m1 |"))
     assert f"| {mean:+.1f} ± {half:.1f} |" in row
     radii = [line for line in text.split("Every radius run on all five seeds")[1].split("Position")[0].splitlines()
@@ -257,12 +280,9 @@ def test_study_picks_radii_on_validation_and_pairs_by_seed(tmp_path, capsys):
             assert argv[0] == "zosam-train"
             parser().parse_args(argv[1:])
     def finish(line, final, early):
-        out = tmp_path / line.split(" --out ")[1].split(" > ")[0]
-        out.mkdir()
-        (out / "metrics.jsonl").write_text(json.dumps({"epoch": 60, "val_acc": 30.0, "epoch_s": 1.0}) + "\n")
-        (out / "summary.json").write_text(json.dumps({"complete": True, "final_test_acc": final,
-                                                      "test_acc_at_best_val": early, "best_val_acc": 31.0,
-                                                      "final_fit_noisy": 20.0}))
+        write_run(line, {"complete": True, "final_test_acc": final, "test_acc_at_best_val": early,
+                         "best_val_acc": 31.0, "final_fit_noisy": 20.0},
+                  [{"epoch": 60, "val_acc": 30.0, "epoch_s": 1.0}])
     study["main"](["--runs", str(tmp_path), "wallclock"])             # every arm's epochs cost twice SGD's: 30
     lines = capsys.readouterr().out.splitlines()
     assert sum("--optimizer sgd " in line and "--epochs 30 " in line for line in lines) == 5
@@ -274,7 +294,7 @@ def test_study_picks_radii_on_validation_and_pairs_by_seed(tmp_path, capsys):
                if line.startswith("| sam "))
     d = [40.0 + s + 2 - table["sgd", None, s][0] for s in range(5)]      # against SGD's 60 epochs
     mean = sum(d) / 5
-    half = 2.776 * (sum((x - mean) ** 2 for x in d) / 4) ** 0.5 / 5 ** 0.5
+    half = T4 * (sum((x - mean) ** 2 for x in d) / 4) ** 0.5 / 5 ** 0.5
     assert row.startswith(f"| sam (ρ {study['pick'](found, 'sam', 'final'):g}) | 30 | 5 | {mean:+.1f} ± {half:.1f} |")
     assert row.endswith("| +2.0 ± 0.0 | -1.0 ± 0.0 |")                   # against SGD's 30 epochs
     study["main"](["--runs", str(tmp_path), "sparse"])                # the sparse cells, finished
@@ -303,8 +323,7 @@ def test_study_collapse_stage_needs_no_dense_run_and_pairs_across_cells(tmp_path
     assert len(lines) == len(set(lines)) == 5 * (5 + 3 + 5 + 2)    # seeds x (rigl, random, riglfanin, snip) arms
     accuracy, stalled = {}, {}
     for line in lines:
-        argv = shlex.split(line.split(" > ")[0])
-        args = parser().parse_args(argv[1:])
+        args = parser().parse_args(shlex.split(line.split(" > ")[0])[1:])
         key = (args.sparse, args.sparse_init, args.optimizer, args.rho, args.seed)
         # SAM stalls at chance for 10 + seed epochs from the standard start, SGD for 2
         stalled[key] = 2 if args.optimizer != "sam" else (10 + args.seed if args.sparse_init == "standard" else 1)
@@ -312,12 +331,13 @@ def test_study_collapse_stage_needs_no_dense_run_and_pairs_across_cells(tmp_path
             args.optimizer == "sam" and args.sparse_init == "standard") + (args.rho or 0)
         rows = [{"epoch": e, "train_loss": 2.3 if e <= stalled[key] else 1.5, "val_acc": 30.0, "epoch_s": 1.0}
                 for e in range(1, 61)]
-        out = tmp_path / argv[argv.index("--out") + 1]
-        out.mkdir()
-        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (out / "summary.json").write_text(json.dumps({"complete": True, "final_test_acc": accuracy[key],
-                                                      "test_acc_at_best_val": accuracy[key] + 1,
-                                                      "best_val_acc": 31.0, "final_fit_noisy": 20.0}))
+        write_run(line, {"complete": True, "final_test_acc": accuracy[key], "test_acc_at_best_val": accuracy[key] + 1,
+                         "best_val_acc": 31.0, "final_fit_noisy": 20.0}, rows)
+        if args.sparse == "snip":           # as written by a zosam-train that had no --sparse-init yet
+            config = pathlib.Path(args.out) / "config.json"
+            written = json.loads(config.read_text())
+            del written["args"]["sparse_init"]
+            config.write_text(json.dumps(written))
     assert {k[:2] for k in accuracy} == {("rigl", "standard"), ("random", "standard"), ("rigl", "fan-in"),
                                          ("snip", "standard")}
     study["main"](["--runs", str(tmp_path), "collapse"])
@@ -325,7 +345,7 @@ def test_study_collapse_stage_needs_no_dense_run_and_pairs_across_cells(tmp_path
     study["main"](["--runs", str(tmp_path), "collapse-table"])
     rows = {tuple(c.strip() for c in line.split("|")[1:4]): line
             for line in capsys.readouterr().out.splitlines()[2:]}
-    half = 2.776 * (2.5 ** 0.5) / 5 ** 0.5                              # seeds 0-4: s = sqrt(2.5)
+    half = T4 * (2.5 ** 0.5) / 5 ** 0.5                                 # seeds 0-4: s = sqrt(2.5)
     # epochs at chance 10..14, accuracy 30.2 + seed, SGD's 50 + seed: -19.8 paired
     assert rows["rigl@0.1", "sam", "0.2"] == (f"| rigl@0.1 | sam | 0.2 | 5 | 12.0 ± {half:.1f} | 32.20 ± {half:.2f} "
                                               f"| -19.8 ± 0.0 | - | 33.20 ± {half:.2f} | -19.8 ± 0.0 | 20.0 ± 0.0 |")
@@ -333,27 +353,36 @@ def test_study_collapse_stage_needs_no_dense_run_and_pairs_across_cells(tmp_path
     assert rows["riglfanin@0.1", "sam", "0.2"].startswith(
         f"| riglfanin@0.1 | sam | 0.2 | 5 | 1.0 ± 0.0 | 57.20 ± {half:.2f} | +0.2 ± 0.0 | +25.0 ± 0.0 |")
     assert rows["random@0.1", "sgd", "-"].startswith("| random@0.1 | sgd | - | 5 | 2.0 ± 0.0 |")
+    assert rows["snip@0.1", "sam", "0.2"].startswith(f"| snip@0.1 | sam | 0.2 | 5 | 12.0 ± {half:.1f} |")
 
 
-def test_study_sam_along_gradient_matches_float64():
-    from f64 import Float64Model
-    from test_zosam import flat_mask, make_problem, random_masks
+def test_study_start_rebuilds_each_run_from_its_config(tmp_path):
+    """The start stage measures SAM's first step at the first weights of the collapse runs,
+    rebuilt from their config.json: the same as what zosam-train builds from the command line."""
+    from zosam_kernels.diagnostics import sam_along_gradient
+    from zosam_kernels.train.build import first_topology
+    from zosam_kernels.train.loop import Run
+    from zosam_kernels.train.probes import cross_entropy
     study = runpy.run_path(str(BENCHMARKS / "study.py"))
-    model, x, y = make_problem(8)
-    masks = random_masks(model, 0.5, 2)
-    with torch.no_grad():
-        for w, m in masks.items():
-            w.mul_(m)
-    f = Float64Model(model, x, y, torch.nn.functional.cross_entropy)
-    theta, mask = f.flat(), flat_mask(model, masks)
-    got = study["sam_along_gradient"](model, masks, [(x, y)], (0.1, 0.5))
-    g = f.grad(theta) * mask
-    assert got["loss"] == pytest.approx(float(f.loss(theta)), rel=1e-5)
-    assert got["norm"] == pytest.approx(float(g.norm()), rel=1e-5)
-    for rho in (0.1, 0.5):
-        along = float((f.grad(theta + rho * g / g.norm()) * mask) @ g / g.norm() ** 2)
-        assert got[rho] == pytest.approx(along, rel=1e-4)
-    torch.testing.assert_close(f.flat(), theta, rtol=0, atol=1e-6)     # the weights are back
+    cell = "riglfanin@0.1"
+    line = study["command"](str(tmp_path), "sgd", None, 0, cell=cell, probes=False)
+    args = write_run(line, {"complete": True, "final_test_acc": 50.0}, [{"epoch": 60, "epoch_s": 1.0}])
+    vars(args).update(device="cpu", workers=0)
+    run = Run(args)                                                     # zosam-train's own start
+    first_topology(args, run.sparsity, run.train_loader, run.data)
+    loader = iter(run.train_loader)
+    batches, masks = [next(loader) for _ in range(8)], run.sparsity.masking.param_masks()
+    found = study["load"](str(tmp_path))
+    config = found[study["Key"]("sgd", None, 0, cell=cell)]["args"]
+    model, rebuilt_masks, rebuilt_batches = study["first_weights"](config)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), run.model.parameters()))
+    assert len(rebuilt_masks) == len(masks) and all(torch.equal(m, n) for m, n in zip(rebuilt_masks.values(),
+                                                                                       masks.values()))
+    assert all(torch.equal(x, u) and torch.equal(y, v) for (x, y), (u, v) in zip(rebuilt_batches, batches))
+    expected = sam_along_gradient(run.model, cross_entropy, batches, (0.1, 0.2), masks)
+    row = study["start_table"](found, cells=(cell,)).splitlines()[2]
+    assert row == (f"| {cell} | 1 | {expected['loss']:.4f} | {expected['grad_norm']:.4f} | "
+                   f"{expected['along'][0.1]:+.2f} | {expected['along'][0.2]:+.2f} |")
 
 
 def test_study_stall_stage_probes_sam_and_tabulates_each_epoch(tmp_path, capsys):
@@ -366,18 +395,14 @@ def test_study_stall_stage_probes_sam_and_tabulates_each_epoch(tmp_path, capsys)
     assert len(lines) == 2 * 2 * 2                                    # seeds x starts x radii
     epochs = study["STALL_EPOCHS"]
     for line in lines:
-        argv = shlex.split(line.split(" > ")[0])
-        args = parse_args(argv[1:])
+        args = parse_args(shlex.split(line.split(" > ")[0])[1:])
         assert args.optimizer == "sam" and args.diagnostics == ["ascent"]
         assert args.diagnostics_epochs == list(epochs)
         norm = 1.0 + args.seed + 10 * args.rho                         # known values per run
         rows = [{"epoch": e, "train_loss": 2.0 + args.seed, "val_acc": 30.0, "epoch_s": 1.0,
                  **({"diagnostics": {"ascent": {"grad_norm": norm * e, "loss_rise": 0.01 * e}}} if e in epochs else {})}
                 for e in range(1, 61)]
-        out = tmp_path / argv[argv.index("--out") + 1]
-        out.mkdir()
-        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (out / "summary.json").write_text(json.dumps({"complete": True, "final_test_acc": 50.0}))
+        write_run(line, {"complete": True, "final_test_acc": 50.0}, rows)
     study["main"](["--runs", str(tmp_path), "stall-table"])
     rows = capsys.readouterr().out.splitlines()[2:]
     assert len(rows) == 2 * (3 + 2)                                   # starts x measures (no loss rise at rho 0)

@@ -43,6 +43,7 @@ ASCENT_OPTIONS = {
     "MomentumAscent": dict(rho=0.3),
     "NoisyOracleAscent": dict(rho=0.05, cosine=0.5),
     "GuidedAscent": dict(rho=0.05, n_dirs=1),
+    "FilterNoiseAscent": dict(rho=0.05, draws=2),
 }
 PART_OPTIONS = {
     "Reuse": dict(k=2),
@@ -63,7 +64,7 @@ def subclasses(cls):
 
 
 def _import_all():
-    from zosam_kernels.optim import ascents, free_ascents, guided, perturbation_mask  # noqa: F401
+    from zosam_kernels.optim import ascents, free_ascents, guided, noise_ascents, perturbation_mask  # noqa: F401
     return parts_module
 
 
@@ -208,7 +209,9 @@ def test_every_ascent_takes_its_radius_from_the_schedule(ascent):
     reference, x, y = problem(5)
     sgd_run(reference, x, y, 3)
     scheduled, _, _ = problem(5)
-    opt = Engine(scheduled.parameters(), torch.optim.SGD, ascent=ASCENTS[ascent](**ASCENT_OPTIONS[ascent]),
+    # (the filter noise's gradients on parts of the batch make SGD's at rho = 0 only if each sees all of it)
+    options = {**ASCENT_OPTIONS[ascent], **({"batch": "same"} if ascent == "FilterNoiseAscent" else {})}
+    opt = Engine(scheduled.parameters(), torch.optim.SGD, ascent=ASCENTS[ascent](**options),
                  parts=[parts_module.LearningRateRadius(rho_min=0.0, lr_max=1.0, lr_min=BASE["lr"])], **BASE)
     run(scheduled, opt, x, y, 3)
     for a, b in zip(scheduled.parameters(), reference.parameters()):

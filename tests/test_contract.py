@@ -52,6 +52,47 @@ def orth(a, b):
     return a - (a @ b) / (b @ b) * b
 
 
+def filter_noise_gradient(opt, model, f, theta, rho):
+    """RWP's and LPF-SGD's gradient (noise_ascents.py): draw j's noise rho ||W[f]|| u_j per
+    output filter (rho (||p|| + 1e-16) for one dimension), each gradient on its strided part
+    of the batch ("split") or on all of it, mixed (1 - alpha) g(theta) + alpha/M sum_j g(theta + n_j)."""
+    scale, i = [], 0
+    for p in model.parameters():
+        w = theta[i:i + p.numel()].view(p.shape)
+        rows = w.reshape(p.shape[0], -1) if p.dim() > 1 else None
+        s = rows.norm(dim=1, keepdim=True).expand_as(rows) if rows is not None else (w.norm() + 1e-16).expand(p.numel())
+        scale.append(s.reshape(-1))
+        i += p.numel()
+    scale = torch.cat(scale)
+    count = opt.draws + (opt.alpha < 1)
+    parts = [slice(k, None, count) if opt.batch == "split" else slice(None) for k in range(count)]
+    at = [Float64Model(model, f.x[k].float(), f.y[k], F.cross_entropy) for k in parts]
+    noise = [rho * scale * u for u in directions([derived_seed(opt.seed, 0, j) for j in range(opt.draws)],
+                                                 theta.numel())]
+    drawn = at[1:] if opt.alpha < 1 else at
+    update = sum(opt.alpha / opt.draws * g.grad(theta + n) for g, n in zip(drawn, noise))
+    return update + (1 - opt.alpha) * at[0].grad(theta) if opt.alpha < 1 else update
+
+
+def partial_update(case, opt, model, f, theta, rho):
+    """The partial ascents (selection.py): eps on the last layer only. SAM there: rho g_S/||g_S||;
+    SAM-ON's ASAM: T = |theta| + eta on weights, 1 on biases, eps = rho T (T g_S)/||T g_S||;
+    the zeroth-order ascent with its directions kept to the last layer."""
+    numels = [p.numel() for p in model.parameters()]
+    last = torch.cat([torch.full((n,), float(i >= len(numels) - 2), dtype=torch.float64)
+                      for i, n in enumerate(numels)])
+    if case == "zosam-partial":
+        eps, _ = zosam_eps(f, theta, opt.last_seeds, rho, opt.param_groups[0]["delta"], last)
+        return f.grad(theta + eps)
+    g = f.grad(theta) * last
+    if case == "sam-on":
+        bias = torch.cat([torch.full((n,), float(i == len(numels) - 1), dtype=torch.float64)
+                          for i, n in enumerate(numels)])
+        t = torch.where(bias > 0, torch.ones_like(theta), theta.abs() + opt.ascent.eta) * last
+        return f.grad(theta + rho * t * (t * g) / (t * g).norm())
+    return f.grad(theta + rho * g / g.norm())
+
+
 def expected_first_step(case, opt, model, f, per_sample, theta):
     """theta after the first step of `case`, from its equations in float64."""
     member, _, (base, base_kwargs) = CASES[case]
@@ -75,9 +116,13 @@ def expected_first_step(case, opt, model, f, per_sample, theta):
         update = f.grad(theta + rho * g / g.norm() * mask)
     elif member == "msam":                          # no momentum before the first step: no eps
         update = f.grad(theta)
-    elif member == "rwp":
+    elif member == "random-direction":
         (u,) = directions(opt.last_seeds, theta.numel())
         update = f.grad(theta + rho * u / u.norm())
+    elif member in ("sam-on", "sam-partial") or case == "zosam-partial":
+        update = partial_update(case, opt, model, f, theta, rho)
+    elif member in ("rwp", "lpf-sgd"):
+        update = filter_noise_gradient(opt, model, f, theta, rho)
     elif member == "oracle":
         g = f.grad(theta)
         (u,) = directions([derived_seed(opt.seed, 0, 0)], theta.numel())
@@ -244,8 +289,10 @@ def assert_ranks_identical(ranks, names):
 
 
 def ddp_run(rank, world):
-    """Every case; ESAM's beta leaves tensors out of the backward at theta."""
-    makers = {case: (lambda params, case=case: build(case, params), CASES[case][0] == "esam") for case in CASES}
+    """Every case; ESAM's beta and the partial ascents leave tensors out of the backward at theta
+    (DDP needs find_unused_parameters=True for them, as for any parameter a pass leaves out)."""
+    makers = {case: (lambda params, case=case: build(case, params),
+                     CASES[case][0] == "esam" or "perturb" in CASES[case][1]) for case in CASES}
     return weights_on_ranks(rank, world, makers)
 
 

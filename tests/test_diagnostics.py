@@ -1,6 +1,7 @@
-"""The diagnostics against closed forms: a quadratic loss for the Hessian and the
-landscape, linear regression for the gradient variance; and the model's state
-(weights, buffers, modes, RNG) left as it was found."""
+"""The diagnostics against closed forms: a quadratic loss for the Hessian, the
+landscape and SAM's step along the gradient, linear regression for the gradient
+variance; SAM's step on a small network against autograd in float64; and the
+model's state (weights, buffers, modes, RNG) left as it was found."""
 import json
 import math
 
@@ -11,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from zosam_kernels.diagnostics import (gradient_variance, hessian_trace, landscape_1d, landscape_2d,
-                                       plot_landscape, random_direction, top_eigenvalue)
+                                       plot_landscape, random_direction, sam_along_gradient, top_eigenvalue)
 
 SHAPE = (4, 8)   # the quadratic's weight: 2-D, so that the landscape's directions are not 0
 N = SHAPE[0] * SHAPE[1]
@@ -262,6 +263,76 @@ def test_plot_landscape_writes_pngs(tmp_path):
         plot_landscape({**two, "losses": two["losses"][:-1]}, tmp_path / "bad.png")
 
 
+# ---------------------------------------------------------------- SAM's step along the gradient
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_sam_along_gradient_of_quadratic_is_closed_form(masked):
+    """g = m ⊙ A r (r = w − w*), ∇L(θ + ε) = A (r + ρ g/‖g‖), so <m ⊙ ∇L(θ + ε), g> / ‖g‖²
+    = 1 + ρ gᵀAg / ‖g‖³ exactly."""
+    model = quadratic(9)
+    mask = half_mask(SHAPE, 9) if masked else torch.ones(SHAPE, dtype=torch.bool)
+    masks = {model.weight: mask} if masked else None
+    A = model.A.double()
+    r = model.weight.detach().double().reshape(-1) - model.w_star.double()
+    g = (A @ r) * mask.reshape(-1).double()
+    weights = model.weight.detach().clone()
+    out = sam_along_gradient(model, quadratic_loss, DUMMY * 2, (0.5, 2.0), masks)
+    assert out["loss"] == pytest.approx(float(0.5 * r @ A @ r), rel=1e-5)
+    assert out["grad_norm"] == pytest.approx(float(g.norm()), rel=1e-5)
+    for rho in (0.5, 2.0):
+        expected = 1 + rho * float(g @ A @ g) / float(g.norm()) ** 3
+        assert expected > 1.01                                      # the curvature term shows
+        assert out["along"][rho] == pytest.approx(expected, rel=1e-5)
+    assert out["batches"] == 2
+    assert torch.equal(model.weight, weights)
+    json.dumps(out)
+
+
+def test_sam_along_gradient_of_a_network_matches_float64_autograd():
+    """A tanh network with masks, two batches: each batch's masked g, SAM's θ + ρ g/‖g‖ and the
+    gradient there, by autograd on a float64 copy (tests/f64.py); the results are their means."""
+    from f64 import Float64Model
+    g = torch.Generator().manual_seed(4)
+    model = nn.Sequential(nn.Linear(7, 9), nn.Tanh(), nn.Linear(9, 4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    masks = {p: torch.rand(p.shape, generator=g) < 0.5 for p in model.parameters() if p.dim() > 1}
+    with torch.no_grad():
+        for p, m in masks.items():
+            p.mul_(m)
+    x, y = torch.randn(16, 7, generator=g), torch.randint(0, 4, (16,), generator=g)
+    batches = [(x[:8], y[:8]), (x[8:], y[8:])]
+    mask = torch.cat([masks.get(p, torch.ones_like(p, dtype=torch.bool)).reshape(-1).double()
+                      for p in model.parameters()])
+    radii = (0.1, 0.5)
+    losses, norms, along = [], [], {rho: [] for rho in radii}
+    for xb, yb in batches:
+        f = Float64Model(model, xb, yb, F.cross_entropy)
+        theta = f.flat()
+        grad = f.grad(theta) * mask
+        losses.append(float(f.loss(theta)))
+        norms.append(float(grad.norm()))
+        for rho in radii:
+            moved = f.grad(theta + rho * grad / grad.norm()) * mask
+            along[rho].append(float(moved @ grad / grad.norm() ** 2))
+    weights = [p.detach().clone() for p in model.parameters()]
+    out = sam_along_gradient(model, cross_entropy, batches, radii, masks)
+    assert out["loss"] == pytest.approx(sum(losses) / 2, rel=1e-5)
+    assert out["grad_norm"] == pytest.approx(sum(norms) / 2, rel=1e-5)
+    for rho in radii:
+        assert out["along"][rho] == pytest.approx(sum(along[rho]) / 2, rel=1e-4)
+    assert all(torch.equal(p, w) for p, w in zip(model.parameters(), weights))   # bit for bit
+
+
+def test_sam_along_gradient_needs_a_gradient():
+    model = quadratic(10)
+    with torch.no_grad():
+        model.weight.copy_(model.w_star.reshape(SHAPE))              # the minimum: g = 0
+    with pytest.raises(ValueError, match="gradient is 0"):
+        sam_along_gradient(model, quadratic_loss, DUMMY, (0.1,))
+
+
 # ---------------------------------------------------------------- state
 
 class SmallCNN(nn.Module):
@@ -305,7 +376,8 @@ def test_instruments_leave_the_model_as_found(mixed_modes):
             lambda: top_eigenvalue(model, cross_entropy, batches, masks, iters=3),
             lambda: hessian_trace(model, cross_entropy, batches, masks, samples=2),
             lambda: landscape_1d(model, cross_entropy, batches, masks, points=3),
-            lambda: landscape_2d(model, cross_entropy, batches, masks, points=3)]
+            lambda: landscape_2d(model, cross_entropy, batches, masks, points=3),
+            lambda: sam_along_gradient(model, cross_entropy, batches, (0.1,), masks)]
     for run in runs:
         out = run()
         json.dumps(out)

@@ -334,7 +334,7 @@ def test_mask_rule_on_crafted_scores():
     from zosam_kernels.optim.perturbation_mask import PerturbationMask
     layout = Layout([torch.nn.Parameter(torch.zeros(10))])
     active = torch.tensor([True] * 8 + [False] * 2)
-    fisher = PerturbationMask(0.5, "fisher", 1, 0.5, None, seed=0)
+    fisher = PerturbationMask(0.5, "fisher", 1, None, None, seed=0)
     fisher.relayout_(layout)
     fisher.fisher = [torch.tensor([5., 1., 7., 3., 0., 2., 6., 4., 99., 99.])]
     scored = fisher.remade(0, [torch.zeros(10)], [active])

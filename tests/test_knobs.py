@@ -25,7 +25,7 @@ KNOBS = {
     "zo_autocast": (lambda v: dict(zo_autocast=torch.bfloat16), CHANGES),
     "gamma": (lambda v: dict(gamma=0.5 if v == 1 else 1.0), CHANGES),
     "k": (lambda v: dict(k=v + 1), CHANGES),
-    "alpha": (lambda v: dict(alpha=3 * v + 0.1), CHANGES),
+    "alpha": (lambda v: dict(alpha=min(1.0, 3 * v + 0.1) if v < 0.9 else 0.5), CHANGES),
     "rho_min": (lambda v: dict(rho_min=0.01 if v is None else 2 * v), CHANGES),
     "lr_max": (lambda v: dict(lr_max=0.2), CHANGES),
     "lr_min": (lambda v: dict(lr_min=0.001), CHANGES),   # (below the last step's lr: rho_t stays >= rho_min)
@@ -38,6 +38,12 @@ KNOBS = {
     "sign": (lambda v: dict(sign=-v), CHANGES),
     "cosine": (lambda v: dict(cosine=0.9), CHANGES),
     "prior": (lambda v: dict(prior="gradient" if v == "momentum" else "momentum"), CHANGES),
+    "radius_scale": (lambda v: dict(radius_scale="relative" if v == "absolute" else "absolute"), CHANGES),
+    "perturb": (lambda v: dict(perturb="last:1" if v in (None, "norm") else "norm"), CHANGES),
+    "eta": (lambda v: dict(eta=v + 0.5), CHANGES),
+    "unscaled": (lambda v: dict(unscaled=None if v else "biases"), CHANGES),
+    "draws": (lambda v: dict(draws=v + 1), CHANGES),
+    "batch": (lambda v: dict(batch="same" if v == "split" else "split"), CHANGES),
 }
 # (member, option): what differs from KNOBS for that member, and why
 EXCEPT = {
@@ -53,21 +59,27 @@ EXCEPT = {
     ("zoesam", "zo_batch_fraction"): "refused",   # data selection compares the whole batch's losses
     ("zosam-guided", "adaptive"): "refused",      # no ASAM form
     ("esam", "m_sharpness"): SAME,            # (its quick options select every sample: no data selection)
+    ("looksam", "perturb"): "refused",        # surgery needs the whole gradient at theta
+    ("gsam", "perturb"): "refused",
+    ("sam-on", "adaptive"): "refused",        # its eta and unscaled are ASAM's
 }
 STEPS = 4
+ADAPTIVE_ONLY = ("eta", "unscaled")   # ASAM's: refused where adaptive is off
 
 
 def train(member, options):
     """The weights after STEPS steps, at a radius where eps's direction shows in them."""
     options = {"rho": 0.5, **options} if "rho" in FAMILY[member].defaults else options
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.LayerNorm(7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
     x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
 
     def closure(indices=None):
         i = slice(None) if indices is None else indices
         return F.cross_entropy(model(x[i]), y[i], reduction="none")
 
+    if "model" in FAMILY[member].takes():   # a selection of tensors by module (perturb="norm") needs it
+        options = {**options, "model": model}
     opt = FAMILY[member].build(model.parameters(), torch.optim.SGD, **options, lr=0.05, momentum=0.9)
     schedule = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)   # a moving LR (GSAM's radius follows it)
     for _ in range(STEPS):
@@ -89,6 +101,8 @@ def test_changing_an_option_does_what_it_says(member, option):
     own = {**FAMILY[member].defaults, **FAMILY[member].quick}
     other, expected = KNOBS[option]
     expected = EXCEPT.get((member, option), expected)
+    if option in ADAPTIVE_ONLY and not own["adaptive"]:
+        expected = "refused"
     changed = other(own[option])
     before = train(member, FAMILY[member].quick)
     if expected == "refused":

@@ -51,10 +51,10 @@ def test_msam_perturbs_along_the_momentum(sign):
         torch.testing.assert_close(f.flat(), theta, rtol=0, atol=1e-5)
 
 
-def test_rwp_perturbs_along_one_direction_of_the_stream():
+def test_the_random_direction_is_one_direction_of_the_stream():
     model, x, y = problem(2)
     f = Float64Model(model, x, y, F.cross_entropy)
-    opt = make("rwp", model, seed=7)
+    opt = make("random-direction", model, seed=7)
     theta = f.flat()
     opt.step(closure(model, x, y))
     (u,) = directions([derived_seed(7, 0, 0)], theta.numel())
@@ -145,13 +145,15 @@ def test_guided_cosine_is_at_least_the_priors():
 
 @pytest.mark.parametrize("name,part,words", [
     ("msam", "Reuse", "nothing to reuse"), ("zosam-guided", "DataSelection", "never measures"),
-    ("rwp", "SurrogateGap", "makes none"), ("zosam-coin", "LookAhead", "makes none"),
+    ("random-direction", "SurrogateGap", "makes none"), ("zosam-coin", "LookAhead", "makes none"),
+    ("rwp", "SurrogateGap", "makes none"), ("rwp", "Reuse", "nothing to reuse"),
     ("zosam-frac", "DataSelection", "zo_batch_fraction"),
 ])
 def test_compositions_the_math_forbids_are_refused(name, part, words):
     import zosam_kernels as zk
     ascents = {"msam": zk.optim.MomentumAscent(), "zosam-guided": zk.optim.GuidedAscent(),
-               "rwp": zk.optim.RandomAscent(), "zosam-coin": zk.optim.CoinFlipAscent(),
+               "random-direction": zk.optim.RandomAscent(), "rwp": zk.optim.FilterNoiseAscent(),
+               "zosam-coin": zk.optim.CoinFlipAscent(),
                "zosam-frac": zk.optim.ZerothOrderAscent(zo_batch_fraction=0.5)}
     model, _, _ = problem()
     with pytest.raises(ValueError, match=words):

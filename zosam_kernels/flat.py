@@ -20,12 +20,15 @@ FlatParams: every parameter of a bucket becomes a view of one contiguous
 buffer, so each fused op is one launch for the whole model and the stream
 index of a weight is its position in the buffer plus the bucket's offset.
 """
+from __future__ import annotations
+
 import contextlib
+from typing import Any, Iterable, Optional, Sequence, overload
 
 import torch
 
 
-def dense_strides(t):
+def dense_strides(t: torch.Tensor) -> tuple[int, ...]:
     """t's strides if its elements fill a block of memory without gaps or overlaps
     (contiguous, channels_last, a transpose), else the contiguous strides."""
     dims = sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1)
@@ -37,7 +40,7 @@ def dense_strides(t):
     return t.stride()
 
 
-def _contiguous_strides(shape):
+def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
     out, step = [], 1
     for n in reversed(shape):
         out.append(step)
@@ -45,7 +48,7 @@ def _contiguous_strides(shape):
     return tuple(reversed(out))
 
 
-def _region(p):
+def _region(p: torch.Tensor) -> Optional[tuple[int, int | torch.SymInt, int | torch.SymInt]]:
     """(storage pointer, first byte, end byte) of p's elements, None when p has no
     plain storage to compare (a DTensor, a meta tensor)."""
     try:
@@ -65,7 +68,7 @@ class Layout:
     (alias, owner); known: the ids of every parameter given, frozen ones too;
     signature: which parameters, and whether each required grad, to notice a change."""
 
-    def __init__(self, params):
+    def __init__(self, params: Iterable[torch.Tensor]) -> None:
         params = list(params)
         if len({id(p) for p in params}) != len(params):
             raise ValueError("params: a parameter is listed twice (in one group or in two); list each "
@@ -73,7 +76,7 @@ class Layout:
         self.signature = tuple((id(p), p.requires_grad) for p in params)
         self.known = frozenset(id(p) for p in params)
         owners, self.aliases = _owners_and_aliases([p for p in params if p.requires_grad])
-        groups: dict = {}
+        groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
         for p in owners:
             groups.setdefault((p.device, p.dtype), []).append(p)
         self.buckets = list(groups.values())
@@ -83,14 +86,14 @@ class Layout:
         self.numel = sum(self.numels)
         self._owner = {id(p): p for p in self.params} | {id(a): o for a, o in self.aliases}
 
-    def owner(self, p):
+    def owner(self, p: torch.Tensor) -> Optional[torch.Tensor]:
         """The owner of parameter p's weights (p itself if it owns them), None if p is not laid out."""
         return self._owner.get(id(p))
 
-    def owner_by_id(self, i):
+    def owner_by_id(self, i: int) -> Optional[torch.Tensor]:
         return self._owner.get(i)
 
-    def param_offsets(self):
+    def param_offsets(self) -> list[int]:
         """The first stream index of every parameter, in stream order."""
         out = []
         for b, offset in zip(self.buckets, self.offsets):
@@ -99,26 +102,32 @@ class Layout:
                 offset += p.numel()
         return out
 
-    def new_buffers(self, dtype, fill=None):
+    def new_buffers(self, dtype: torch.dtype, fill: Optional[float] = None) -> list[torch.Tensor]:
         """One flat tensor per bucket, on the bucket's device (filled with `fill` if given)."""
-        def make(n, device):
+        def make(n: int, device: torch.device) -> torch.Tensor:
             return (torch.empty((n,), dtype=dtype, device=device) if fill is None
                     else torch.full((n,), fill, dtype=dtype, device=device))
         return [make(n, b[0].device) for b, n in zip(self.buckets, self.numels)]
 
-    def views(self, buffers):
+    @overload
+    def views(self, buffers: Sequence[torch.Tensor]) -> list[torch.Tensor]: ...
+    @overload
+    def views(self, buffers: Sequence[Optional[torch.Tensor]]) -> list[Optional[torch.Tensor]]: ...
+
+    def views(self, buffers: Sequence[Optional[torch.Tensor]]) -> list[Any]:
         """Per-parameter views of per-bucket buffers, in stream order (None for a None buffer)."""
         return [v for b, buf in zip(self.buckets, buffers)
                 for v in (bucket_views(b, buf) if buf is not None else [None] * len(b))]
 
 
-def _owners_and_aliases(params):
+def _owners_and_aliases(params: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor],
+                                                                 list[tuple[torch.Tensor, torch.Tensor]]]:
     """Split params into owners and (alias, owner) pairs: an alias covers exactly
     its owner's memory, in the same element order. Any other overlap cannot be
     laid out flat and is refused."""
-    owners: list = []
-    aliases: list = []
-    seen: dict = {}
+    owners: list[torch.Tensor] = []
+    aliases: list[tuple[torch.Tensor, torch.Tensor]] = []
+    seen: dict[tuple[int, int | torch.SymInt, int | torch.SymInt], torch.Tensor] = {}
     for p in params:
         region = _region(p)
         owner = seen.get(region) if region is not None else None
@@ -142,13 +151,13 @@ def _owners_and_aliases(params):
     return owners, aliases
 
 
-def _memory_order_matches(a, b):
+def _memory_order_matches(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether a and b, over the same memory, map memory positions to elements alike
     (each dense: then element k of memory is element k of both flat slots)."""
     return dense_strides(a) == a.stride() and dense_strides(b) == b.stride()
 
 
-def bucket_views(bucket, buffer):
+def bucket_views(bucket: Sequence[torch.Tensor], buffer: torch.Tensor) -> list[torch.Tensor]:
     """Views of a bucket's flat buffer, one per parameter, of the parameters'
     shapes and (dense) strides."""
     out, start = [], 0
@@ -158,7 +167,7 @@ def bucket_views(bucket, buffer):
     return out
 
 
-def slot_view(buffer, start, p):
+def slot_view(buffer: torch.Tensor, start: int, p: torch.Tensor) -> torch.Tensor:
     """p's slot of a flat buffer (elements start.. start + p.numel()), as a tensor of
     p's shape and memory layout."""
     if not p.numel():
@@ -170,13 +179,13 @@ class InPlaceParams:
     """What FlatParams offers, for an optimizer that moves each parameter where it
     lives (the gradient ascent: no fused op, so no flat buffer and no rebinding)."""
 
-    def __init__(self, layout):
+    def __init__(self, layout: Layout) -> None:
         self.layout = layout
 
-    def check_bound(self):
+    def check_bound(self) -> None:
         """Nothing is bound: a parameter may live anywhere."""
 
-    def gathering(self):
+    def gathering(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
 
@@ -184,7 +193,7 @@ class FlatParams:
     """Rebinds the layout's parameters into one buffer per bucket (`buffers`);
     an alias is rebound to its owner's slot, so it stays tied."""
 
-    def __init__(self, layout):
+    def __init__(self, layout: Layout) -> None:
         self.layout = layout
         self.offsets = layout.offsets   # each buffer's first stream index
         self.buffers = [torch.empty(n, dtype=b[0].dtype, device=b[0].device)
@@ -201,7 +210,7 @@ class FlatParams:
                                                             by_owner[id(owner)].storage_offset())
         self._bound = [(p, p.data_ptr()) for p in layout.params] + [(a, a.data_ptr()) for a, _ in layout.aliases]
 
-    def check_bound(self):
+    def check_bound(self) -> None:
         """Raise if a parameter was re-bound away from its buffer (model.to(),
         model.half(), load_state_dict(assign=True) on the same Parameter objects),
         which the fused ops would otherwise silently miss."""
@@ -211,11 +220,11 @@ class FlatParams:
                     f"a parameter of shape {tuple(p.shape)} no longer lives in the optimizer's "
                     "flat buffer: build the optimizer after moving or casting the model")
 
-    def sum_over_shards(self, t):
+    def sum_over_shards(self, t: torch.Tensor) -> torch.Tensor:
         """A sum over the whole model is this process's: nothing is sharded (sharded.ShardedParams)."""
         return t
 
-    def gathering(self):
+    def gathering(self) -> contextlib.AbstractContextManager[None]:
         """Around a pass (sharded.ShardedParams: FSDP2 must gather the weights anew)."""
         return contextlib.nullcontext()
 

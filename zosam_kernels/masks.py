@@ -9,12 +9,18 @@ bool tensor (read once), or a masking object (zosam_kernels.sparse) with
 change; the optimizer re-reads such an object at the start of a step whenever
 its version moved, so drop-and-grow reaches it without a call from the user.
 """
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, TypeVar, cast
+
 import torch
 
 from .flat import Layout, bucket_views
 
+_Optimizer = TypeVar("_Optimizer", bound=torch.optim.Optimizer)
 
-def normalize_masks(layout, masks):
+
+def normalize_masks(layout: Layout, masks: Any) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """Validate `masks` (a mapping parameter -> bool tensor, a masking object, or
     None) against the layout; returns (id(owner) -> mask of the masked weights,
     id(param) -> mask of the layout's parameters that are not laid out now:
@@ -25,8 +31,8 @@ def normalize_masks(layout, masks):
         masks = masks.param_masks()
     if not hasattr(masks, "items"):
         raise TypeError(f"masks must be a mapping from parameter to bool tensor, got {type(masks).__name__}")
-    out: dict = {}
-    dormant: dict = {}
+    out: dict[int, torch.Tensor] = {}
+    dormant: dict[int, torch.Tensor] = {}
     for p, m in masks.items():
         if not torch.is_tensor(m) or m.dtype != torch.bool:
             raise TypeError(f"masks: the mask of a parameter of shape {tuple(p.shape)} must be a bool "
@@ -60,7 +66,10 @@ class Masks:
     `buffers` is what the fused ops read (None: a dense bucket); `get(p)` is a
     parameter's mask (None: dense)."""
 
-    def __init__(self, layout, masks):
+    buffers: list[Optional[torch.Tensor]]
+    _views: dict[int, torch.Tensor]
+
+    def __init__(self, layout: Layout, masks: Any) -> None:
         self.version = getattr(masks, "version", None)
         # a fixed mapping is read once and not kept (it may be large, and the caller owns it),
         # but for the parameters that are frozen now, whose masks wait in `dormant`
@@ -70,7 +79,7 @@ class Masks:
         by_id, self.dormant = normalize_masks(layout, masks)
         self._write(layout, by_id)
 
-    def relayout_(self, layout):
+    def relayout_(self, layout: Layout) -> None:
         """Follow a new layout (parameters added, frozen or unfrozen): masks of
         parameters that stay or come back are kept, new parameters are dense."""
         kept = {id(p): self._views[id(p)].clone() for p in self.masked} | self.dormant
@@ -80,7 +89,7 @@ class Masks:
         self._write(layout, by_id)
 
     @torch.no_grad()
-    def _write(self, layout, by_id):
+    def _write(self, layout: Layout, by_id: dict[int, torch.Tensor]) -> None:
         """Write the masks by_id (id(param) -> bool tensor; absent = dense) into the flat buffers."""
         self.layout = layout
         if not self.buffers:
@@ -88,7 +97,8 @@ class Masks:
         for k, bucket in enumerate(layout.buckets):
             if self.buffers[k] is None and any(id(p) in by_id for p in bucket):
                 self.buffers[k] = torch.empty(layout.numels[k], dtype=torch.bool, device=bucket[0].device)
-                self._views.update((id(p), v) for p, v in zip(bucket, bucket_views(bucket, self.buffers[k])))
+                self._views.update((id(p), v) for p, v in zip(
+                    bucket, bucket_views(bucket, cast(torch.Tensor, self.buffers[k]))))
         for p in layout.params:
             view = self._views.get(id(p))
             if view is None:
@@ -100,11 +110,11 @@ class Masks:
         self.masked = [p for p in layout.params if id(p) in by_id]
         self._masked_ids = set(by_id)
 
-    def get(self, p):
+    def get(self, p: torch.Tensor) -> Optional[torch.Tensor]:
         """The mask of parameter p, a view of the flat buffer (None if p is dense)."""
         return self._views[id(p)] if id(p) in self._masked_ids else None
 
-    def refresh_(self):
+    def refresh_(self) -> bool:
         """Re-read a masking object whose version moved and zero the newly pruned
         weights. Returns whether the masks changed (never for a fixed mapping)."""
         version = getattr(self.source, "version", None)
@@ -117,7 +127,7 @@ class Masks:
         self.changes += 1
         return True
 
-    def observe_gradients(self):
+    def observe_gradients(self) -> None:
         """Show a masking object the dense gradients before they are masked, if it
         wants them (RigL's growth); a fixed mapping has nothing to observe."""
         observe = getattr(self.source, "observe_gradients", None)
@@ -125,18 +135,18 @@ class Masks:
             observe()
 
     @torch.no_grad()
-    def mask_params_(self):
+    def mask_params_(self) -> None:
         for p in self.masked:
             zero_pruned_(p.data, self._views[id(p)])
 
     @torch.no_grad()
-    def mask_grads_(self):
+    def mask_grads_(self) -> None:
         for p in self.masked:
             if p.grad is not None:
                 zero_pruned_(p.grad, self._views[id(p)])
 
 
-def mask_plain_optimizer(optimizer, masks):
+def mask_plain_optimizer(optimizer: _Optimizer, masks: Any) -> _Optimizer:
     """Keep a plain torch optimizer's weights to fixed `masks` (a mapping parameter ->
     bool tensor), as the family's optimizers keep theirs: pruned weights are
     zeroed now, their gradients before every step and their values after it."""
@@ -147,14 +157,14 @@ def mask_plain_optimizer(optimizer, masks):
     return optimizer
 
 
-def zero_pruned_(t, mask):
+def zero_pruned_(t: torch.Tensor, mask: torch.Tensor) -> None:
     """t = t where mask else 0, in place. Not t.mul_(mask): a float-by-bool product
     makes a float copy of the mask, a parameter-sized temporary, on the CPU. (A
     0-dim CPU zero is a scalar to a CUDA kernel too.)"""
     torch.where(mask, t, torch.zeros((), dtype=t.dtype), out=t)
 
 
-def keep_top(scores, count):
+def keep_top(scores: torch.Tensor, count: int) -> torch.Tensor:
     """A bool mask of scores' shape with the `count` largest scores set; ties go
     to the lower flat index, so the choice is deterministic."""
     order = torch.argsort(scores.reshape(-1), descending=True, stable=True)
@@ -163,7 +173,8 @@ def keep_top(scores, count):
     return mask.view_as(scores)
 
 
-def keep_top_across(scores, count, eligible=None):
+def keep_top_across(scores: Sequence[torch.Tensor], count: int,
+                    eligible: Optional[Sequence[torch.Tensor]] = None) -> list[torch.Tensor]:
     """keep_top over several tensors ranked as one: the `count` largest scores
     among all of them (only where `eligible`, a list of bool tensors, is True),
     returned as one bool mask per tensor, of its shape and on its device."""

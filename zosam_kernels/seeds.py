@@ -9,13 +9,13 @@ MAX_SEED = 2**63
 _M64 = (1 << 64) - 1
 
 
-def check_seed(seed, name="seed"):
+def check_seed(seed: object, name: str = "seed") -> None:
     """Seeds are non-negative 63-bit Python ints (the stream's key is 64 bits; the top one is kept free)."""
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < MAX_SEED:
         raise ValueError(f"{name} must be an int in [0, 2**63), got {seed!r}")
 
 
-def _mix64(x):
+def _mix64(x: int) -> int:
     # splitmix64's finaliser: consecutive inputs give unrelated outputs
     x = (x + 0x9E3779B97F4A7C15) & _M64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
@@ -23,6 +23,6 @@ def _mix64(x):
     return x ^ (x >> 31)
 
 
-def derived_seed(seed, step, index):
+def derived_seed(seed: int, step: int, index: int) -> int:
     """The 63-bit seed of draw `index` at optimizer step `step`."""
     return _mix64(_mix64(_mix64(seed) ^ step) ^ index) >> 1

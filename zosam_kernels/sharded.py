@@ -21,24 +21,35 @@ the shards as they are now. The modules are found in the first pass by a
 global forward pre-hook, which reshards each as it is met, before its own
 forward; later passes reshard the ones found and register no hook.
 """
-import contextlib
+from __future__ import annotations
 
+import contextlib
+from typing import TYPE_CHECKING, Any, Iterator, Optional, cast
+
+import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, Shard
 from torch.nn.modules.module import register_module_forward_pre_hook
 
+if TYPE_CHECKING:
+    from .flat import Layout
 
-def is_sharded(p):
+
+def is_sharded(p: object) -> bool:
     return isinstance(p, DTensor)
 
 
 class ShardedParams:
-    def __init__(self, layout):
+    buffers: list[torch.Tensor]
+    offsets: list[int]
+    group: Optional[dist.ProcessGroup]
+
+    def __init__(self, layout: Layout) -> None:
         self.layout = layout
         self.buffers, self.offsets, self.group = [], [], None
-        self.fsdp_modules = None   # found in the first pass (gathering)
-        for p, offset in zip(layout.params, layout.param_offsets()):
+        self.fsdp_modules: Optional[list[FSDPModule]] = None   # found in the first pass (gathering)
+        for p, offset in zip(cast(list[DTensor], layout.params), layout.param_offsets()):
             local, start = _local_shard(p)
             self.buffers.append(local.view(-1))
             self.offsets.append(offset + start)
@@ -48,16 +59,16 @@ class ShardedParams:
             self.group = group
 
     @contextlib.contextmanager
-    def gathering(self):
+    def gathering(self) -> Iterator[None]:
         """A pass in the block computes with the weights as they are now."""
         if self.fsdp_modules is not None:
             for m in self.fsdp_modules:
                 m.reshard()
             yield
             return
-        found: dict = {}
+        found: dict[FSDPModule, None] = {}
 
-        def find(module, args):
+        def find(module: torch.nn.Module, args: Any) -> None:
             for m in module.modules():
                 if isinstance(m, FSDPModule) and m not in found:
                     m.reshard()   # before any of them gathers in this pass
@@ -69,20 +80,20 @@ class ShardedParams:
             hook.remove()
         self.fsdp_modules = list(found)
 
-    def check_bound(self):
+    def check_bound(self) -> None:
         """Raise if a parameter's local shard is no longer the storage these buffers view."""
-        for p, buf in zip(self.layout.params, self.buffers):
+        for p, buf in zip(cast(list[DTensor], self.layout.params), self.buffers):
             if p.to_local().data_ptr() != buf.data_ptr():
                 raise RuntimeError("a parameter's local shard moved (model.to(), reshard, "
                                    "load_state_dict(assign=True)): build the optimizer anew")
 
-    def sum_over_shards(self, t):
+    def sum_over_shards(self, t: torch.Tensor) -> torch.Tensor:
         """The sum of every rank's t (a partial sum over its shards), in place."""
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
         return t
 
 
-def _local_shard(p):
+def _local_shard(p: DTensor) -> tuple[torch.Tensor, int]:
     """(the local shard, its first global element index in p)."""
     if p.device_mesh.ndim != 1 or tuple(p.placements) != (Shard(0),):
         raise NotImplementedError(f"params: a DTensor placed as {tuple(p.placements)} on a "

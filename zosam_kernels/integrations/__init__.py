@@ -17,10 +17,12 @@ They work for every member of the family (optim.is_engine), through its
 public API only: step(closure), base_optimizer, state_dict. Each needs its
 extra (pip install 'zosam_kernels[lightning]' or '[hf]').
 """
-from ..optim import is_engine
+from typing import Optional
+
+from ..optim import Engine, is_engine
 
 
-def unwrap(optimizer):
+def unwrap(optimizer: object) -> Optional[Engine]:
     """The family's optimizer inside a trainer's wrappers (Lightning's
     LightningOptimizer, whose class subclasses the wrapped one's, and
     Accelerate's AcceleratedOptimizer hold it as `.optimizer`), or None if

@@ -16,18 +16,21 @@ refuses these, with the reason, and is otherwise accelerator.prepare:
     opt = prepare(accelerator, zk.ZOSAM(model.parameters(), torch.optim.SGD, lr=0.1))
 """
 import functools
+from typing import Any, Callable, Optional
 
 import torch
 
 from . import unwrap
+from ..optim import Engine
 
 
-def prepare(accelerator, *objects, **kwargs):
+def prepare(accelerator: Any, *objects: Any, **kwargs: Any) -> Any:
     """accelerator.prepare(*objects, **kwargs), after refusing the settings that
     cannot drive the package's optimizers among `objects`; the settings are
     checked again at every step of a prepared optimizer (an Accelerator's
     gradient_accumulation_steps may be set after prepare)."""
     modules = any(isinstance(o, torch.nn.Module) for o in objects)
+    ours: Optional[Engine]
     for ours in filter(None, map(unwrap, objects)):
         _refuse(accelerator, ours, modules)
     prepared = accelerator.prepare(*objects, **kwargs)
@@ -38,16 +41,16 @@ def prepare(accelerator, *objects, **kwargs):
     return prepared
 
 
-def _checked(accelerator, ours, step):
+def _checked(accelerator: Any, ours: Engine, step: Callable[..., Any]) -> Callable[..., Any]:
     """The wrapper's step, refusing first what cannot work (before the wrapper skips a batch)."""
     @functools.wraps(step)
-    def checked(*args, **kwargs):
+    def checked(*args: Any, **kwargs: Any) -> Any:
         _refuse(accelerator, ours, modules=False)
         return step(*args, **kwargs)
     return checked
 
 
-def _refuse(accelerator, ours, modules):
+def _refuse(accelerator: Any, ours: Engine, modules: bool) -> None:
     name = type(ours).__name__
     if modules and accelerator.num_processes > 1:
         raise ValueError(

@@ -10,33 +10,36 @@ scheduler, checkpoints (optimizer.pt) and resuming see the real optimizer.
 its base step (a pre-hook of `optimizer.base_optimizer`), as the Trainer
 clips before its optimizer step.
 """
+from typing import Any, Callable, Optional, Union, cast
+
 import torch
 from transformers import Trainer
 
 from . import unwrap
+from ..optim import Engine
 
 
 class StepTakenInTrainingStep(torch.optim.Optimizer):
     """What the Trainer's loop steps after training_step, where the step was
     taken: step() does nothing; everything else is the optimizer's."""
 
-    def __init__(self, optimizer):
+    def __init__(self, optimizer: Engine) -> None:
         super().__init__(optimizer.param_groups, optimizer.defaults)
         self.optimizer = optimizer
         self.param_groups, self.state = optimizer.param_groups, optimizer.state   # shared, not copied
 
-    def step(self, closure=None):
+    def step(self, closure: Optional[Callable[[], float]] = None) -> None:  # type: ignore[override]  # refuses closures
         if closure is not None:
             raise TypeError(f"this Trainer takes the step of {type(self.optimizer).__name__} in training_step; "
                             "step() takes no closure")
 
-    def zero_grad(self, set_to_none=True):
+    def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state_dict)
 
 
@@ -49,7 +52,7 @@ class SharpnessAwareTrainer(Trainer):
     estimate at θ). Refused, with the reason: gradient_accumulation_steps > 1,
     fp16 (bf16 works). Other optimizers train as under Trainer."""
 
-    def create_optimizer(self, model=None):
+    def create_optimizer(self, model: Optional[torch.nn.Module] = None) -> torch.optim.Optimizer:
         optimizer = super().create_optimizer(model)
         ours = unwrap(optimizer)
         if ours is None or isinstance(optimizer, StepTakenInTrainingStep):
@@ -61,7 +64,8 @@ class SharpnessAwareTrainer(Trainer):
         self.optimizer = StepTakenInTrainingStep(ours)
         return self.optimizer
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
+    def training_step(self, model: torch.nn.Module, inputs: dict[str, Union[torch.Tensor, Any]],
+                      num_items_in_batch: Optional[Union[torch.Tensor, int]] = None) -> torch.Tensor:
         ours = getattr(self, "_sharpness_aware", None)
         if ours is None:
             return super().training_step(model, inputs, num_items_in_batch)
@@ -69,25 +73,25 @@ class SharpnessAwareTrainer(Trainer):
         model.train()
         inputs = self._prepare_inputs(inputs)
 
-        def closure():
+        def closure() -> Any:
             with self.compute_loss_context_manager():
                 return self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
 
-        return ours.step(closure).detach()
+        return cast(torch.Tensor, ours.step(closure).detach())
 
-    def _clip(self, ours):
-        def hook(base_optimizer, args, kwargs):
+    def _clip(self, ours: Engine) -> Callable[[torch.optim.Optimizer, Any, Any], None]:
+        def hook(base_optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
             params = [p for group in ours.param_groups for p in group["params"]]
             self._grad_norm = torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
         return hook
 
-    def _clip_grad_norm(self, model):
+    def _clip_grad_norm(self, model: torch.nn.Module) -> Any:
         """The Trainer's clipping, after training_step: done in the step, report its norm."""
         if getattr(self, "_sharpness_aware", None) is None:
-            return super()._clip_grad_norm(model)
+            return super()._clip_grad_norm(model)  # type: ignore[no-untyped-call, unused-ignore]  # unannotated
         return self._grad_norm
 
-    def _check_args(self, ours):
+    def _check_args(self, ours: Engine) -> None:
         name, args = type(ours).__name__, self.args
         if args.gradient_accumulation_steps != 1:
             raise ValueError(

@@ -25,13 +25,16 @@ Under DDP those passes run inside `no_sync()`, so the DDP wrapper does not
 expect a backward after them.
 """
 import contextlib
+from typing import Any, Callable, Optional, Union, cast
 
 import torch
 import lightning.pytorch as pl
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.nn.parallel import DistributedDataParallel
 
 from . import unwrap
+from ..optim import Engine
 
 _NO_LOSS = object()   # training_step has not returned a loss in this pass
 
@@ -50,18 +53,19 @@ class SharpnessAwareModule(pl.LightningModule):
     "16-mixed", accumulate_grad_batches > 1. Other optimizers train as under
     LightningModule."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._held_loss = None         # _NO_LOSS while a pass runs: `backward` keeps the loss here
-        self._hooked = set()           # ids of the optimizers whose base step fires the hooks
+        self._held_loss: Any = None    # _NO_LOSS while a pass runs: `backward` keeps the loss here
+        self._hooked: set[int] = set()   # ids of the optimizers whose base step fires the hooks
 
-    def backward(self, loss, *args, **kwargs):
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         if self._held_loss is _NO_LOSS:
             self._held_loss = loss
         else:
             super().backward(loss, *args, **kwargs)
 
-    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Union[torch.optim.Optimizer, LightningOptimizer],
+                       optimizer_closure: Optional[Callable[[], Any]] = None) -> Any:
         ours = unwrap(optimizer)
         if ours is None:
             return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
@@ -71,7 +75,7 @@ class SharpnessAwareModule(pl.LightningModule):
             self._hooked.add(id(ours))
         ddp = self.trainer.strategy.model
 
-        def closure():
+        def closure() -> Any:
             # The optimizer's extra passes run without autograd; Lightning's closure
             # turns it back on, and a DDP forward with autograd on awaits a backward.
             no_sync = (ddp.no_sync() if isinstance(ddp, DistributedDataParallel) and not torch.is_grad_enabled()
@@ -79,7 +83,7 @@ class SharpnessAwareModule(pl.LightningModule):
             self._held_loss = _NO_LOSS
             try:
                 with no_sync:
-                    optimizer_closure()
+                    cast(Callable[[], Any], optimizer_closure)()
                 loss = self._held_loss
             finally:
                 self._held_loss = None
@@ -90,8 +94,8 @@ class SharpnessAwareModule(pl.LightningModule):
 
         return ours.step(closure)
 
-    def _before_base_step(self, ours):
-        def hook(base_optimizer, args, kwargs):
+    def _before_base_step(self, ours: Engine) -> Callable[[torch.optim.Optimizer, Any, Any], None]:
+        def hook(base_optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
             trainer = self.trainer
             for callback in trainer.callbacks:  # type: ignore[attr-defined]  # a property the stubs miss
                 callback.on_before_optimizer_step(trainer, self, ours)
@@ -102,7 +106,7 @@ class SharpnessAwareModule(pl.LightningModule):
                                              gradient_clip_algorithm=trainer.gradient_clip_algorithm)
         return hook
 
-    def _check_trainer(self):
+    def _check_trainer(self) -> None:
         trainer = self.trainer
         precision = trainer.precision_plugin
         if isinstance(precision, MixedPrecision) and precision.scaler is not None:

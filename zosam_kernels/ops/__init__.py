@@ -12,6 +12,10 @@
 seeds (int64) and coefs (float32) are 1-D tensors on the op's device, so no
 host-device synchronisation is needed; docs/DESIGN.md describes the stream.
 """
+from __future__ import annotations
+
+from typing import Optional, Union, cast
+
 import torch
 
 from . import library  # noqa: F401  (registers torch.ops.zosam.*)
@@ -21,14 +25,17 @@ from ..seeds import MAX_SEED, check_seed
 __all__ = ["gaussian", "add_directions_", "directions_sq_norm", "HAS_CPU_EXTENSION"]
 
 
-def gaussian(seed, numel, offset=0, device=None):
+def gaussian(seed: int, numel: int, offset: int = 0,
+             device: Optional[Union[torch.device, str, int]] = None) -> torch.Tensor:
     _check_stream_args(seed, numel, offset)
     out = torch.empty(numel, dtype=torch.float32, device=device)
     torch.ops.zosam.fill_gaussian_(out, seed, offset)
     return out
 
 
-def add_directions_(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0, base=None):
+def add_directions_(theta: torch.Tensor, seeds: torch.Tensor, coefs: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                    scale: Optional[torch.Tensor] = None, scale_power: int = 1, offset: int = 0,
+                    base: Optional[torch.Tensor] = None) -> torch.Tensor:
     if not torch.is_tensor(theta) or theta.dtype != torch.float32 or not theta.is_contiguous():
         raise TypeError(f"theta must be a contiguous float32 tensor, got "
                         f"{getattr(theta, 'dtype', type(theta).__name__)}")
@@ -41,16 +48,18 @@ def add_directions_(theta, seeds, coefs, mask=None, scale=None, scale_power=1, o
     return theta
 
 
-def directions_sq_norm(seeds, coefs, numel, mask=None, scale=None, scale_power=1, offset=0):
+def directions_sq_norm(seeds: torch.Tensor, coefs: torch.Tensor, numel: int, mask: Optional[torch.Tensor] = None,
+                       scale: Optional[torch.Tensor] = None, scale_power: int = 1, offset: int = 0) -> torch.Tensor:
     if not isinstance(numel, int) or numel < 0:
         raise ValueError(f"numel must be a non-negative int, got {numel!r}")
     if not torch.is_tensor(coefs):
         raise TypeError("coefs must be a 1-D float32 tensor")
     _check_op_args(numel, coefs.device, seeds, coefs, mask, scale, scale_power, offset)
-    return torch.ops.zosam.directions_sq_norm(seeds, coefs, numel, mask, scale, scale_power, offset)
+    return cast(torch.Tensor,
+                torch.ops.zosam.directions_sq_norm(seeds, coefs, numel, mask, scale, scale_power, offset))
 
 
-def _check_stream_args(seed, numel, offset):
+def _check_stream_args(seed: int, numel: int, offset: int) -> None:
     check_seed(seed)
     if not isinstance(numel, int) or numel < 0:
         raise ValueError(f"numel must be a non-negative int, got {numel!r}")
@@ -58,7 +67,9 @@ def _check_stream_args(seed, numel, offset):
         raise ValueError(f"offset must be a non-negative int with offset + numel < 2**63, got {offset!r}")
 
 
-def _check_op_args(numel, dev, seeds, coefs, mask, scale, scale_power, offset):
+def _check_op_args(numel: int, dev: torch.device, seeds: torch.Tensor, coefs: torch.Tensor,
+                   mask: Optional[torch.Tensor], scale: Optional[torch.Tensor], scale_power: int,
+                   offset: int) -> None:
     if not torch.is_tensor(seeds) or seeds.dtype != torch.int64 or seeds.dim() != 1:
         raise TypeError("seeds must be a 1-D int64 tensor")
     if not torch.is_tensor(coefs) or coefs.dtype != torch.float32 or coefs.dim() != 1:
@@ -66,6 +77,7 @@ def _check_op_args(numel, dev, seeds, coefs, mask, scale, scale_power, offset):
     if seeds.numel() != coefs.numel() or seeds.numel() == 0:
         raise ValueError(f"seeds and coefs must have the same non-zero length, got "
                          f"{seeds.numel()} and {coefs.numel()}")
+    t: Optional[torch.Tensor]
     for name, t in (("seeds", seeds), ("coefs", coefs)):
         if t.device != dev:
             raise ValueError(f"{name} is on {t.device} but the op runs on {dev}")

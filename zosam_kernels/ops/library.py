@@ -12,8 +12,12 @@ Semantics, for local index i and stream index j = offset + i:
   directions_sq_norm: sum_i d[i] ** 2            (a 0-dim float32 tensor)
   fill_gaussian_:     out[i] = u(seed)[j]
 """
+from __future__ import annotations
+
 import importlib
 import warnings
+from types import ModuleType
+from typing import Optional
 
 import torch
 
@@ -32,21 +36,24 @@ torch.library.define(
 
 
 @torch.library.register_fake("zosam::fill_gaussian_")
-def _(out, seed, offset=0):
+def _(out: torch.Tensor, seed: int, offset: int = 0) -> None:
     return None
 
 
 @torch.library.register_fake("zosam::add_directions_")
-def _(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0, base=None):
+def _(theta: torch.Tensor, seeds: torch.Tensor, coefs: torch.Tensor, mask: Optional[torch.Tensor] = None,
+      scale: Optional[torch.Tensor] = None, scale_power: int = 1, offset: int = 0,
+      base: Optional[torch.Tensor] = None) -> None:
     return None
 
 
 @torch.library.register_fake("zosam::directions_sq_norm")
-def _(seeds, coefs, numel, mask=None, scale=None, scale_power=1, offset=0):
+def _(seeds: torch.Tensor, coefs: torch.Tensor, numel: int, mask: Optional[torch.Tensor] = None,
+      scale: Optional[torch.Tensor] = None, scale_power: int = 1, offset: int = 0) -> torch.Tensor:
     return coefs.new_empty(())
 
 
-def _load_cpu_extension():
+def _load_cpu_extension() -> bool:
     try:
         importlib.import_module("zosam_kernels._C")   # registers the CPU kernels
         return True
@@ -63,21 +70,24 @@ HAS_CPU_EXTENSION = _load_cpu_extension()
 
 if not HAS_CPU_EXTENSION:
     @torch.library.impl("zosam::fill_gaussian_", "CPU")
-    def _(out, seed, offset=0):
+    def _(out: torch.Tensor, seed: int, offset: int = 0) -> None:
         out.copy_(reference.gaussian(seed, out.numel(), offset).reshape(out.shape))
 
     @torch.library.impl("zosam::add_directions_", "CPU")
-    def _(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0, base=None):
+    def _(theta: torch.Tensor, seeds: torch.Tensor, coefs: torch.Tensor, mask: Optional[torch.Tensor] = None,
+          scale: Optional[torch.Tensor] = None, scale_power: int = 1, offset: int = 0,
+          base: Optional[torch.Tensor] = None) -> None:
         theta.copy_(reference.add_directions(theta, seeds, coefs, mask, scale, scale_power, offset,
                                              base))
 
     @torch.library.impl("zosam::directions_sq_norm", "CPU")
-    def _(seeds, coefs, numel, mask=None, scale=None, scale_power=1, offset=0):
+    def _(seeds: torch.Tensor, coefs: torch.Tensor, numel: int, mask: Optional[torch.Tensor] = None,
+          scale: Optional[torch.Tensor] = None, scale_power: int = 1, offset: int = 0) -> torch.Tensor:
         return reference.directions_sq_norm(
             seeds, coefs, numel, mask, scale, scale_power, offset).to(torch.float32)
 
 
-def _load_triton():
+def _load_triton() -> Optional[ModuleType]:
     try:
         from . import triton_kernels
         return triton_kernels

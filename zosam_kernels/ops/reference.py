@@ -7,7 +7,12 @@ are plain float64 math over materialised directions. Slow on purpose: this is
 what the C++ and Triton kernels are checked against, and the CPU fallback when
 the compiled extension is missing.
 """
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from ..seeds import check_seed
@@ -23,7 +28,8 @@ TWO_PI = np.float32(6.283185307179586)
 U1_FLOOR = np.float32(1e-7)
 
 
-def philox4x32(counter, key, rounds=10):
+def philox4x32(counter: Sequence[npt.ArrayLike], key: Sequence[int],
+               rounds: int = 10) -> tuple[npt.NDArray[np.uint32], ...]:
     """Philox4x32 on arrays: counter = (c0, c1, c2, c3), key = (k0, k1), each
     an array (or int) of uint32 values. Returns four uint32 arrays."""
     c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) & _U32 for c in counter)
@@ -44,7 +50,7 @@ def philox4x32(counter, key, rounds=10):
     return tuple(c.astype(np.uint32) for c in (c0, c1, c2, c3))
 
 
-def uint32_to_uniform(x):
+def uint32_to_uniform(x: npt.ArrayLike) -> npt.NDArray[np.float32]:
     """Triton's conversion: bitcast to int32, ~x for negatives, times 2**-31-ish.
     The int -> float32 cast and the product are both float32, so every backend
     gets the same bits."""
@@ -53,14 +59,15 @@ def uint32_to_uniform(x):
     return i.astype(np.float32) * UNIFORM_SCALE
 
 
-def box_muller(u1, u2):
+def box_muller(u1: npt.NDArray[np.float32],
+               u2: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     u1 = np.maximum(U1_FLOOR, u1).astype(np.float64)
     theta = (TWO_PI * u2).astype(np.float64)  # float32 product, as in Triton
     r = np.sqrt(-2.0 * np.log(u1))
     return r * np.cos(theta), r * np.sin(theta)
 
 
-def stream_counters(seed, numel, offset=0):
+def stream_counters(seed: int, numel: int, offset: int = 0) -> tuple[npt.NDArray[np.uint32], int]:
     """Philox integers for stream elements [offset, offset + numel):
     returns an (n_counters, 4) uint32 array and the index of the first
     element inside it."""
@@ -72,7 +79,7 @@ def stream_counters(seed, numel, offset=0):
     return np.stack(ints, axis=1), offset - 4 * first
 
 
-def stream(seed, numel, offset=0):
+def stream(seed: int, numel: int, offset: int = 0) -> npt.NDArray[np.float64]:
     """Elements [offset, offset + numel) of the direction with this seed, as a
     float64 numpy array (the normals before their float32 rounding)."""
     ints, start = stream_counters(seed, numel, offset)
@@ -82,11 +89,13 @@ def stream(seed, numel, offset=0):
     return np.stack([n0, n1, n2, n3], axis=1).reshape(-1)[start:start + numel]
 
 
-def gaussian(seed, numel, offset=0, dtype=torch.float32):
+def gaussian(seed: int, numel: int, offset: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.from_numpy(stream(int(seed), int(numel), int(offset))).to(dtype)
 
 
-def direction_sum(seeds, coefs, numel, mask=None, scale=None, scale_power=1, offset=0):
+def direction_sum(seeds: Union[torch.Tensor, Sequence[int]], coefs: Union[torch.Tensor, Sequence[float]], numel: int,
+                  mask: Optional[torch.Tensor] = None, scale: Optional[torch.Tensor] = None, scale_power: int = 1,
+                  offset: int = 0) -> torch.Tensor:
     """d = (sum_k coefs[k] u(seeds[k])) * |scale|**scale_power where mask, else 0; float64."""
     seeds = [int(s) for s in torch.as_tensor(seeds).reshape(-1).tolist()]
     coefs = torch.as_tensor(coefs, dtype=torch.float64).reshape(-1).cpu()
@@ -102,7 +111,10 @@ def direction_sum(seeds, coefs, numel, mask=None, scale=None, scale_power=1, off
     return d
 
 
-def add_directions(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0, base=None):
+def add_directions(theta: torch.Tensor, seeds: Union[torch.Tensor, Sequence[int]],
+                   coefs: Union[torch.Tensor, Sequence[float]], mask: Optional[torch.Tensor] = None,
+                   scale: Optional[torch.Tensor] = None, scale_power: int = 1, offset: int = 0,
+                   base: Union[torch.Tensor, Sequence[float], None] = None) -> torch.Tensor:
     """theta + d in float64, rounded to theta's dtype; with base, (theta - b)
     rounded to theta's dtype first (the kernels round there too)."""
     out = theta.reshape(-1).cpu().to(torch.float64)
@@ -113,6 +125,8 @@ def add_directions(theta, seeds, coefs, mask=None, scale=None, scale_power=1, of
     return out.to(theta.dtype).to(theta.device).reshape(theta.shape)
 
 
-def directions_sq_norm(seeds, coefs, numel, mask=None, scale=None, scale_power=1, offset=0):
+def directions_sq_norm(seeds: Union[torch.Tensor, Sequence[int]], coefs: Union[torch.Tensor, Sequence[float]],
+                       numel: int, mask: Optional[torch.Tensor] = None, scale: Optional[torch.Tensor] = None,
+                       scale_power: int = 1, offset: int = 0) -> torch.Tensor:
     d = direction_sum(seeds, coefs, numel, mask, scale, scale_power, offset)
     return torch.dot(d, d)

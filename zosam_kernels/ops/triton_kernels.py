@@ -20,6 +20,7 @@ interpreter (the device image's version) cannot take a run-time loop bound
 under numpy >= 2.4.
 """
 import contextlib
+from typing import Any, Optional
 
 import torch
 import triton
@@ -148,26 +149,27 @@ def _sq_norm_partials_kernel(partials_ptr, seeds_ptr, coefs_ptr, mask_ptr, scale
     tl.store(partials_ptr + tl.program_id(0), tl.sum(tl.sum(d * d, axis=1), axis=0))
 
 
-def _geometry(numel, offset):
+def _geometry(numel: int, offset: int) -> tuple[tuple[int], int, int]:
     """(grid, q_first, start): start = offset % 4 is the lane of local element 0
     in counter q_first = offset // 4."""
     q_first, start = divmod(int(offset), 4)
     return (triton.cdiv(start + numel, 4 * BLOCK_Q),), q_first, start
 
 
-def _on_device(t):
+def _on_device(t: torch.Tensor) -> contextlib.AbstractContextManager[Any]:
     # Triton launches on the current CUDA device; make it the tensor's.
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def _mask_and_scale(mask, scale, scale_power):
+def _mask_and_scale(mask: Optional[torch.Tensor], scale: Optional[torch.Tensor],
+                    scale_power: int) -> dict[str, Any]:
     # bool tensors go in as uint8 (same bytes), compared != 0 in the kernel.
     return dict(mask_ptr=None if mask is None else mask.view(torch.uint8),
                 scale_ptr=scale, HAS_MASK=mask is not None,
                 HAS_SCALE=scale is not None, SCALE_POWER=int(scale_power))
 
 
-def fill_gaussian_(out, seed, offset=0):
+def fill_gaussian_(out: torch.Tensor, seed: int, offset: int = 0) -> None:
     """out[i] = u(seed)[offset + i] (out contiguous float32)."""
     n = out.numel()
     if n == 0:
@@ -178,7 +180,9 @@ def fill_gaussian_(out, seed, offset=0):
                                     BLOCK_Q=BLOCK_Q, **_LAUNCH_OPTIONS)
 
 
-def add_directions_(theta, seeds, coefs, mask=None, scale=None, scale_power=1, offset=0, base=None):
+def add_directions_(theta: torch.Tensor, seeds: torch.Tensor, coefs: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                    scale: Optional[torch.Tensor] = None, scale_power: int = 1, offset: int = 0,
+                    base: Optional[torch.Tensor] = None) -> None:
     """theta[i] = (theta[i] - b[i]) + d[i], d[i] = (sum_k coefs[k] u(seeds[k])[offset + i]) * mask[i]
     * |scale[i]| ** scale_power and b[i] the same with base (0 without), in one
     launch; seeds (int64), coefs and base (float32) stay on the device."""
@@ -193,7 +197,8 @@ def add_directions_(theta, seeds, coefs, mask=None, scale=None, scale_power=1, o
             **_LAUNCH_OPTIONS)
 
 
-def directions_sq_norm(seeds, coefs, numel, mask=None, scale=None, scale_power=1, offset=0):
+def directions_sq_norm(seeds: torch.Tensor, coefs: torch.Tensor, numel: int, mask: Optional[torch.Tensor] = None,
+                       scale: Optional[torch.Tensor] = None, scale_power: int = 1, offset: int = 0) -> torch.Tensor:
     """sum_i d_i ** 2 as a 0-dim float32 tensor on seeds' device.
 
     Two launches: a float atomic_add into one scalar would make the result

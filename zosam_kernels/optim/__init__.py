@@ -4,12 +4,14 @@ perturbation_mask.py), and the public optimizers as compositions of them
 from .ascents import CoinFlipAscent, GradientAscent, RandomAscent, ZerothOrderAscent
 from .free_ascents import MomentumAscent, NoisyOracleAscent
 from .guided import GuidedAscent
+from .noise_ascents import FilterNoiseAscent
 from .engine import Engine, is_engine
 from .family import ESAM, FAMILY, GSAM, SAM, SSAM, ZOSAM, ZOSSAM, LookSAM, ZOLookSAM
 from .parts import DataSelection, LearningRateRadius, LookAhead, Reuse, SurrogateGap
 from .perturbation_mask import PerturbationMasking
+from .selection import select
 
 __all__ = ["ESAM", "GSAM", "LookSAM", "SAM", "SSAM", "ZOLookSAM", "ZOSAM", "ZOSSAM", "Engine", "FAMILY", "is_engine",
            "GradientAscent", "ZerothOrderAscent", "CoinFlipAscent", "MomentumAscent", "RandomAscent",
-           "NoisyOracleAscent", "GuidedAscent", "DataSelection", "LearningRateRadius", "LookAhead", "Reuse",
-           "SurrogateGap", "PerturbationMasking"]
+           "NoisyOracleAscent", "GuidedAscent", "FilterNoiseAscent", "DataSelection", "LearningRateRadius",
+           "LookAhead", "Reuse", "SurrogateGap", "PerturbationMasking", "select"]

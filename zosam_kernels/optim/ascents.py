@@ -36,15 +36,41 @@ from .directions import FusedDirections, UnfusedDirections, Walk
 from .passes import mean_loss, phase
 
 BACKENDS = {"fused": FusedDirections, "unfused": UnfusedDirections}
+RADIUS_SCALES = ("absolute", "relative")   # eps of norm rho; or rho times each tensor's RMS per weight (StreamAscent)
+
+
+def chosen_tensors(tensors: Any) -> Optional[frozenset]:
+    """The ids of the tensors an ascent is kept to (perturb=), None for all. A selection by
+    name or module (selection.py) must be resolved against the model first."""
+    if tensors is None:
+        return None
+    if isinstance(tensors, str) or callable(tensors):
+        raise TypeError(f"perturb={tensors!r} names parts of a model: resolve it first, "
+                        "zk.optim.select(model, spec), or build through make_optimizer(..., model=model)")
+    tensors = list(tensors)
+    if not tensors or not all(torch.is_tensor(t) for t in tensors):
+        raise ValueError("perturb: give a non-empty collection of the model's parameters (None: all)")
+    return frozenset(map(id, tensors))
+
+
+def check_chosen(chosen: Optional[frozenset], layout: Any) -> None:
+    if chosen is not None and not chosen & {id(p) for p in layout.params}:
+        raise ValueError("perturb: none of these tensors is a trainable parameter of the optimizer")
+
+
+def check_radius_scale(radius_scale):
+    if radius_scale not in RADIUS_SCALES:
+        raise ValueError(f"radius_scale must be one of {RADIUS_SCALES}, got {radius_scale!r}")
 
 
 class SamAim:
     """The gradient ascent's eps from the gradient g at theta (its aim piece): SAM's
-    rho g / (||g|| + 1e-12), ASAM's when adaptive; rho per param group. Under ESAM's
-    stochastic weight perturbation (beta < 1) the authors' rescaling by 1/beta."""
+    rho g / (||g|| + 1e-12), ASAM's when adaptive (T = |theta| + eta, 1 on the
+    `unscaled` tensors); rho per param group. Under ESAM's stochastic weight
+    perturbation (beta < 1) the authors' rescaling by 1/beta."""
 
-    def __init__(self, beta: float = 1.0):
-        self.beta = beta
+    def __init__(self, beta: float = 1.0, eta: float = 0.0, unscaled: frozenset = frozenset()):
+        self.beta, self.eta, self.unscaled = beta, eta, unscaled
 
     def __call__(self, step, params, grads, seed):
         adaptive = same_in_every_group(step.groups, "adaptive")
@@ -52,7 +78,8 @@ class SamAim:
         rhos = [rho_of[id(p)] for p in params]
         for rho in rhos:
             check_nonnegative("rho", rho)
-        eps = formulas.sam_perturbation(grads, params, rhos, adaptive)
+        eps = formulas.sam_perturbation(grads, params, rhos, adaptive, self.eta,
+                                        [id(p) in self.unscaled for p in params])
         if self.beta < 1:
             torch._foreach_div_(eps, self.beta)
         return step.restrict(params, eps)   # a perturbation mask (SSAM): ||g|| stays the whole one
@@ -68,25 +95,44 @@ class GradientAscent(Ascent):
     parameter tensor joins the perturbation with probability beta, drawn from
     (seed, step); the others sit out the backward at theta (requires_grad off
     while it runs: the saving) and eps = rho g_S / (beta (||g_S|| + 1e-12)),
-    the authors' rescaling."""
+    the authors' rescaling. perturb: the tensors eps may touch (None: all);
+    the others sit out the backward at theta the same way, so autograd stops
+    below the lowest of them (selection.py picks them from a model: the
+    normalization layers, the last k modules, a predicate on names). Under
+    DDP, as with beta < 1, wrap the model with find_unused_parameters=True.
+    eta and unscaled: ASAM's T = |theta| + eta, 1 on the `unscaled` tensors
+    (the ASAM authors' code leaves biases unscaled; SAM-ON's does too)."""
 
     first_order = True
     state_keys = ("seed", "eps_params", "eps_tensors")
     reports: tuple[str, ...] = ("seed", "beta", "m_sharpness", "last_perturbed")
 
     def __init__(self, rho: float = 0.05, adaptive: bool = False, m_sharpness: bool = False,
-                 beta: float = 1.0, seed: int = 0, *, aim: Any = None):
+                 beta: float = 1.0, seed: int = 0, perturb: Any = None, eta: float = 0.0, unscaled: Any = None,
+                 *, aim: Any = None):
         check_nonnegative("rho", rho)
         check_fraction("beta", beta)
         check_seed(seed)
+        check_nonnegative("eta", eta)
+        if (eta or unscaled) and not adaptive:
+            raise ValueError("eta and unscaled: ASAM's scaling, read only with adaptive=True; set adaptive=True "
+                             "or drop them")
         self.rho, self.adaptive, self.m_sharpness = rho, bool(adaptive), bool(m_sharpness)
-        self.beta, self.seed = float(beta), seed
-        self.aim = SamAim(self.beta) if aim is None else aim   # eps from the gradient at theta
+        self.beta, self.seed, self.eta = float(beta), seed, eta
+        self.perturb = chosen_tensors(perturb)
+        self.estimates_gradient = self.perturb is None   # the gradient at theta on some tensors only
+        unscaled_ids = (chosen_tensors(unscaled) if unscaled else None) or frozenset()
+        self.aim = SamAim(self.beta, eta, unscaled_ids) if aim is None else aim   # eps from the gradient at theta
         self.last_perturbed: list = []
         self._saved: Optional[list] = None   # theta, to restore exactly
         self._kept: Any = None      # (params, eps) kept for Plan.REUSE
         self._pending: Any = None   # this step's (params, eps)
         self._params: list = []
+
+    def describe(self):
+        if self.perturb is None:
+            return type(self).__name__
+        return f"{type(self).__name__} with perturb= (the gradient at theta on some tensors only)"
 
     def group_defaults(self):
         return {"rho": self.rho, "adaptive": self.adaptive}
@@ -97,9 +143,12 @@ class GradientAscent(Ascent):
     def relayout(self, layout, masks, flat):
         self._saved = self._kept = None   # theta's copy, and a kept eps, are of the old layout
         self._params = layout.params
+        check_chosen(self.perturb, layout)
 
     def observe(self, step):
         chosen = self._draw(len(step.params), step.index)
+        if self.perturb is not None:
+            chosen = [c and id(p) in self.perturb for p, c in zip(step.params, chosen)]
         left_out = [p for p, c in zip(step.params, chosen) if not c] if any(chosen) else []
         for p in left_out:
             p.requires_grad_(False)
@@ -286,8 +335,16 @@ class StreamAscent(Ascent):
     """An ascent whose eps lies on m directions of the stream, composed of three pieces:
 
         c     = estimate.coefficients(walk, step)      (FiniteDifferences; UnitCoefficients: no pass)
-        c     = transform(c, step)                     (optional: CoinFlipSigns)
+        c     = transform(c, step, seed)               (optional: CoinFlipSigns)
         g_hat = 1/m sum_i c_i u_i,   eps = rho g_hat / (||g_hat|| + 1e-12)   (adaptive: rho T^2 g_hat / ||T g_hat||)
+
+    radius_scale="relative" measures the weights in units of their tensor's RMS,
+    s_i = ||theta_t|| / sqrt(n_t) for weight i of tensor t (n_t its active
+    weights): the directions are s u_i (the passes probe theta +- delta s u_i)
+    and eps = rho sqrt(d) s g_hat / ||g_hat||, d the number of weights the
+    directions run over, so each weight moves by about rho times its tensor's
+    RMS whatever the model's size, and scaling a layer (a ReLU net's function
+    unchanged) scales its eps alike. A tensor of zeros is not perturbed.
 
     and the walk (directions.Walk) that moves the weights along the directions,
     one pass of a fused op each. Its capabilities are its pieces'.
@@ -301,16 +358,22 @@ class StreamAscent(Ascent):
 
     flattens = True
     state_keys = ("seed", "n_dirs", "eps_seeds", "eps")
-    reports = ("seed", "n_dirs", "backend", "last_seeds", "last_coefficients", "last_eps")
+    reports = ("seed", "n_dirs", "backend", "radius_scale", "last_seeds", "last_coefficients", "last_eps")
 
     def __init__(self, rho: float, n_dirs: int, seed: int, adaptive: bool, backend: str, estimate: Any,
-                 transform: Any = None):
+                 transform: Any = None, radius_scale: str = "absolute", perturb: Any = None):
         check_nonnegative("rho", rho)
         check_positive_int("n_dirs", n_dirs)
         check_seed(seed)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be 'fused' or 'unfused', got {backend!r}")
+        check_radius_scale(radius_scale)
+        if radius_scale == "relative" and adaptive:
+            raise ValueError("radius_scale='relative' and adaptive=True are two scalings of eps by the weights; "
+                             "choose one")
         self.rho, self.adaptive, self.n_dirs, self.seed, self.backend = rho, bool(adaptive), n_dirs, seed, backend
+        self.radius_scale = radius_scale
+        self.perturb = chosen_tensors(perturb)
         self.estimate, self.transform = estimate, transform
         self.compares_losses = estimate.compares_losses
         self.measures_at_theta = estimate.measures_at_theta
@@ -346,20 +409,57 @@ class StreamAscent(Ascent):
         if not isinstance(flat, FlatParams) and (self.backend != "fused" or masks.masked):
             raise NotImplementedError("params: the zeroth-order ascent on FSDP2 (fully_shard) needs "
                                       "backend='fused' and no masks")
+        if self.radius_scale == "relative" and not isinstance(flat, FlatParams):
+            raise NotImplementedError("params: radius_scale='relative' on FSDP2 (fully_shard) is not supported: "
+                                      "each tensor's RMS spans the ranks' shards")
+        check_chosen(self.perturb, layout)
+        if self.perturb is not None and not isinstance(flat, FlatParams):
+            raise NotImplementedError("params: perturb= on FSDP2 (fully_shard) is not supported")
         self.directions = BACKENDS[self.backend](self.flat)
         self._masks = masks
+        self._chosen = None if self.perturb is None else self._chosen_masks(layout, masks)
         self._saved: Optional[list] = None   # theta, for the adaptive eps (one parameter-sized copy, kept)
+        self._rms: Optional[list] = None     # each weight's tensor's RMS, for the relative radius (kept)
 
     def direction_masks(self, step):
-        """The mask of the step's directions, per bucket: the perturbation restriction, else the sparse masks."""
+        """The mask of the step's directions, per bucket: the perturbation restriction, else the sparse
+        masks; kept to the chosen tensors (perturb=)."""
         if step.restriction is not None:
-            return step.restriction
-        return self._masks.buffers if isinstance(self.flat, FlatParams) else [None] * len(self.flat.buffers)
+            masks = step.restriction
+        else:
+            masks = self._masks.buffers if isinstance(self.flat, FlatParams) else [None] * len(self.flat.buffers)
+        if self._chosen is None:
+            return masks
+        return [c if m is None else m & c for m, c in zip(masks, self._chosen)]
 
-    def walk(self, step, seeds, saved=None):
+    def _chosen_masks(self, layout, masks):
+        """Per bucket, True on the active weights of the chosen tensors (perturb=)."""
+        out = layout.new_buffers(torch.bool, fill=False)
+        for p, view in zip(layout.params, layout.views(out)):
+            if self.perturb is not None and id(p) in self.perturb:
+                mask = masks.get(p)
+                view.copy_(torch.ones_like(view) if mask is None else mask)
+        return out
+
+    def walk(self, step, seeds, saved=None, scale=None):
         """The step's walk on the directions of `seeds`."""
         with phase("perturb"):
-            return Walk(self.directions, seeds, self.direction_masks(step), saved)
+            return Walk(self.directions, seeds, self.direction_masks(step), saved, scale)
+
+    @torch.no_grad()
+    def _tensor_rms(self):
+        """Per bucket, every weight's tensor's RMS over its active weights (the relative radius's scale)."""
+        if self._rms is None:
+            self._rms = [torch.empty_like(b) for b in self.flat.buffers]
+        layout = self._masks.layout
+        for p, view in zip(layout.params, layout.views(self._rms)):
+            view.copy_(formulas.tensor_rms(p, self._masks.get(p)).expand_as(view))
+        return self._rms
+
+    def _size(self, step):
+        """The number of weights the directions run over: eps's norm is rho sqrt(d) in relative units."""
+        masks = self.direction_masks(step)
+        return sum(b.numel() if m is None else m.sum() for b, m in zip(self.flat.buffers, masks))
 
     @contextlib.contextmanager
     def perturbed(self, step):
@@ -369,7 +469,9 @@ class StreamAscent(Ascent):
         rho, adaptive = step.radius(), same_in_every_group(step.groups, "adaptive")
         reuse = step.plan is Plan.REUSE
         seeds = self._kept[0] if reuse else [derived_seed(self.seed, step.index, i) for i in range(self.n_dirs)]
-        walk = self.walk(step, seeds, self._saved_theta() if adaptive else None)
+        relative = self.radius_scale == "relative"
+        walk = self.walk(step, seeds, self._saved_theta() if adaptive else None,
+                         self._tensor_rms() if relative else None)
         try:
             if reuse:
                 eps = self._kept[1]
@@ -377,11 +479,12 @@ class StreamAscent(Ascent):
                 coefs = self.estimate.coefficients(walk, step)
                 if self.transform is not None:
                     coefs = self.transform(coefs, step, self.seed)
-                with phase("perturb"):   # ||g_hat|| (||T g_hat|| when adaptive)
+                with phase("perturb"):   # ||g_hat|| (||T g_hat|| when adaptive; in RMS units when relative)
                     norm = walk.sq_norm(coefs / walk.m, power=1 if adaptive else 0).sqrt()
-                eps = formulas.zo_perturbation(coefs, norm, rho)
+                    size = rho * self._size(step) ** 0.5 if relative else rho
+                eps = formulas.zo_perturbation(coefs, norm, size)
                 self._pending = (seeds, coefs, eps)
-            walk.move_(eps, power=2 if adaptive else 0)   # theta + eps; the last -delta u rides along
+            walk.move_(eps, power=2 if adaptive else None)   # theta + eps; the last -delta u rides along
             yield
         finally:
             with phase("restore"):
@@ -443,15 +546,16 @@ def take_from_checkpoint(component, state, names):
 
 class ZerothOrderAscent(StreamAscent):
     """ZerothOrderAscent(rho=0.05, delta=1e-3, n_dirs=1, seed=0, adaptive=False,
-    backend="fused", zo_batch_fraction=1.0, zo_autocast=None): ZO-SAM's ascent,
-    the stream ascent with the finite-difference estimate (FiniteDifferences,
-    whose passes see zo_batch_fraction of the batch under zo_autocast)."""
+    backend="fused", zo_batch_fraction=1.0, zo_autocast=None, radius_scale="absolute",
+    perturb=None): ZO-SAM's ascent, the stream ascent with the finite-difference
+    estimate (FiniteDifferences, whose passes see zo_batch_fraction of the batch
+    under zo_autocast). perturb: the tensors its directions run over (None: all)."""
 
     def __init__(self, rho: float = 0.05, delta: float = 1e-3, n_dirs: int = 1, seed: int = 0,
                  adaptive: bool = False, backend: str = "fused", zo_batch_fraction: float = 1.0,
-                 zo_autocast: Optional[torch.dtype] = None):
-        super().__init__(rho, n_dirs, seed, adaptive, backend,
-                         FiniteDifferences(delta, zo_batch_fraction, zo_autocast))
+                 zo_autocast: Optional[torch.dtype] = None, radius_scale: str = "absolute", perturb: Any = None):
+        super().__init__(rho, n_dirs, seed, adaptive, backend, FiniteDifferences(delta, zo_batch_fraction, zo_autocast),
+                         radius_scale=radius_scale, perturb=perturb)
 
 
 class CoinFlipAscent(StreamAscent):
@@ -460,8 +564,8 @@ class CoinFlipAscent(StreamAscent):
     each c_i given a coin-flip sign (CoinFlipSigns). Same cost as ZO-SAM."""
 
     def __init__(self, rho: float = 0.05, delta: float = 1e-3, n_dirs: int = 1, seed: int = 0,
-                 backend: str = "fused"):
-        super().__init__(rho, n_dirs, seed, False, backend, FiniteDifferences(delta), CoinFlipSigns())
+                 backend: str = "fused", radius_scale: str = "absolute"):
+        super().__init__(rho, n_dirs, seed, False, backend, FiniteDifferences(delta), CoinFlipSigns(), radius_scale)
 
 
 class RandomAscent(StreamAscent):
@@ -471,8 +575,8 @@ class RandomAscent(StreamAscent):
     measured at theta). Isotropic with a fixed norm: not the published random
     weight perturbation, whose noise is scaled per filter."""
 
-    def __init__(self, rho: float = 0.05, seed: int = 0, backend: str = "fused"):
-        super().__init__(rho, 1, seed, False, backend, UnitCoefficients())
+    def __init__(self, rho: float = 0.05, seed: int = 0, backend: str = "fused", radius_scale: str = "absolute"):
+        super().__init__(rho, 1, seed, False, backend, UnitCoefficients(), radius_scale=radius_scale)
 
 
 _WHY_FLOAT32 = {

@@ -24,7 +24,7 @@ buffers of those layers and register no hook.
 """
 import contextlib
 import warnings
-from typing import Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -34,29 +34,33 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 class BatchNormStatistics:
     """The running statistics of the BatchNorm layers in the models an optimizer's closure calls."""
 
-    def __init__(self):
-        self.layers: Optional[list] = None   # None until the first pass has found them
+    _buffers: list[torch.Tensor]
+    _saved: list[torch.Tensor]
+    _start: list[torch.Tensor]
+
+    def __init__(self) -> None:
+        self.layers: Optional[list[_BatchNorm]] = None   # None until the first pass has found them
         self._buffers, self._saved, self._start = [], [], []   # buffers as last seen; room for copies
         self._started = False   # whether _start holds this step's statistics
 
-    def forget(self):
+    def forget(self) -> None:
         """Find the layers again in the next pass (new parameters may come with new layers)."""
         self.layers = None
 
-    def begin_step(self):
+    def begin_step(self) -> None:
         """Keep the statistics as the step finds them, for `roll_back`."""
         self._started = self.layers is not None
         if self._started:
             buffers, _ = self._current()
             _copy(self._start, buffers)
 
-    def roll_back(self):
+    def roll_back(self) -> None:
         """The statistics as the step found them (after a skipped or failed step)."""
         if self._started:
             _copy(self._buffers, self._start)
 
     @contextlib.contextmanager
-    def frozen(self, freeze=True):
+    def frozen(self, freeze: bool = True) -> Iterator[None]:
         """Passes in the block use batch statistics as usual; when it ends, however
         it ends, the running statistics are what they were before it (freeze=False:
         the block may move them, as the one updating pass of a step does)."""
@@ -74,7 +78,7 @@ class BatchNormStatistics:
         finally:
             _copy(buffers, saved)
 
-    def _current(self):
+    def _current(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The layers' buffers and the room for their copies, made anew only when a
         buffer was replaced (e.g. `bn.running_mean = ...`). Module._buffers rather
         than buffers(): the public generator costs 25x more, per pass."""
@@ -85,19 +89,19 @@ class BatchNormStatistics:
         return self._buffers, self._saved
 
     @contextlib.contextmanager
-    def _finding(self, freeze):
+    def _finding(self, freeze: bool) -> Iterator[None]:
         """The first pass, run eagerly. The hook meets the module the closure
         calls first (the model) before anything below it runs, and copies the
         buffers of every BatchNorm below it; a module met later that is not below
         a former one adds its own. The layers are kept only if the pass completes
         (else the next pass looks again); their copies, the statistics before
         the pass, become the step's start (the first pass of a step finds them)."""
-        seen: set = set()
-        layers: list = []
-        buffers: list = []
-        copies: list = []
+        seen: set[torch.nn.Module] = set()
+        layers: list[_BatchNorm] = []
+        buffers: list[torch.Tensor] = []
+        copies: list[torch.Tensor] = []
 
-        def find(module, args):
+        def find(module: torch.nn.Module, args: Any) -> None:
             if module in seen:
                 return
             for m in module.modules():
@@ -132,7 +136,7 @@ class BatchNormStatistics:
 
 
 @torch.no_grad()   # the copies are no part of any graph, and autograd's checks would double their cost
-def _copy(dst, src):
+def _copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
     if dst:   # a model without BatchNorm: nothing to copy, and _foreach ops refuse empty lists
         torch._foreach_copy_(dst, src)
 

@@ -20,8 +20,19 @@ What an ascent must honour on a Step:
 - perturbed(): the weights at theta again when the block ends, however it
   ends (an exception included).
 """
+from __future__ import annotations
+
 import contextlib
 import enum
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+
+import torch
+
+if TYPE_CHECKING:
+    from ..flat import FlatParams, InPlaceParams, Layout
+    from ..masks import Masks
+    from ..sharded import ShardedParams
+    from .engine import Step
 
 
 class Plan(enum.Enum):
@@ -33,34 +44,39 @@ class Plan(enum.Enum):
 
 class Component:
     compares_losses = False   # whether its passes compare losses: common random numbers by default
-    state_keys: tuple = ()    # the keys it keeps in the optimizer's state_dict (under "sharpness")
+    state_keys: tuple[str, ...] = ()    # the keys it keeps in the optimizer's state_dict (under "sharpness")
     # attributes shown on the optimizer (opt.<name>): settings that are not per param group, and
     # what the last step used
     reports: tuple[str, ...] = ()
 
-    def group_defaults(self):
+    @classmethod
+    def needs_indices(cls, options: dict[str, Any]) -> bool:
+        """Whether, built with `options`, its closure must take `indices` and return per-sample losses."""
+        return False
+
+    def group_defaults(self) -> dict[str, Any]:
         """Hyperparameters kept per param group (schedulers may change them), with their defaults."""
         return {}
 
-    def check_group(self, group):
+    def check_group(self, group: dict[str, Any]) -> None:
         """Validate a param group's values; raise to refuse them. Called at construction,
         for a group added later, and at every step (a scheduler or a user may set them)."""
 
-    def check_groups(self, groups):
+    def check_groups(self, groups: Sequence[dict[str, Any]]) -> None:
         """Validate the param groups together, at construction and when the layout changes."""
 
-    def relayout(self, layout, masks, flat):
+    def relayout(self, layout: Layout, masks: Masks, flat: InPlaceParams | FlatParams | ShardedParams) -> None:
         """Follow a new layout of the weights (construction, a parameter frozen,
         unfrozen or added): rebuild what depends on it. masks: the sparse masks
         (masks.Masks); flat: the weights' buffers (flat.py)."""
 
-    def commit(self, step):
+    def commit(self, step: Step) -> None:
         """After a step that was taken."""
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """state: the optimizer's "sharpness" dict, this component's keys among others."""
 
 
@@ -74,32 +90,36 @@ class Ascent(Component):
     m_sharpness = False          # under DDP, eps from each rank's own gradient
     batch_fraction = 1.0         # the share of the batch its extra passes see
 
-    def pass_options(self):
+    def describe(self) -> str:
+        """The ascent as a refusal names it."""
+        return type(self).__name__
+
+    def pass_options(self) -> dict[str, Any]:
         """Options of the extra passes (passes.Passes: batch_fraction, autocast, name)."""
         return {}
 
-    def observe(self, step):
+    def observe(self, step: Step) -> None:
         """Before eps, on a full step: what the ascent measures at theta."""
 
-    def perturbed(self, step):
+    def perturbed(self, step: Step) -> contextlib.AbstractContextManager[None]:
         """A context manager: the weights at theta + eps inside (theta on a step
         whose plan is NONE), theta again when it ends, however it ends."""
         return contextlib.nullcontext()
 
-    def direction(self, step):
+    def direction(self, step: Step) -> list[Optional[torch.Tensor]]:
         """The ascent's gradient at theta (a list of tensors in stream order): the
         gradient itself, or what estimates it; for gradient surgery."""
         raise NotImplementedError
 
-    def can_reuse(self):
+    def can_reuse(self) -> bool:
         """Whether it holds a kept eps to apply (a Plan.REUSE step asks)."""
         return False
 
-    def kept_state(self):
+    def kept_state(self) -> dict[str, Any]:
         """The eps kept for Plan.REUSE, as state_dict entries (an ascent with `reusable` keeps one)."""
         return {}
 
-    def load_kept_state(self, state):
+    def load_kept_state(self, state: dict[str, Any]) -> None:
         """Take back what kept_state returned (state: the optimizer's "sharpness" dict)."""
 
 
@@ -109,28 +129,28 @@ class Part(Component):
     reuses_eps = False            # its Plan.REUSE steps apply a kept eps and measure nothing at theta
     restricts_directions = False  # sets step.restriction (a perturbation mask)
 
-    def refuses(self, ascent, parts):
+    def refuses(self, ascent: Ascent, parts: Sequence[Part]) -> Optional[str]:
         """Why this part cannot join `ascent` and `parts` (a sentence), or None."""
         return None
 
-    def radius(self, group, rho):
+    def radius(self, group: dict[str, Any], rho: float) -> float:
         """The radius of `group` at this step, given rho from the parts before (a schedule)."""
         return rho
 
-    def plan(self, step):
+    def plan(self, step: Step) -> None:
         """Set step.plan (a part that decides_plan) and what the step must measure."""
 
-    def before_ascent(self, step):
+    def before_ascent(self, step: Step) -> None:
         """After the ascent's observation at theta, before eps (a perturbation mask)."""
 
-    def before_update(self, step):
+    def before_update(self, step: Step) -> None:
         """At theta + eps, before the update's gradient pass (data selection)."""
 
-    def after_update(self, step):
+    def after_update(self, step: Step) -> None:
         """On the update's gradients, after the weights are back at theta (gradient surgery)."""
 
 
-def same_in_every_group(groups, name, when="at this step"):
+def same_in_every_group(groups: Iterable[dict[str, Any]], name: str, when: str = "at this step") -> Any:
     """A hyperparameter that must be equal in every param group (schedulers may change it)."""
     values = {g[name] for g in groups}
     if len(values) != 1:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, TypeGuard, cast
 
 import torch
 
@@ -42,9 +42,12 @@ from ..flat import FlatParams, InPlaceParams, Layout, dense_strides
 from ..masks import Masks
 from ..sharded import ShardedParams, is_sharded
 from .checks import check_nonnegative, check_positive
-from .components import Plan, same_in_every_group
+from .components import Ascent, Component, Part, Plan, same_in_every_group
 from .passes import ADAPTERS, Passes, mean_loss, phase
 from .replicas import Replicas
+
+if TYPE_CHECKING:
+    from torch.optim.optimizer import ParamsT
 
 LOOP_OPTIONS = ("grad_scaler", "max_grad_norm", "micro_batches", "common_random_numbers", "process_group")
 
@@ -80,14 +83,15 @@ class Step:
         self.loss: Optional[torch.Tensor] = None
         self.at_theta: Optional[torch.Tensor] = None
         self.per_sample_at_theta = False
-        self.theta_grads: Optional[list] = None
-        self.restriction: Optional[list] = None
-        self.indices = None
+        self.theta_grads: Optional[list[Optional[torch.Tensor]]] = None
+        self.restriction: Optional[list[torch.Tensor]] = None
+        self.indices: Optional[torch.Tensor] = None
         self.returned: Optional[torch.Tensor] = None
         self.keep_eps = False
         self._moved_batchnorm = False
 
-    def gradient(self, name: str, indices=None, local: bool = False, mask: bool = True) -> torch.Tensor:
+    def gradient(self, name: str, indices: Optional[torch.Tensor | slice] = None, local: bool = False,
+                 mask: bool = True) -> torch.Tensor:
         """A gradient pass at the weights as they are now: the first of a step
         moves BatchNorm's statistics, later ones leave them. Gradients of tied
         parameters are summed into their owners', and masked unless mask=False
@@ -110,21 +114,21 @@ class Step:
         with self._engine.flat.gathering():
             return self._engine.passes.extra(self.closure, reduce=reduce, name=name)
 
-    def grads(self) -> list:
+    def grads(self) -> list[Optional[torch.Tensor]]:
         """The weights' gradients now (None where a weight got none), in stream order."""
         return [p.grad for p in self.params]
 
-    def radius(self, group: Optional[dict] = None) -> float:
+    def radius(self, group: Optional[dict[str, Any]] = None) -> float:
         """The perturbation radius of a param group at this step (a part may schedule
         it); group None: the one radius of an eps normalised over the whole model,
         which must then be the same in every group."""
         if group is not None:
             return self._engine.radius(group)
-        rho = same_in_every_group([{"rho": self._engine.radius(g)} for g in self.groups], "rho")
+        rho: float = same_in_every_group([{"rho": self._engine.radius(g)} for g in self.groups], "rho")
         check_nonnegative("rho", rho)
         return rho
 
-    def restrict(self, params: Sequence[torch.Tensor], tensors: Sequence[Any]) -> list:
+    def restrict(self, params: Sequence[torch.Tensor], tensors: Sequence[Any]) -> list[Optional[torch.Tensor]]:
         """tensors (one per weight of `params`, None allowed) kept to the perturbation
         restriction: new tensors, zero outside it; the same list when there is none."""
         if self.restriction is None:
@@ -132,7 +136,7 @@ class Step:
         by_param = dict(zip(map(id, self.params), self.masks.layout.views(self.restriction)))
         return [None if t is None else t * by_param[id(p)] for p, t in zip(params, tensors)]
 
-    def ascent_direction(self) -> list:
+    def ascent_direction(self) -> list[Optional[torch.Tensor]]:
         """The ascent's gradient at theta, or its estimate (gradient surgery reads it)."""
         return self._engine.ascent.direction(self)
 
@@ -140,12 +144,12 @@ class Step:
         """t = its mean over the ranks of a data-parallel run, in place (one all-reduce)."""
         return self._engine.replicas.mean_(t)
 
-    def state(self, p) -> dict:
+    def state(self, p: torch.Tensor) -> dict[str, Any]:
         """The optimizer state of weight p (shared with the base optimizer, saved with
         it), to read: an empty one is not created."""
-        return self._engine.state.get(p, {})
+        return cast(dict[str, Any], self._engine.state.get(p, {}))
 
-    def keep(self, p, key: str, value: torch.Tensor) -> None:
+    def keep(self, p: torch.Tensor, key: str, value: torch.Tensor) -> None:
         """Keep `value` in weight p's optimizer state (saved and resumed with it)."""
         self._engine.state[p][key] = value
 
@@ -176,11 +180,11 @@ class Engine(torch.optim.Optimizer):
     # says how a scaler is given to this optimizer
     _step_supports_amp_scaling = True
 
-    def __init__(self, params: Iterable, base_optimizer: type = torch.optim.SGD, *, ascent: Any,
-                 parts: Sequence[Any] = (), masks: Any = None, check_finite: bool = True,
+    def __init__(self, params: ParamsT, base_optimizer: type[torch.optim.Optimizer] = torch.optim.SGD, *,
+                 ascent: Ascent, parts: Sequence[Part] = (), masks: Any = None, check_finite: bool = True,
                  grad_scaler: Optional[torch.amp.GradScaler] = None, max_grad_norm: Optional[float] = None,
                  micro_batches: int = 1, common_random_numbers: Optional[bool] = None,
-                 process_group: Any = None, **base_kwargs: Any):
+                 process_group: Any = None, **base_kwargs: Any) -> None:
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
             raise TypeError(f"base_optimizer must be a torch.optim.Optimizer subclass (e.g. "
                             f"torch.optim.SGD), got {base_optimizer!r}")
@@ -190,7 +194,7 @@ class Engine(torch.optim.Optimizer):
         self._check_composition()
         self.max_grad_norm, self.check_finite = max_grad_norm, bool(check_finite)
         self.replicas = Replicas(process_group)
-        defaults = {}
+        defaults: dict[str, Any] = {}
         for component in self._components():
             defaults.update(component.group_defaults())
         super().__init__(params, defaults)
@@ -213,10 +217,10 @@ class Engine(torch.optim.Optimizer):
         self._lay_out(layout)
 
     # ---- composition ------------------------------------------------------------------
-    def _components(self):
+    def _components(self) -> list[Component]:
         return [self.ascent, *self.parts]
 
-    def _check_composition(self):
+    def _check_composition(self) -> None:
         """Refuse, with the reason, a composition the math does not allow."""
         kinds = [type(p).__name__ for p in self.parts]
         twice = sorted({k for k in kinds if kinds.count(k) > 1})
@@ -242,20 +246,23 @@ class Engine(torch.optim.Optimizer):
         shown = [n for c in self._components() for n in c.reports]
         if len(set(shown)) != len(shown):
             raise ValueError(f"parts: two components report the same name ({sorted(shown)}); give each once")
+        hidden = sorted(n for n in shown if hasattr(Engine, n))
+        if hidden:   # a component's report must not be hidden by an attribute of the optimizer
+            raise TypeError(f"{hidden}: reported by a component and an attribute of {type(self).__name__}")
 
-    def _check_group(self, group):
+    def _check_group(self, group: dict[str, Any]) -> None:
         for component in self._components():
             for name, value in component.group_defaults().items():
                 group.setdefault(name, value)
             component.check_group(group)
 
-    def radius(self, group):
-        rho = group["rho"]
+    def radius(self, group: dict[str, Any]) -> float:
+        rho: float = group["rho"]
         for part in self.parts:
             rho = part.radius(group, rho)
         return rho
 
-    def add_param_group(self, param_group):
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         if not hasattr(self, "layout"):   # construction: __init__ lays the parameters out
             return
@@ -270,12 +277,12 @@ class Engine(torch.optim.Optimizer):
         self._relayout(layout)
 
     # ---- the layout, and parameters that change under the optimizer -----------------
-    def _new_layout(self):
+    def _new_layout(self) -> Layout:
         for component in self._components():
             component.check_groups(self.param_groups)
         return Layout(p for g in self.param_groups for p in g["params"])
 
-    def _lay_out(self, layout):
+    def _lay_out(self, layout: Layout) -> None:
         """Make the flat parameters of `layout` and tell the components."""
         self.layout = layout
         self.trainable = layout.params + [a for a, _ in layout.aliases]
@@ -297,7 +304,7 @@ class Engine(torch.optim.Optimizer):
         for component in self._components():
             component.relayout(layout, self.masks, self.flat)
 
-    def _relayout(self, layout):
+    def _relayout(self, layout: Layout) -> None:
         left = {id(p) for p in self.trainable} - {id(p) for p in layout.params} - {id(a) for a, _ in layout.aliases}
         for p in self.trainable:
             if id(p) in left:
@@ -306,7 +313,7 @@ class Engine(torch.optim.Optimizer):
         self.passes.batchnorm.forget()   # new parameters may come with new BatchNorm layers
         self._lay_out(layout)
 
-    def _follow_param_changes(self):
+    def _follow_param_changes(self) -> None:
         signature = tuple((id(p), p.requires_grad) for g in self.param_groups for p in g["params"])
         if signature != self.layout.signature:
             layout = self._new_layout()
@@ -316,7 +323,7 @@ class Engine(torch.optim.Optimizer):
         self.flat.check_bound()
 
     @torch.no_grad()
-    def fold_tied_gradients_(self):
+    def fold_tied_gradients_(self) -> None:
         """Each alias's gradient into its owner's (one weight, one gradient), in memory order."""
         for alias, owner in self.layout.aliases:
             g, alias.grad = alias.grad, None
@@ -330,7 +337,7 @@ class Engine(torch.optim.Optimizer):
     # Never traced: called from a torch.compile'd function, the step runs eagerly (the model
     # inside the closure stays compiled), as it must to find the BatchNorm layers in one eager
     # pass and to move the weights between passes.
-    @torch.compiler.disable
+    @torch.compiler.disable  # type: ignore[untyped-decorator, unused-ignore]  # unannotated (only --strict minds)
     def step(self, closure: Optional[Closure] = None) -> torch.Tensor:
         """One step of the method; returns the loss at theta (detached).
 
@@ -369,7 +376,7 @@ class Engine(torch.optim.Optimizer):
                     component.commit(s)
         return s.loss
 
-    def _begin(self, closure):
+    def _begin(self, closure: Optional[Closure]) -> Step:
         if closure is None:
             raise ValueError(f"{type(self).__name__}.step needs a closure that runs the forward pass "
                              f"and returns the loss (it must not call backward). {ADAPTERS}")
@@ -390,7 +397,7 @@ class Engine(torch.optim.Optimizer):
         return Step(self, closure)
 
     @contextlib.contextmanager
-    def _rolled_back_on_fault(self):
+    def _rolled_back_on_fault(self) -> Iterator[None]:
         """A step that raises leaves no gradient and the buffers as it found them
         (the ascent has put the weights back)."""
         try:
@@ -400,11 +407,11 @@ class Engine(torch.optim.Optimizer):
             self.passes.roll_back()
             raise
 
-    def _drop_gradients(self):
+    def _drop_gradients(self) -> None:
         for p in self.trainable:
             p.grad = None
 
-    def _finish(self, s):
+    def _finish(self, s: Step) -> bool:
         """The base step and the step count, unless a loss of this step was not
         finite, or the unscaled gradients were not (then nothing changes but
         the grad scaler's scale). Returns whether the step was taken."""
@@ -422,11 +429,11 @@ class Engine(torch.optim.Optimizer):
             self.base_optimizer.step()
             self.masks.mask_params_()
         self.passes.update_scale()
-        self.passes.observe_batch(s.returned)
+        self.passes.observe_batch(cast(torch.Tensor, s.returned))
         self.step_count += 1
         return True
 
-    def _all_finite(self, losses, grads_finite):
+    def _all_finite(self, losses: dict[str, torch.Tensor], grads_finite: Optional[torch.Tensor]) -> bool:
         """Every loss finite (check_finite) and the unscaled gradients finite (with
         a grad scaler). One host-device synchronisation; none with
         check_finite=False and no grad scaler. A non-finite loss is warned
@@ -445,7 +452,7 @@ class Engine(torch.optim.Optimizer):
         return all(flags)
 
     # ---- state ------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
         extra = {"step_count": self.step_count, "extra_passes": self.passes.state_dict(),
                  **self.ascent.kept_state()}
@@ -454,7 +461,7 @@ class Engine(torch.optim.Optimizer):
         sd["sharpness"] = extra
         return sd
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         extra = state_dict.pop("sharpness", {})
         groups, state = self.param_groups, self.state
@@ -474,7 +481,7 @@ class Engine(torch.optim.Optimizer):
         self.ascent.load_kept_state(extra)
 
     @property
-    def params(self) -> list:
+    def params(self) -> list[torch.Tensor]:
         """The trainable weights, tied ones once, in the layout's (the direction stream's) order."""
         return self.layout.params
 
@@ -490,13 +497,13 @@ class Engine(torch.optim.Optimizer):
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
-def is_engine(optimizer) -> bool:
+def is_engine(optimizer: object) -> TypeGuard[Engine]:
     """Whether `optimizer` is a member of the family (it takes a closure, runs its own
     backward and applies its masks) rather than a plain torch optimizer."""
     return isinstance(optimizer, Engine)
 
 
-def _in_memory_order_of(g, alias, owner):
+def _in_memory_order_of(g: torch.Tensor, alias: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
     """The gradient g of `alias` as a tensor of `owner`'s shape and strides whose
     memory holds the same elements: alias and owner cover the same memory."""
     as_alias = torch.empty_strided(alias.shape, dense_strides(alias), dtype=g.dtype, device=g.device)

@@ -29,6 +29,8 @@ import torch
 from .ascents import CoinFlipAscent, GradientAscent, RandomAscent, ZerothOrderAscent
 from .free_ascents import MomentumAscent, NoisyOracleAscent
 from .guided import GuidedAscent
+from .noise_ascents import FilterNoiseAscent
+from .selection import biases, select
 from .engine import LOOP_OPTIONS, Engine
 from .parts import DataSelection, LearningRateRadius, LookAhead, Reuse, SurrogateGap
 from .perturbation_mask import PerturbationMasking
@@ -80,8 +82,11 @@ class Member:
         return {n: v for n, v in out.items() if n not in self.fixed}
 
     def takes(self) -> set:
-        """The keyword options it takes besides the base optimizer's."""
-        return set() if self.ascent is None else set(self.defaults) | set(ENGINE_OPTIONS)
+        """The keyword options it takes besides the base optimizer's (`model`: where a
+        selection of tensors by name or module is resolved, selection.py)."""
+        if self.ascent is None:
+            return set()
+        return set(self.defaults) | set(ENGINE_OPTIONS) | ({"model"} if "perturb" in self.defaults else set())
 
     def arguments(self, options: dict) -> dict:
         """Engine's keyword arguments for `options` (the rest goes to the base optimizer)."""
@@ -89,7 +94,10 @@ class Member:
         if fixed:
             raise ValueError(f"{fixed[0]}: this method pins {fixed[0]}={self.fixed[fixed[0]]!r}; "
                              "use the member that varies it (e.g. esam for beta)")
+        options = dict(options)
+        model = options.pop("model", None)
         values = {**self.defaults, **self.fixed, **options}
+        _resolve_selections(values, model)
         parts = list(self.parts)
         for part, (switch, test) in self.optional.items():
             if test(values[switch]):
@@ -106,9 +114,11 @@ class Member:
 
     def needs_indices(self, options: Optional[dict] = None) -> bool:
         """Whether its closure must take `indices` and return per-sample losses (data selection)."""
-        values = {**self.defaults, **(options or {})}
-        return DataSelection in self.parts or (DataSelection in self.optional
-                                               and self.optional[DataSelection][1](values["gamma"]))
+        if self.ascent is None:
+            return False
+        values = {**self.defaults, **self.fixed, **(options or {})}
+        present = [self.ascent, *self.parts, *(p for p, (k, on) in self.optional.items() if on(values[k]))]
+        return any(c.needs_indices(values) for c in present)
 
     def build(self, params: Iterable, base_optimizer: type = SGD, **options: Any):
         """The method over `params`: its defaults overridden by `options`; the plain
@@ -118,6 +128,23 @@ class Member:
         if self.cls is not None:   # (ssam-d is SSAM at the paper's other defaults)
             return self.cls(params, base_optimizer, **{**self.paper, **options})
         return Engine(params, base_optimizer, **self.arguments(options))
+
+
+def _resolve_selections(values: dict, model: Any) -> None:
+    """perturb and unscaled given by name or module (selection.py), made tensors of `model`."""
+    for key in ("perturb", "unscaled"):
+        spec = values.get(key)
+        if not (isinstance(spec, str) or callable(spec)):
+            continue
+        if model is None:
+            raise ValueError(f"{key}={spec!r} names parts of a model: pass model= (make_optimizer(..., "
+                             "model=model)), or the tensors themselves")
+        if key == "perturb":
+            values[key] = select(model, spec)
+        elif spec == "biases":
+            values[key] = biases(model, values.get("perturb") or list(model.parameters())) or None
+        else:
+            raise ValueError(f"unscaled: {spec!r} is not a selection; use 'biases' or the tensors")
 
 
 class _Member(Engine):
@@ -218,8 +245,19 @@ FAMILY: dict[str, Member] = {
     "zoesam": Member(ZerothOrderAscent, (DataSelection,), quick=dict(n_dirs=2)),
     # MSAM (Becker et al. 2024): eps along the base optimizer's momentum, no extra pass
     "msam": Member(MomentumAscent),
-    # an isotropic random direction of norm rho (not the published RWP, whose noise is scaled per filter)
-    "rwp": Member(RandomAscent),
+    # random weight perturbation (Li et al. 2024) as published: filter-scaled noise, the gradient mixed with
+    # the one at theta (alpha = 0.5), each on its half of the batch
+    "rwp": Member(FilterNoiseAscent, quick=dict(rho=0.05)),
+    # LPF-SGD (Bisla et al. 2022): filter-scaled noise, M draws on M parts of the batch, no gradient at theta
+    "lpf-sgd": Member(FilterNoiseAscent, paper=dict(rho=0.001, alpha=1.0), quick=dict(rho=0.05, draws=2)),
+    # an isotropic random direction of norm rho (before the published RWP was here, "rwp" named this one)
+    "random-direction": Member(RandomAscent),
+    # SAM-ON (Mueller et al., NeurIPS 2023): ASAM on the normalization layers only, as its authors' code
+    # (eta = 0.01, biases unscaled, rho 0.5 its default); the first backward stops below the lowest one
+    "sam-on": Member(GradientAscent, paper=dict(rho=0.5, adaptive=True, eta=0.01, perturb="norm", unscaled="biases"),
+                     fixed=SAM_ONLY, quick=dict(rho=0.05)),
+    # SAM on part of the network (perturb: "last:k", "norm" or a predicate on names; selection.py)
+    "sam-partial": Member(GradientAscent, paper=dict(perturb="last:1"), fixed=SAM_ONLY),
     # ZO-SAM's control: its own passes and directions, each coefficient given a coin-flip sign
     "zosam-coin": Member(CoinFlipAscent, quick=dict(n_dirs=2)),
     # an instrument: SAM's eps mixed with a random orthogonal direction, cos(eps, grad) = cosine

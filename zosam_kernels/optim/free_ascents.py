@@ -33,14 +33,12 @@ import math
 
 import torch
 
-from .. import ops
-from ..flat import dense_strides
-from ..masks import zero_pruned_
 from ..seeds import check_seed, derived_seed
 from . import formulas
-from .ascents import GradientAscent
+from .ascents import GradientAscent, check_radius_scale
 from .checks import check_nonnegative
 from .components import Ascent, Plan, same_in_every_group
+from .directions import stream_like
 from .passes import phase
 
 MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")   # SGD's, Adam's and AdamW's
@@ -87,19 +85,22 @@ class Along:
 
 
 class MomentumAscent(Ascent):
-    """MomentumAscent(rho=0.3, sign=-1): MSAM's perturbation along the momentum."""
+    """MomentumAscent(rho=0.3, sign=-1, radius_scale="absolute"): MSAM's perturbation along the
+    momentum. radius_scale="relative": in units of each tensor's RMS s_t (ascents.StreamAscent),
+    where the momentum, a gradient, is s v: eps = sign rho sqrt(d) s (s v) / ||s v||."""
 
     estimates_gradient = False
     measures_at_theta = False
     reusable = False   # eps follows the momentum, which every step changes
-    reports = ("sign",)
+    reports = ("sign", "radius_scale")
 
-    def __init__(self, rho: float = 0.3, sign: int = -1):
+    def __init__(self, rho: float = 0.3, sign: int = -1, radius_scale: str = "absolute"):
         check_nonnegative("rho", rho)
         if sign not in (1, -1):
             raise ValueError(f"sign must be 1 (along the momentum) or -1 (against it, MSAM's default), "
                              f"got {sign!r}")
-        self.rho, self.sign = rho, sign
+        check_radius_scale(radius_scale)
+        self.rho, self.sign, self.radius_scale = rho, sign, radius_scale
 
     def group_defaults(self):
         return {"rho": self.rho}
@@ -115,13 +116,23 @@ class MomentumAscent(Ascent):
     def perturbed(self, step):
         rho = step.radius()
         v = momentum_of(step)
-        present = [t for t in v if t is not None]
-        along = Along(step.params, v)
-        if step.plan is Plan.NONE or not present:
+        if step.plan is Plan.NONE or all(t is None for t in v):
             yield
             return
         with torch.no_grad(), phase("perturb"):
-            along.move_(self.sign * rho / (formulas.norm(present) + formulas.EPS))
+            if self.radius_scale == "relative":
+                units = [None if t is None else formulas.tensor_rms(p, step.masks.get(p))
+                         for p, t in zip(step.params, v)]
+                v = [None if t is None else s * t for s, t in zip(units, v)]   # the momentum in RMS units
+                size = rho * sum(formulas.active_count(p, step.masks.get(p))
+                                 for p, t in zip(step.params, v) if t is not None) ** 0.5
+                norm = formulas.norm([t for t in v if t is not None])
+                v = [None if t is None else s * t for s, t in zip(units, v)]   # back to the weights' units
+            else:
+                size, norm = rho, formulas.norm([t for t in v if t is not None])
+            present = [t for t in v if t is not None]
+            along = Along(step.params, v)
+            along.move_(self.sign * size / (norm + formulas.EPS))
         try:
             yield
         finally:
@@ -140,7 +151,7 @@ class OrthogonalMix:
     def __call__(self, step, params, grads, seed):
         rho = step.radius()
         grads = step.restrict(params, grads)
-        u = step.restrict(params, _stream_like(params, step.masks, derived_seed(seed, step.index, 0),
+        u = step.restrict(params, stream_like(params, step.masks, derived_seed(seed, step.index, 0),
                                                step.masks.layout))
         g_norm = formulas.norm(grads) + formulas.EPS
         u_perp = formulas.orthogonal_part(u, grads)
@@ -163,19 +174,3 @@ class NoisyOracleAscent(GradientAscent):
         check_seed(seed)
         super().__init__(rho=rho, seed=seed, aim=OrthogonalMix(float(cosine)))
         self.cosine = float(cosine)
-
-
-def _stream_like(params, masks, seed, layout):
-    """One direction of the stream as tensors of the given parameters (their
-    memory order), zero at pruned weights: the draw the fused ops would make."""
-    offsets = dict(zip(map(id, layout.params), layout.param_offsets()))
-    out = []
-    for p in params:
-        u = ops.gaussian(seed, p.numel(), offsets[id(p)], device=p.device).to(p.dtype)
-        u = u.as_strided(p.shape, dense_strides(p))   # the stream runs over p's memory order
-        mask = masks.get(p)
-        if mask is not None:
-            zero_pruned_(u, mask)
-        out.append(u)
-    return out
-

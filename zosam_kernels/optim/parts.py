@@ -11,14 +11,17 @@ Each says in `refuses` which compositions its math does not allow.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence, cast
 
 import torch
 
 from . import formulas
 from .checks import check_fraction, check_nonnegative, check_positive_int
-from .components import Part, Plan, same_in_every_group
+from .components import Ascent, Part, Plan, same_in_every_group
 from .passes import check_takes_indices
+
+if TYPE_CHECKING:
+    from .engine import Step
 
 
 class Reuse(Part):
@@ -37,21 +40,21 @@ class Reuse(Part):
         check_positive_int("k", k)
         self.k = k
 
-    def refuses(self, ascent, parts):
+    def refuses(self, ascent: Ascent, parts: Sequence[Part]) -> Optional[str]:
         if not ascent.reusable:
             return f"{type(ascent).__name__} finds eps from what changes every step; there is nothing to reuse"
         return None
 
-    def plan(self, step):
+    def plan(self, step: Step) -> None:
         if step.index % self.k and step.can_reuse:
             step.plan = Plan.REUSE
         else:
             step.keep_eps = True   # the ascent keeps it, and saves it with the optimizer's state
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {"k": self.k}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.k = int(state.get("k", self.k))
 
 
@@ -74,8 +77,10 @@ class LookAhead(Part):
     decides_plan = True
     state_keys = ("k",)
     reports = ("k",)
+    _perturbed: list[torch.Tensor]
+    _g_v: Sequence[torch.Tensor]
 
-    def refuses(self, ascent, parts):
+    def refuses(self, ascent: Ascent, parts: Sequence[Part]) -> Optional[str]:
         return _needs_an_estimate(ascent)
 
     def __init__(self, k: int = 5, alpha: float = 0.7):
@@ -83,23 +88,24 @@ class LookAhead(Part):
         check_nonnegative("alpha", alpha)
         self.k, self.alpha = k, alpha
 
-    def group_defaults(self):
+    def group_defaults(self) -> dict[str, Any]:
         return {"alpha": self.alpha}
 
-    def check_group(self, group):
+    def check_group(self, group: dict[str, Any]) -> None:
         check_nonnegative("alpha", group["alpha"])
 
-    def plan(self, step):
+    def plan(self, step: Step) -> None:
         if step.index % self.k:
             step.plan = Plan.NONE
 
-    def after_update(self, step):
+    def after_update(self, step: Step) -> None:
         if step.plan is Plan.FULL:
             step.masks.mask_grads_()   # g_v (and its norm) on the active weights only
             pairs = [(p, d) for p, d in zip(step.params, step.ascent_direction())
                      if p.grad is not None and d is not None]
             self._perturbed = [p for p, _ in pairs]
-            self._g_v = formulas.orthogonal_part([p.grad for p in self._perturbed], [d for _, d in pairs])
+            self._g_v = formulas.orthogonal_part(cast(list[torch.Tensor], [p.grad for p in self._perturbed]),
+                                                 [d for _, d in pairs])
             return
         alpha = same_in_every_group(step.groups, "alpha")
         with torch.no_grad():
@@ -109,16 +115,16 @@ class LookAhead(Part):
                 grads, g_v = [g for g, _ in pairs], [v for _, v in pairs]
                 torch._foreach_add_(grads, torch._foreach_mul(g_v, formulas.looksam_scale(grads, g_v, alpha)))
 
-    def commit(self, step):
+    def commit(self, step: Step) -> None:
         if step.plan is Plan.FULL:
             for p, v in zip(self._perturbed, self._g_v):
                 step.keep(p, "looksam_g_v", v)
         self._g_v, self._perturbed = [], []
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {"k": self.k}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.k = int(state.get("k", self.k))
 
 
@@ -137,18 +143,18 @@ class SurrogateGap(Part):
         check_nonnegative("alpha", alpha)
         self.alpha = alpha
 
-    def refuses(self, ascent, parts):
+    def refuses(self, ascent: Ascent, parts: Sequence[Part]) -> Optional[str]:
         if any(p.reuses_eps for p in parts):
             return "a reused step measures no gradient at theta, and the surgery needs it"
         return _needs_an_estimate(ascent)
 
-    def group_defaults(self):
+    def group_defaults(self) -> dict[str, Any]:
         return {"alpha": self.alpha}
 
-    def check_group(self, group):
+    def check_group(self, group: dict[str, Any]) -> None:
         check_nonnegative("alpha", group["alpha"])
 
-    def after_update(self, step):
+    def after_update(self, step: Step) -> None:
         if step.plan is not Plan.FULL:   # unperturbed (LookAhead's in-between steps): g_perp = 0
             return
         alpha = same_in_every_group(step.groups, "alpha")
@@ -171,10 +177,10 @@ class LearningRateRadius(Part):
             check_nonnegative("lr_max", lr_max)
         self.rho_min, self.lr_max, self.lr_min = rho_min, lr_max, lr_min
 
-    def group_defaults(self):
+    def group_defaults(self) -> dict[str, Any]:
         return {"rho_min": self.rho_min, "lr_min": self.lr_min, "lr_max": self.lr_max}
 
-    def check_group(self, group):
+    def check_group(self, group: dict[str, Any]) -> None:
         if group["lr_max"] is None:   # rho follows the group's own learning rate from where it starts
             group["lr_max"] = group["lr"]
         for name in ("rho_min", "lr_min", "lr_max"):
@@ -183,7 +189,7 @@ class LearningRateRadius(Part):
             raise ValueError(f"lr_max must exceed lr_min for rho to follow the learning rate, "
                              f"got lr_max={group['lr_max']!r}, lr_min={group['lr_min']!r}")
 
-    def radius(self, group, rho):
+    def radius(self, group: dict[str, Any], rho: float) -> float:
         return formulas.lr_following_radius(rho, group["rho_min"], group["lr"], group["lr_min"], group["lr_max"])
 
 
@@ -201,12 +207,16 @@ class DataSelection(Part):
 
     reports = ("gamma", "last_indices")
 
+    @classmethod
+    def needs_indices(cls, options: dict[str, Any]) -> bool:
+        return cast(bool, options["gamma"] < 1)
+
     def __init__(self, gamma: float = 0.5):
         check_fraction("gamma", gamma)
         self.gamma = float(gamma)
-        self.last_indices = None
+        self.last_indices: Optional[torch.Tensor] = None
 
-    def refuses(self, ascent, parts):
+    def refuses(self, ascent: Ascent, parts: Sequence[Part]) -> Optional[str]:
         if not ascent.measures_at_theta:
             return f"data selection compares per-sample losses at theta, which {type(ascent).__name__} never measures"
         if ascent.batch_fraction < 1:
@@ -214,14 +224,14 @@ class DataSelection(Part):
                     "passes run on a fraction of it (zo_batch_fraction < 1)")
         return None
 
-    def plan(self, step):
+    def plan(self, step: Step) -> None:
         check_takes_indices(step.closure, "ESAM's data selection (gamma < 1)")
         step.per_sample_at_theta = True
 
-    def before_update(self, step):
+    def before_update(self, step: Step) -> None:
         if step.plan is not Plan.FULL:   # nothing measured at theta: the whole batch
             return
-        before = step.at_theta
+        before = cast(torch.Tensor, step.at_theta)
         if before.dim() != 1:
             raise ValueError("closure must return per-sample losses (a 1-D tensor) for ESAM's data "
                              f"selection (gamma={self.gamma} < 1), got a scalar")
@@ -233,14 +243,14 @@ class DataSelection(Part):
         k = max(1, int(self.gamma * before.numel()))
         step.indices = torch.topk(after - before, k).indices
 
-    def commit(self, step):
+    def commit(self, step: Step) -> None:
         self.last_indices = step.indices
 
 
 
 
-def _needs_an_estimate(ascent):
+def _needs_an_estimate(ascent: Ascent) -> Optional[str]:
     if not ascent.estimates_gradient:
         return (f"its surgery needs the ascent's estimate of the gradient at theta, and "
-                f"{type(ascent).__name__} makes none")
+                f"{ascent.describe()} makes none")
     return None

@@ -14,17 +14,19 @@ them; it then returns the loss of those samples only (e.g.
 Methods that evaluate part of a batch (ZO passes on a fraction of it, ESAM's
 data selection) require such a closure; every other use calls closure().
 """
+from __future__ import annotations
+
 import contextlib
 import inspect
 import math
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 
 from .batchnorm import BatchNormStatistics
 
 
-def mean_loss(loss):
+def mean_loss(loss: object) -> torch.Tensor:
     """Validate a closure's return value and reduce per-sample losses to their mean."""
     if not torch.is_tensor(loss):
         raise TypeError(f"closure must return the loss as a tensor, got {type(loss).__name__}")
@@ -35,7 +37,7 @@ def mean_loss(loss):
 
 
 @contextlib.contextmanager
-def phase(name):
+def phase(name: str) -> Iterator[None]:
     """A named range of a step: a record_function range for torch.profiler
     traces and, on CUDA, an NVTX range for Nsight."""
     nvtx = torch.cuda.is_available() and torch.cuda.is_initialized()
@@ -49,7 +51,7 @@ def phase(name):
             torch.cuda.nvtx.range_pop()
 
 
-def check_takes_indices(closure, why):
+def check_takes_indices(closure: Callable[..., Any], why: str) -> None:
     """Raise unless closure can be called as closure(indices)."""
     try:
         inspect.signature(closure).bind(None)
@@ -60,7 +62,7 @@ def check_takes_indices(closure, why):
         pass
 
 
-def evaluate(closure, indices=None):
+def evaluate(closure: Callable[..., Any], indices: Optional[Union[torch.Tensor, slice]] = None) -> Any:
     return closure() if indices is None else closure(indices)
 
 
@@ -93,8 +95,9 @@ class Passes:
     autocast=torch.bfloat16 (or float16): run them under autocast; the weights
     stay float32, so a small perturbation still moves them."""
 
-    def __init__(self, batch_fraction=1.0, autocast=None, name="zo", devices=(),
-                 common_random_numbers=False, micro_batches=1, grad_scaler=None):
+    def __init__(self, batch_fraction: float = 1.0, autocast: Optional[torch.dtype] = None, name: str = "zo",
+                 devices: Iterable[torch.device] = (), common_random_numbers: bool = False,
+                 micro_batches: int = 1, grad_scaler: Optional[torch.amp.GradScaler] = None) -> None:
         if not isinstance(batch_fraction, (int, float)) or isinstance(batch_fraction, bool) \
                 or not 0 < batch_fraction <= 1:
             raise ValueError(f"{name}_batch_fraction must be a number in (0, 1], got {batch_fraction!r}")
@@ -114,42 +117,42 @@ class Passes:
         self.micro, self.grad_scaler = MicroBatches(micro_batches), grad_scaler
         self.random = RandomState(devices) if common_random_numbers else None
         self.batchnorm = BatchNormStatistics()   # what the extra and frozen gradient passes restore
-        self.batch_size = None
+        self.batch_size: Optional[int] = None
 
-    def check(self, closure):
+    def check(self, closure: Callable[..., Any]) -> None:
         """Raise now, before any pass, if the closure cannot give what these passes need."""
         if self.batch_fraction < 1:
             check_takes_indices(closure, f"{self.name}_batch_fraction={self.batch_fraction}")
         if self.micro.k > 1:
             check_takes_indices(closure, f"micro_batches={self.micro.k}")
 
-    def begin_step(self):
+    def begin_step(self) -> None:
         """Called once at the start of a step, before any pass."""
         if self.random is not None:
             self.random.save()
         self.batchnorm.begin_step()
 
-    def roll_back(self):
+    def roll_back(self) -> None:
         """After a step that is skipped or fails: the buffers the passes moved
         (BatchNorm's running statistics) as the step found them."""
         self.batchnorm.roll_back()
 
-    def _replay(self):
+    def _replay(self) -> None:
         if self.random is not None:
             self.random.restore()
 
-    def _subset(self):
+    def _subset(self) -> Optional[slice]:
         if self.batch_fraction == 1 or self.batch_size is None:
             return None
         return slice(0, math.ceil(self.batch_fraction * self.batch_size))
 
-    def _per_sample(self, returned):
+    def _per_sample(self, returned: torch.Tensor) -> torch.Tensor:
         if self.batch_fraction < 1 and returned.dim() != 1:
             raise ValueError(f"closure must return per-sample losses (a 1-D tensor) when "
                              f"{self.name}_batch_fraction={self.batch_fraction}: their count is B")
         return returned
 
-    def extra(self, closure, reduce=True, name="extra_pass"):
+    def extra(self, closure: Callable[..., Any], reduce: bool = True, name: str = "extra_pass") -> torch.Tensor:
         """An extra pass: the loss (reduce=False: what the closure returned, e.g.
         per-sample losses), detached. It replays the step's random state."""
         precision = (contextlib.nullcontext() if self.autocast is None
@@ -161,8 +164,9 @@ class Passes:
             mean = mean_loss(returned)
         return (mean if reduce else returned).detach()
 
-    def gradient(self, closure, params, freeze_batchnorm=False, indices=None, reduce=True, replay=False,
-                 local=False):
+    def gradient(self, closure: Callable[..., Any], params: Sequence[torch.Tensor], freeze_batchnorm: bool = False,
+                 indices: Optional[Union[torch.Tensor, slice]] = None, reduce: bool = True, replay: bool = False,
+                 local: bool = False) -> torch.Tensor:
         """A gradient pass: drop the gradients, evaluate the closure with autograd
         and backpropagate the mean loss (scaled, with a grad_scaler), micro-batch
         by micro-batch. Returns the mean loss (reduce=False: what the closure
@@ -178,7 +182,7 @@ class Passes:
         if replay:
             self._replay()
         parts = self.micro.parts(indices)
-        returned: list = []
+        returned: list[torch.Tensor] = []
         with torch.enable_grad(), self.batchnorm.frozen(freeze_batchnorm), phase("grad_pass"):
             for idx in parts:
                 part = evaluate(closure, idx)
@@ -203,7 +207,7 @@ class Passes:
             torch._foreach_div_(grads, joined.numel())
         return mean_loss(joined) if reduce else joined
 
-    def unscale_(self, optimizer):
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> Optional[torch.Tensor]:
         """Take the grad_scaler's scale off the gradients (once per step, before
         clipping); returns whether they are finite, as a 0-dim device tensor
         (None without an enabled scaler)."""
@@ -214,26 +218,26 @@ class Passes:
         norms = torch._foreach_norm(grads)
         return torch.stack([n.to(norms[0].device) for n in norms]).isfinite().all()
 
-    def update_scale(self):
+    def update_scale(self) -> None:
         """The grad_scaler's once-per-step update: the scale backs off after an
         overflow found by `unscale_`, and grows after a run of finite steps."""
         if self.grad_scaler is not None and self.grad_scaler.is_enabled():
             self.grad_scaler.update()
 
-    def observe_batch(self, returned):
+    def observe_batch(self, returned: torch.Tensor) -> None:
         """Learn B from what the closure returned in a whole-batch gradient pass
         (the extra passes have checked that it returns per-sample losses)."""
         if self.batch_fraction < 1 and returned.dim() == 1:
             self.batch_size = returned.numel()
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {"batch_size": self.batch_size}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.batch_size = state.get("batch_size")
 
 
-def _backward(loss, params, local):
+def _backward(loss: torch.Tensor, params: Sequence[torch.Tensor], local: bool) -> None:
     if not local:
         loss.backward()
         return
@@ -248,23 +252,24 @@ class MicroBatches:
     """k strided parts of a pass's batch (part j: samples j, j + k, ...), so none
     needs the batch size; the closure returns per-sample losses for each."""
 
-    def __init__(self, k):
+    def __init__(self, k: int) -> None:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"micro_batches must be an int >= 1, got {k!r}")
         self.k = k
 
-    def parts(self, indices):
+    def parts(self, indices: Optional[Union[torch.Tensor, slice]]) -> list[Optional[Union[torch.Tensor, slice]]]:
         """The micro-batches of `indices` (None: the whole batch)."""
         k = self.k
         if k == 1:
             return [indices]
         if indices is None:
             return [slice(j, None, k) for j in range(k)]
-        if isinstance(indices, slice):
-            return [slice((indices.start or 0) + j, indices.stop, k) for j in range(k)]
+        if isinstance(indices, slice):   # (a strided part of the batch: RWP's split)
+            stride = indices.step or 1
+            return [slice((indices.start or 0) + j * stride, indices.stop, k * stride) for j in range(k)]
         return [indices[j::k] for j in range(k)]
 
-    def checked(self, returned):
+    def checked(self, returned: object) -> torch.Tensor:
         """What the closure returned for one micro-batch: per-sample losses, not none."""
         if not (torch.is_tensor(returned) and returned.dim() == 1):
             got = tuple(returned.shape) if torch.is_tensor(returned) else type(returned).__name__
@@ -275,7 +280,7 @@ class MicroBatches:
                              "pass: a micro-batch came back empty")
         return returned
 
-    def joined(self, parts):
+    def joined(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
         """What the closure returned for the whole batch, from its micro-batches:
         per-sample losses interleaved back into batch order."""
         if len(parts) == 1:
@@ -292,22 +297,22 @@ class RandomState:
     CUDA devices' generators: 5 kB for the CPU, 16 bytes per CUDA device, no
     host-device synchronisation."""
 
-    def __init__(self, devices):
+    def __init__(self, devices: Iterable[torch.device]) -> None:
         self.cuda = sorted({d.index if d.index is not None else torch.cuda.current_device()
                             for d in devices if d.type == "cuda"})
         self.saved: Any = None   # (the CPU generator's state, the CUDA generators')
 
-    def save(self):
+    def save(self) -> None:
         self.saved = (torch.get_rng_state(), [torch.cuda.get_rng_state(i) for i in self.cuda])
 
-    def restore(self):
+    def restore(self) -> None:
         cpu, cuda = self.saved
         torch.set_rng_state(cpu)
         for i, state in zip(self.cuda, cuda):
             torch.cuda.set_rng_state(state, i)
 
 
-def _no_backward_inside(closure, indices):
+def _no_backward_inside(closure: Callable[..., Any], indices: Optional[Union[torch.Tensor, slice]]) -> Any:
     """evaluate(closure, indices) in an extra pass, saying what is wrong when the
     closure calls backward itself (autograd's own message does not)."""
     try:

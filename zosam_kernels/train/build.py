@@ -26,7 +26,8 @@ OPTIMIZER_OPTIONS = {"rho": "rho", "delta": "delta", "n_dirs": "n_dirs",
                      "zo_batch_fraction": "zo_batch_fraction", "adaptive": "adaptive",
                      "k": "k", "alpha": "alpha", "beta": "beta", "gamma": "gamma",
                      "sam_sparsity": "sparsity", "max_grad_norm": "max_grad_norm",
-                     "cosine": "cosine", "prior": "prior", "sign": "sign"}
+                     "cosine": "cosine", "prior": "prior", "sign": "sign", "radius_scale": "radius_scale",
+                     "draws": "draws", "noise_batch": "batch", "perturb": "perturb"}
 
 
 def make_model(name, num_classes, model_kwargs, input_shape):
@@ -170,7 +171,10 @@ def check_optimizer(args):
     error names the command-line option."""
     base, options = optimizer_arguments(args)
     try:
-        make_optimizer(args.optimizer, [torch.nn.Parameter(torch.zeros(2))], torch.optim.SGD, base, **options)
+        stand_in = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))   # a selection resolves
+        if "model" in options_of(args.optimizer):
+            options["model"] = stand_in
+        make_optimizer(args.optimizer, stand_in.parameters(), torch.optim.SGD, base, **options)
     except (ValueError, TypeError) as e:
         message = str(e)
         for opt, kw in OPTIMIZER_OPTIONS.items():   # "n_dirs must be ..." -> "--n-dirs must be ..."
@@ -184,6 +188,8 @@ def make_optimizer_for(args, model, sparsity, total_steps):
     """The optimizer of `args.optimizer` over the model, SGD with momentum and
     weight decay inside, every option given on the command line passed on."""
     base, options = optimizer_arguments(args, sparsity.masking, total_steps)
+    if "model" in options_of(args.optimizer):   # a selection of tensors (--perturb norm) reads the model
+        options["model"] = model
     opt = make_optimizer(args.optimizer, model.parameters(), torch.optim.SGD, base, **options)
     if sparsity.masking is not None:
         sparsity.masking.attach(opt)

@@ -183,7 +183,8 @@ def parser():
     g.add_argument("--adaptive", action="store_const", const=True, default=None,
                    help="ASAM-style adaptive perturbation")
     g.add_argument("--k", type=int, default=None, help="looksam/zolooksam: full step every k steps")
-    g.add_argument("--alpha", type=float, default=None, help="looksam: gradient mixing; gsam: ascent")
+    g.add_argument("--alpha", type=float, default=None,
+                   help="looksam: gradient mixing; gsam: ascent; rwp: the perturbed gradient's weight")
     g.add_argument("--beta", type=float, default=None, help="esam: share of weights perturbed")
     g.add_argument("--gamma", type=float, default=None, help="esam: share of samples in the update")
     g.add_argument("--sam-sparsity", type=float, default=None, help="ssam/zossam: perturbation sparsity")
@@ -192,6 +193,15 @@ def parser():
                    help="zosam-guided: the free first-order prior the finite differences run along")
     g.add_argument("--sign", type=int, default=None, choices=(-1, 1),
                    help="msam: eps against (-1, the published default) or along (+1) the momentum")
+    g.add_argument("--radius-scale", default=None, choices=("absolute", "relative"),
+                   help="random-direction, zosam, zosam-coin, msam: eps of norm rho, or rho times each tensor's "
+                        "RMS per weight")
+    g.add_argument("--perturb", default=None,
+                   help="sam, sam-partial, sam-on, zosam, ...: perturb only these tensors: norm (the normalization "
+                        "layers), last:K (the last K modules with parameters); the first backward stops below them")
+    g.add_argument("--draws", type=int, default=None, help="rwp, lpf-sgd: noise draws per step (LPF-SGD's M)")
+    g.add_argument("--noise-batch", default=None, choices=("split", "same"),
+                   help="rwp, lpf-sgd: each gradient on its own part of the batch, or all on the whole batch")
     g.add_argument("--max-grad-norm", type=float, default=None,
                    help="SAM family: clip the gradient's global norm")
     g = p.add_argument_group("diagnostics and robustness (none of them changes the training trajectory)")

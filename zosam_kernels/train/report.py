@@ -66,6 +66,12 @@ def load_runs(dirs):
     return runs, unfinished
 
 
+def read_metrics(directory):
+    """metrics.jsonl of a zosam-train run: one dict per epoch, in order."""
+    with open(os.path.join(directory, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
 def configuration(args):
     return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in args.items() if k not in NOT_CONFIGURATION))
 
