@@ -132,3 +132,23 @@ def test_loss_rise_and_priors_against_two_sam_steps_in_closed_form():
     assert third["alpha_momentum"] == pytest.approx(cos(0.9 * update0 + update1, g2), abs=1e-12)
     assert third["alpha_gradient"] == pytest.approx(cos(update1, g2), abs=1e-12)
     assert cos(0.9 * update0 + update1, g2) != pytest.approx(cos(update1, g2), abs=1e-6)
+
+
+@pytest.mark.parametrize("member,cosine_is_one", [("sam-partial", False), ("rwp", False), ("sam", True)])
+def test_the_probe_reads_the_partial_and_noise_ascents(member, cosine_is_one):
+    """The probe sees the last draw's noise of RWP (on its part of the batch) and a partial
+    ascent's eps on its tensors; only a whole-model SAM aims exactly along the gradient."""
+    from zosam_kernels.diagnostics.ascent import step_with_ascent_probe
+    from zosam_kernels.recipes import make_optimizer
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+
+    def closure(indices=None):
+        i = slice(None) if indices is None else indices
+        return torch.nn.functional.cross_entropy(model(x[i]), y[i], reduction="none")
+
+    options = dict(rho=0.05) if member == "rwp" else dict(model=model) if member == "sam-partial" else {}
+    opt = make_optimizer(member, model.parameters(), torch.optim.SGD, dict(lr=0.1), **options)
+    cos = step_with_ascent_probe(opt, closure, model)[1]["cosine"]
+    assert -1 <= cos <= 1 and (abs(cos - 1) < 1e-5) == cosine_is_one

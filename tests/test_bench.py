@@ -129,3 +129,16 @@ def test_bench_channels_last_compares_like_for_like():
         run.step()
         convs = [p for p in run.model.parameters() if p.dim() == 4]
         assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs), method
+
+
+def test_bench_counts_the_cheap_ascents_passes_by_the_share_of_the_batch():
+    """RWP and LPF-SGD split the batch between their gradients: two backward passes, one batch's
+    worth; SAM-ON's first backward stops at the normalization layers, which only time shows."""
+    rows = benchmark(["--model", "resnet20", "--batch-size", "4", "--steps", "2", "--warmup", "1",
+                      "--device", "cpu", "--methods", "sgd,sam,rwp,lpf-sgd,sam-on,random-direction"])
+    passes = {r["method"]: (r["fwd_passes"], r["bwd_passes"], r["fwd_batch_equiv"], r["bwd_batch_equiv"])
+              for r in rows}
+    assert passes == {"sgd": (1, 1, 1, 1), "sam": (2, 2, 2, 2), "rwp": (2, 2, 1, 1), "lpf-sgd": (1, 1, 1, 1),
+                      "sam-on": (2, 2, 2, 2), "random-direction": (1, 1, 1, 1)}
+    extra = {r["method"]: r["extra_vs_sam"] for r in rows}
+    assert extra["sgd"] == 0 and extra["sam"] == 1

@@ -1,6 +1,6 @@
 """The linter and the type checker, as part of the suite (their settings are in
 pyproject.toml): ruff over the package, the tests and the benchmarks; mypy
-over the optimizers and the trainer adapters. Both are installed by the
+--strict over the optimizers and the trainer adapters. Both are installed by the
 Makefile: a missing one fails here rather than skipping."""
 import os
 import subprocess
@@ -20,5 +20,5 @@ def test_ruff_finds_nothing():
 
 
 def test_mypy_finds_nothing_in_the_optimizers_and_adapters():
-    code, out = run("mypy", "zosam_kernels/optim", "zosam_kernels/integrations")
+    code, out = run("mypy", "--strict", "zosam_kernels/optim", "zosam_kernels/integrations")
     assert code == 0, out

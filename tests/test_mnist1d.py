@@ -164,6 +164,13 @@ def test_mlp_and_cnn_shapes_and_parameter_counts():
     for bad in (dict(width=0), dict(depth=1.5), dict(input_shape=(3, 32, 32))):
         with pytest.raises(ValueError, match="width|depth|input_shape"):
             MLP1d(10, **{"input_shape": (1, 40), **bad})
+    normed = CNN1d(7, (2, 40), width=8, depth=3, norm=True)   # a BatchNorm (scale and shift) per conv
+    norms = [m for m in normed if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(norms) == 3 and all(m.num_features == 8 for m in norms)
+    assert sum(p.numel() for p in normed.parameters()) == convs + 8 * 10 * 7 + 7 + 3 * 2 * 8
+    assert all(isinstance(normed[i - 1], torch.nn.Conv1d) for i, m in enumerate(normed) if m in norms)
+    with pytest.raises(ValueError, match="norm"):
+        CNN1d(7, (2, 40), norm="yes")
 
 
 def test_models_and_data_must_agree():

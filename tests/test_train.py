@@ -398,3 +398,33 @@ def test_the_summary_keeps_the_best_epoch_before_the_last(tmp_path):
     assert (summary["best_test_acc"], summary["best_epoch"]) == (71.5, 2)
     assert summary["final_test_acc"] == 62.5
     assert summary["epochs_to"] == {"70": 2}
+
+
+def test_every_optimizer_flag_reaches_the_optimizer():
+    """Each optimizer flag of zosam-train, set on the command line, is what the optimizer is built with
+    (zosam_kernels/train/build.py, OPTIMIZER_OPTIONS), for a member that takes it."""
+    from zosam_kernels.recipes import options_of
+    from zosam_kernels.train.build import OPTIMIZER_OPTIONS, optimizer_arguments
+    from zosam_kernels.train.cli import parse_args, parser
+    actions = {a.dest: a for a in parser()._actions}
+    member_options = {o for m in FAMILY if m != "sgd" for o in FAMILY[m].defaults} | {"max_grad_norm"}
+    # --seed seeds everything (given to every member that takes a seed); --update-interval is the sparse
+    # topology's (SSAM's mask interval keeps its paper's value)
+    named = {dest for dest in actions if dest in member_options or dest.endswith("_" + "sparsity")
+             or dest == "noise_batch"} - {"seed", "update_interval"}
+    assert named <= set(OPTIMIZER_OPTIONS), f"map {sorted(named - set(OPTIMIZER_OPTIONS))} in OPTIMIZER_OPTIONS"
+    for dest, kw in OPTIMIZER_OPTIONS.items():
+        action = actions[dest]
+        flag = action.option_strings[0]
+        if action.nargs == 0:
+            argv, value = [flag], True
+        elif action.choices:
+            value = list(action.choices)[-1]
+            argv = [flag, str(value)]
+        else:
+            value = {int: 3, float: 0.25}.get(action.type, "last:1")
+            argv = [flag, str(value)]
+        member = next(m for m in FAMILY if kw in options_of(m))
+        args = parse_args(["--optimizer", member, "--out", "unused", *argv])
+        _, options = optimizer_arguments(args)
+        assert options[kw] == value, (dest, member)

@@ -115,6 +115,9 @@ def benchmark(argv=None):
             vs_sgd=mean["sgd"] / mean[r.method] if "sgd" in mean else None,
             fwd_passes=r.counter.forward / args.steps, bwd_passes=r.counter.backward / args.steps,
             fwd_batch_equiv=r.counter.forward_samples / args.batch_size / args.steps,
+            bwd_batch_equiv=r.counter.backward_samples / args.batch_size / args.steps,
+            extra_vs_sam=((mean[r.method] - mean["sgd"]) / (mean["sam"] - mean["sgd"])
+                          if {"sgd", "sam"} <= set(mean) and mean["sam"] != mean["sgd"] else None),
             peak_mem_bytes=measure.step_peak_bytes(r, device),
             optimizer_bytes=held, param_buffers=held / param_bytes[r.method]))
     phases = {r.method: measure.profile(r, device, args.profile) for r in runs} if args.profile else {}

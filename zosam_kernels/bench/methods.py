@@ -17,8 +17,10 @@ BASE = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)   # the CIFAR recipe of the
 
 def _method(name, options=lambda args, params: {}):
     """The optimizer `name` at its paper's defaults (recipes.py), plus `options(args, params)`."""
-    def make(params, args, masks):
+    def make(params, args, masks, model):
         kw = {} if name == "sgd" else {"masks": masks}
+        if "model" in options_of(name):   # a selection of tensors (sam-on's normalization layers) reads it
+            kw["model"] = model
         if "n_dirs" in options_of(name):
             kw["n_dirs"] = args.n_dirs
         if FAMILY[name].needs_total_steps:
@@ -54,7 +56,7 @@ class PassCounter:
 
     def reset(self):
         self.forward = self.backward = 0
-        self.forward_samples = 0
+        self.forward_samples = self.backward_samples = 0
 
     def _on_forward(self, module, args, out):
         self.forward += 1
@@ -64,6 +66,7 @@ class PassCounter:
 
     def _on_backward(self, grad):
         self.backward += 1
+        self.backward_samples += grad.shape[0]
 
 
 def random_masks(model, sparsity, generator):
@@ -89,7 +92,7 @@ class Run:
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16
                          else contextlib.nullcontext())
         self.counter = PassCounter(self.model, args.batch_size)
-        self.opt = METHODS[method](list(self.model.parameters()), args, masks)
+        self.opt = METHODS[method](list(self.model.parameters()), args, masks, self.model)
         self.plain = not is_engine(self.opt)
         if self.plain and masks:
             mask_plain_optimizer(self.opt, masks)

@@ -5,7 +5,8 @@ import os
 import sys
 
 COLUMNS = ("method", "step_ms", "images_per_s", "vs_sam", "vs_sgd", "fwd_passes", "bwd_passes",
-           "fwd_batch_equiv", "peak_mem_bytes", "optimizer_bytes", "param_buffers")
+           "fwd_batch_equiv", "bwd_batch_equiv", "extra_vs_sam", "peak_mem_bytes", "optimizer_bytes",
+           "param_buffers")
 
 
 def progress(done, total, label, stream=sys.stderr):
@@ -27,13 +28,15 @@ def _ratio(v):
 def table(header, results, phases=None):
     lines = [header,
              f"{'method':<17}{'step ms':>9}{'img/s':>8}{'× SAM':>7}{'× SGD':>7}{'fwd':>5}{'fwd·B':>7}"
-             f"{'bwd':>5}{'peak MB':>9}{'opt MB':>9}{'buffers':>8}"]
+             f"{'bwd':>5}{'bwd·B':>7}{'extra':>7}{'peak MB':>9}{'opt MB':>9}{'buffers':>8}"]
     for r in results:
         lines.append(f"{r['method']:<17}{r['step_ms']:9.1f}{r['images_per_s']:8.1f}{_ratio(r['vs_sam'])}"
                      f"{_ratio(r['vs_sgd'])}{r['fwd_passes']:5.1f}{r['fwd_batch_equiv']:7.2f}"
-                     f"{r['bwd_passes']:5.1f}{_mb(r['peak_mem_bytes'])}{_mb(r['optimizer_bytes'])}"
+                     f"{r['bwd_passes']:5.1f}{r['bwd_batch_equiv']:7.2f}{_ratio(r['extra_vs_sam'])}"
+                     f"{_mb(r['peak_mem_bytes'])}{_mb(r['optimizer_bytes'])}"
                      f"{r['param_buffers']:8.2f}")
-    lines.append("fwd·B: forward passes weighted by the share of the batch they saw; opt MB: what the "
+    lines.append("fwd·B, bwd·B: passes weighted by the share of the batch they saw; extra: the step's time "
+                 "beyond SGD's, in units of SAM's (a partial backward's share shows here); opt MB: what the "
                  "optimizer keeps between steps; buffers: that in parameter-sized units")
     if phases:
         lines.append("")

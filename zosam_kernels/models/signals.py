@@ -1,6 +1,8 @@
 """Networks for 1-D signals of shape (channels, length), MNIST-1D's (1, 40):
-an MLP and a 1-D CNN, both without normalisation layers, so that the whole
-network is its weights (what a sparse mask or a perturbation ε acts on).
+an MLP and a 1-D CNN, without normalisation layers by default, so that the
+whole network is its weights (what a sparse mask or a perturbation ε acts
+on); the CNN with norm=True puts a BatchNorm after each convolution (the
+layers SAM-ON perturbs).
 
 They take the item shape from the data (`input_shape`), and their width as a
 keyword (zosam-train's --model-kwargs): a wider net fits noisy labels sooner,
@@ -40,18 +42,22 @@ class CNN1d(nn.Sequential):
     """`depth` ReLU Conv1d layers of `width` channels (kernel 5, 'same' padding),
     each after the first halving the length (stride 2), then a linear head
     over the flattened features: the position of a feature stays visible to
-    the head, as MNIST-1D's digits differ in where their parts lie."""
+    the head, as MNIST-1D's digits differ in where their parts lie. norm: a
+    BatchNorm1d between each convolution and its ReLU."""
 
     KERNEL = 5
 
-    def __init__(self, num_classes=10, input_shape=(1, 40), width=32, depth=3):
+    def __init__(self, num_classes=10, input_shape=(1, 40), width=32, depth=3, norm=False):
         _check("width", width)
         _check("depth", depth)
+        if not isinstance(norm, bool):
+            raise ValueError(f"norm must be true or false, got {norm!r}")
         channels, length = _signal_shape(input_shape)
         layers = []
         for i in range(depth):
             stride = 1 if i == 0 else 2
-            layers += [nn.Conv1d(channels, width, self.KERNEL, stride, padding=self.KERNEL // 2), nn.ReLU()]
+            layers += [nn.Conv1d(channels, width, self.KERNEL, stride, padding=self.KERNEL // 2),
+                       *([nn.BatchNorm1d(width)] if norm else []), nn.ReLU()]
             channels = width
             length = (length - 1) // stride + 1     # 'same' padding: the length over the stride, rounded up
         super().__init__(*layers, nn.Flatten(), nn.Linear(width * length, num_classes))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, cast
 
 import torch
 
@@ -35,11 +35,18 @@ from .components import Ascent, Plan, same_in_every_group
 from .directions import FusedDirections, UnfusedDirections, Walk
 from .passes import mean_loss, phase
 
-BACKENDS = {"fused": FusedDirections, "unfused": UnfusedDirections}
+if TYPE_CHECKING:
+    from ..flat import InPlaceParams, Layout
+    from ..masks import Masks
+    from ..sharded import ShardedParams
+    from .engine import Step
+
+BACKENDS: dict[str, type[FusedDirections] | type[UnfusedDirections]] = {"fused": FusedDirections,
+                                                                        "unfused": UnfusedDirections}
 RADIUS_SCALES = ("absolute", "relative")   # eps of norm rho; or rho times each tensor's RMS per weight (StreamAscent)
 
 
-def chosen_tensors(tensors: Any) -> Optional[frozenset]:
+def chosen_tensors(tensors: Any) -> Optional[frozenset[int]]:
     """The ids of the tensors an ascent is kept to (perturb=), None for all. A selection by
     name or module (selection.py) must be resolved against the model first."""
     if tensors is None:
@@ -53,12 +60,12 @@ def chosen_tensors(tensors: Any) -> Optional[frozenset]:
     return frozenset(map(id, tensors))
 
 
-def check_chosen(chosen: Optional[frozenset], layout: Any) -> None:
+def check_chosen(chosen: Optional[frozenset[int]], layout: Any) -> None:
     if chosen is not None and not chosen & {id(p) for p in layout.params}:
         raise ValueError("perturb: none of these tensors is a trainable parameter of the optimizer")
 
 
-def check_radius_scale(radius_scale):
+def check_radius_scale(radius_scale: str) -> None:
     if radius_scale not in RADIUS_SCALES:
         raise ValueError(f"radius_scale must be one of {RADIUS_SCALES}, got {radius_scale!r}")
 
@@ -69,10 +76,11 @@ class SamAim:
     `unscaled` tensors); rho per param group. Under ESAM's stochastic weight
     perturbation (beta < 1) the authors' rescaling by 1/beta."""
 
-    def __init__(self, beta: float = 1.0, eta: float = 0.0, unscaled: frozenset = frozenset()):
+    def __init__(self, beta: float = 1.0, eta: float = 0.0, unscaled: frozenset[int] = frozenset()):
         self.beta, self.eta, self.unscaled = beta, eta, unscaled
 
-    def __call__(self, step, params, grads, seed):
+    def __call__(self, step: Step, params: list[torch.Tensor], grads: list[torch.Tensor],
+                 seed: int) -> list[Optional[torch.Tensor]]:
         adaptive = same_in_every_group(step.groups, "adaptive")
         rho_of = {id(p): step.radius(g) for g in step.groups for p in g["params"]}
         rhos = [rho_of[id(p)] for p in params]
@@ -122,30 +130,30 @@ class GradientAscent(Ascent):
         self.perturb = chosen_tensors(perturb)
         self.estimates_gradient = self.perturb is None   # the gradient at theta on some tensors only
         unscaled_ids = (chosen_tensors(unscaled) if unscaled else None) or frozenset()
-        self.aim = SamAim(self.beta, eta, unscaled_ids) if aim is None else aim   # eps from the gradient at theta
-        self.last_perturbed: list = []
-        self._saved: Optional[list] = None   # theta, to restore exactly
+        self.aim: Any = SamAim(self.beta, eta, unscaled_ids) if aim is None else aim   # eps from the gradient at theta
+        self.last_perturbed: list[bool] = []
+        self._saved: Optional[list[torch.Tensor]] = None   # theta, to restore exactly
         self._kept: Any = None      # (params, eps) kept for Plan.REUSE
         self._pending: Any = None   # this step's (params, eps)
-        self._params: list = []
+        self._params: list[torch.Tensor] = []
 
-    def describe(self):
+    def describe(self) -> str:
         if self.perturb is None:
             return type(self).__name__
         return f"{type(self).__name__} with perturb= (the gradient at theta on some tensors only)"
 
-    def group_defaults(self):
+    def group_defaults(self) -> dict[str, Any]:
         return {"rho": self.rho, "adaptive": self.adaptive}
 
-    def check_group(self, group):
+    def check_group(self, group: dict[str, Any]) -> None:
         check_nonnegative("rho", group["rho"])
 
-    def relayout(self, layout, masks, flat):
+    def relayout(self, layout: Layout, masks: Masks, flat: InPlaceParams | FlatParams | ShardedParams) -> None:
         self._saved = self._kept = None   # theta's copy, and a kept eps, are of the old layout
         self._params = layout.params
         check_chosen(self.perturb, layout)
 
-    def observe(self, step):
+    def observe(self, step: Step) -> None:
         chosen = self._draw(len(step.params), step.index)
         if self.perturb is not None:
             chosen = [c and id(p) in self.perturb for p, c in zip(step.params, chosen)]
@@ -164,14 +172,14 @@ class GradientAscent(Ascent):
         step.theta_grads = step.grads()
         self.last_perturbed = chosen
 
-    def _draw(self, n, index):
+    def _draw(self, n: int, index: int) -> list[bool]:
         if self.beta == 1:
             return [True] * n
         g = torch.Generator().manual_seed(derived_seed(self.seed, index, 0))
         return (torch.rand(n, generator=g) < self.beta).tolist()
 
     @torch.no_grad()
-    def _eps(self, step):
+    def _eps(self, step: Step) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         pairs = [(p, p.grad) for p in step.params if p.grad is not None]
         if not pairs:
             return [], []
@@ -179,7 +187,7 @@ class GradientAscent(Ascent):
         return params, self.aim(step, params, [g for _, g in pairs], self.seed)
 
     @contextlib.contextmanager
-    def perturbed(self, step):
+    def perturbed(self, step: Step) -> Iterator[None]:
         if step.plan is Plan.NONE:
             yield
             return
@@ -197,34 +205,34 @@ class GradientAscent(Ascent):
             with torch.no_grad(), phase("restore"):
                 torch._foreach_copy_(step.params, self._saved)
 
-    def can_reuse(self):
+    def can_reuse(self) -> bool:
         return self._kept is not None
 
-    def commit(self, step):
+    def commit(self, step: Step) -> None:
         if step.keep_eps:   # one parameter-sized set of tensors, kept between steps
             self._kept = self._pending
         self._pending = None
 
-    def kept_state(self):
+    def kept_state(self) -> dict[str, Any]:
         if self._kept is None:
             return {}
         index = {id(p): i for i, p in enumerate(self._params)}
         return {"eps_params": [index[id(p)] for p in self._kept[0]], "eps_tensors": list(self._kept[1])}
 
-    def load_kept_state(self, state):
+    def load_kept_state(self, state: dict[str, Any]) -> None:
         if "eps_tensors" not in state:
             self._kept = None
             return
         params = [self._params[i] for i in state["eps_params"]]
         self._kept = (params, [t.to(p.device, p.dtype) for p, t in zip(params, state["eps_tensors"])])
 
-    def direction(self, step):
-        return step.theta_grads
+    def direction(self, step: Step) -> list[Optional[torch.Tensor]]:
+        return cast(list[Optional[torch.Tensor]], step.theta_grads)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seed = int(state.get("seed", self.seed))
 
 
@@ -243,19 +251,19 @@ class FiniteDifferences:
         check_positive("delta", delta)
         self.delta, self.batch_fraction, self.autocast = delta, batch_fraction, autocast
 
-    def group_defaults(self):
+    def group_defaults(self) -> dict[str, Any]:
         return {"delta": self.delta}
 
-    def check_group(self, group):
+    def check_group(self, group: dict[str, Any]) -> None:
         check_positive("delta", group["delta"])
 
-    def check_groups(self, groups):
+    def check_groups(self, groups: Sequence[dict[str, Any]]) -> None:
         same_in_every_group(groups, "delta", when="at construction")
 
-    def pass_options(self):
+    def pass_options(self) -> dict[str, Any]:
         return {"batch_fraction": self.batch_fraction, "autocast": self.autocast, "name": "zo"}
 
-    def coefficients(self, walk, step):
+    def coefficients(self, walk: Walk, step: Step) -> torch.Tensor:
         """c, one per direction of the walk; sets the step's losses and its loss (the estimate of L(theta))."""
         delta = same_in_every_group(step.groups, "delta")
         plus, minus = self.losses(walk, step, delta)
@@ -263,7 +271,7 @@ class FiniteDifferences:
         step.loss = (plus.mean() + minus.mean()) / 2
         return formulas.zo_coefficients(plus, minus, delta)
 
-    def losses(self, walk, step, delta):
+    def losses(self, walk: Walk, step: Step, delta: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(L(theta + delta u_i), L(theta - delta u_i)) for every direction i, as two
         device tensors (the global batch's under DDP); per-sample losses at theta
         in step.at_theta when a part asks for them. The move to theta + delta u_i
@@ -299,19 +307,19 @@ class UnitCoefficients:
     measures_at_theta = False
     batch_fraction = 1.0
 
-    def group_defaults(self):
+    def group_defaults(self) -> dict[str, Any]:
         return {}
 
-    def check_group(self, group):
+    def check_group(self, group: dict[str, Any]) -> None:
         pass
 
-    def check_groups(self, groups):
+    def check_groups(self, groups: Sequence[dict[str, Any]]) -> None:
         pass
 
-    def pass_options(self):
+    def pass_options(self) -> dict[str, Any]:
         return {}
 
-    def coefficients(self, walk, step):
+    def coefficients(self, walk: Walk, step: Step) -> torch.Tensor:
         return torch.ones(walk.m, device=walk.device)
 
 
@@ -322,7 +330,7 @@ class CoinFlipSigns:
 
     keeps_direction = False
 
-    def __call__(self, c, step, seed):
+    def __call__(self, c: torch.Tensor, step: Step, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(derived_seed(seed, step.index, COIN_INDEX))
         signs = torch.randint(0, 2, (c.numel(),), generator=g).mul_(2).sub_(1)
         return signs.to(c.device, c.dtype) * c.abs()
@@ -379,23 +387,23 @@ class StreamAscent(Ascent):
         self.measures_at_theta = estimate.measures_at_theta
         self.batch_fraction = estimate.batch_fraction
         self.estimates_gradient = estimate.estimates_gradient and getattr(transform, "keeps_direction", True)
-        self.last_seeds: list = []
+        self.last_seeds: list[int] = []
         self.last_coefficients: Optional[torch.Tensor] = None
         self.last_eps: Optional[torch.Tensor] = None
         self._kept: Any = None      # (seeds, eps coefficients) kept for Plan.REUSE
         self._pending: Any = None   # this step's (seeds, c_i, eps coefficients)
 
-    def pass_options(self):
-        return self.estimate.pass_options()
+    def pass_options(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self.estimate.pass_options())
 
-    def group_defaults(self):
+    def group_defaults(self) -> dict[str, Any]:
         return {"rho": self.rho, "adaptive": self.adaptive, **self.estimate.group_defaults()}
 
-    def check_group(self, group):
+    def check_group(self, group: dict[str, Any]) -> None:
         check_nonnegative("rho", group["rho"])
         self.estimate.check_group(group)
 
-    def check_groups(self, groups):
+    def check_groups(self, groups: Sequence[dict[str, Any]]) -> None:
         for name in ("rho", "adaptive"):
             same_in_every_group(groups, name, when="at construction")
         self.estimate.check_groups(groups)
@@ -404,8 +412,8 @@ class StreamAscent(Ascent):
                 raise TypeError(f"params: the zeroth-order ascent perturbs float32 parameters, got {p.dtype} "
                                 f"(shape {tuple(p.shape)}); {_WHY_FLOAT32.get(p.dtype, _WHY_FLOAT32[None])}")
 
-    def relayout(self, layout, masks, flat):
-        self.flat = flat
+    def relayout(self, layout: Layout, masks: Masks, flat: InPlaceParams | FlatParams | ShardedParams) -> None:
+        self.flat = cast("FlatParams | ShardedParams", flat)
         if not isinstance(flat, FlatParams) and (self.backend != "fused" or masks.masked):
             raise NotImplementedError("params: the zeroth-order ascent on FSDP2 (fully_shard) needs "
                                       "backend='fused' and no masks")
@@ -418,21 +426,21 @@ class StreamAscent(Ascent):
         self.directions = BACKENDS[self.backend](self.flat)
         self._masks = masks
         self._chosen = None if self.perturb is None else self._chosen_masks(layout, masks)
-        self._saved: Optional[list] = None   # theta, for the adaptive eps (one parameter-sized copy, kept)
-        self._rms: Optional[list] = None     # each weight's tensor's RMS, for the relative radius (kept)
+        self._saved: Optional[list[torch.Tensor]] = None  # theta, for the adaptive eps (one parameter-sized copy, kept)
+        self._rms: Optional[list[torch.Tensor]] = None    # each weight's tensor's RMS, for the relative radius (kept)
 
-    def direction_masks(self, step):
+    def direction_masks(self, step: Step) -> Sequence[Optional[torch.Tensor]]:
         """The mask of the step's directions, per bucket: the perturbation restriction, else the sparse
         masks; kept to the chosen tensors (perturb=)."""
         if step.restriction is not None:
-            masks = step.restriction
+            masks: Sequence[Optional[torch.Tensor]] = step.restriction
         else:
             masks = self._masks.buffers if isinstance(self.flat, FlatParams) else [None] * len(self.flat.buffers)
         if self._chosen is None:
             return masks
         return [c if m is None else m & c for m, c in zip(masks, self._chosen)]
 
-    def _chosen_masks(self, layout, masks):
+    def _chosen_masks(self, layout: Layout, masks: Masks) -> list[torch.Tensor]:
         """Per bucket, True on the active weights of the chosen tensors (perturb=)."""
         out = layout.new_buffers(torch.bool, fill=False)
         for p, view in zip(layout.params, layout.views(out)):
@@ -441,13 +449,14 @@ class StreamAscent(Ascent):
                 view.copy_(torch.ones_like(view) if mask is None else mask)
         return out
 
-    def walk(self, step, seeds, saved=None, scale=None):
+    def walk(self, step: Step, seeds: Sequence[int], saved: Optional[list[torch.Tensor]] = None,
+             scale: Optional[list[torch.Tensor]] = None) -> Walk:
         """The step's walk on the directions of `seeds`."""
         with phase("perturb"):
             return Walk(self.directions, seeds, self.direction_masks(step), saved, scale)
 
     @torch.no_grad()
-    def _tensor_rms(self):
+    def _tensor_rms(self) -> list[torch.Tensor]:
         """Per bucket, every weight's tensor's RMS over its active weights (the relative radius's scale)."""
         if self._rms is None:
             self._rms = [torch.empty_like(b) for b in self.flat.buffers]
@@ -456,13 +465,13 @@ class StreamAscent(Ascent):
             view.copy_(formulas.tensor_rms(p, self._masks.get(p)).expand_as(view))
         return self._rms
 
-    def _size(self, step):
+    def _size(self, step: Step) -> int | torch.Tensor:
         """The number of weights the directions run over: eps's norm is rho sqrt(d) in relative units."""
         masks = self.direction_masks(step)
         return sum(b.numel() if m is None else m.sum() for b, m in zip(self.flat.buffers, masks))
 
     @contextlib.contextmanager
-    def perturbed(self, step):
+    def perturbed(self, step: Step) -> Iterator[None]:
         if step.plan is Plan.NONE:
             yield
             return
@@ -490,48 +499,48 @@ class StreamAscent(Ascent):
             with phase("restore"):
                 walk.restore_()
 
-    def _saved_theta(self):
+    def _saved_theta(self) -> list[torch.Tensor]:
         if self._saved is None:
             self._saved = [torch.empty_like(b) for b in self.flat.buffers]
         return self._saved
 
-    def can_reuse(self):
+    def can_reuse(self) -> bool:
         return self._kept is not None
 
-    def direction(self, step):
+    def direction(self, step: Step) -> list[Optional[torch.Tensor]]:
         """g_hat = 1/m sum_i c_i u_i, materialised (one parameter-sized buffer per bucket)."""
         seeds, coefs, _ = self._pending
         walk = Walk(self.directions, seeds, self.direction_masks(step))
-        return self._masks.layout.views(walk.materialized(coefs / walk.m))
+        return cast(list[Optional[torch.Tensor]], self._masks.layout.views(walk.materialized(coefs / walk.m)))
 
-    def commit(self, step):
+    def commit(self, step: Step) -> None:
         if step.plan is not Plan.FULL:
             return
         self.last_seeds, self.last_coefficients, self.last_eps = self._pending
         if step.keep_eps:   # m seeds and m coefficients: no parameter-sized buffer
             self._kept = (self._pending[0], self._pending[2])
 
-    def kept_state(self):
+    def kept_state(self) -> dict[str, Any]:
         """The eps kept for reuse: m seeds and m coefficients."""
         if self._kept is None:
             return {}
         return {"eps_seeds": list(self._kept[0]), "eps": self._kept[1].tolist()}
 
-    def load_kept_state(self, state):
+    def load_kept_state(self, state: dict[str, Any]) -> None:
         seeds, eps = list(state.get("eps_seeds", [])), state.get("eps")
         device = self.flat.buffers[0].device
         self._kept = None if eps is None else (seeds, torch.tensor(eps, dtype=torch.float32, device=device))
         if self._kept is not None:
             self.last_seeds, self.last_eps = self._kept
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "n_dirs": self.n_dirs}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         take_from_checkpoint(self, state, ("seed", "n_dirs"))
 
 
-def take_from_checkpoint(component, state, names):
+def take_from_checkpoint(component: object, state: dict[str, Any], names: Sequence[str]) -> None:
     """Set the integer settings `names` of `component` from a checkpoint's state, with a
     warning where one replaces a value given to the constructor (a resumed run replays
     the checkpoint's directions)."""

@@ -138,7 +138,7 @@ class Walk:
 
     directions: FusedDirections | UnfusedDirections
 
-    def __init__(self, directions: Any, seeds: Sequence[int],
+    def __init__(self, directions: FusedDirections | UnfusedDirections, seeds: Sequence[int],
                  masks: Sequence[Optional[torch.Tensor]], saved: Optional[list[torch.Tensor]] = None,
                  scale: Optional[list[torch.Tensor]] = None) -> None:
         self.directions, self.masks, self.saved = directions, masks, saved

@@ -85,7 +85,7 @@ class Step:
         self.per_sample_at_theta = False
         self.theta_grads: Optional[list[Optional[torch.Tensor]]] = None
         self.restriction: Optional[list[torch.Tensor]] = None
-        self.indices: Optional[torch.Tensor] = None
+        self.indices: Optional[torch.Tensor | slice] = None
         self.returned: Optional[torch.Tensor] = None
         self.keep_eps = False
         self._moved_batchnorm = False

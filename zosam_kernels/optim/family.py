@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 import torch
 
@@ -35,11 +35,16 @@ from .engine import LOOP_OPTIONS, Engine
 from .parts import DataSelection, LearningRateRadius, LookAhead, Reuse, SurrogateGap
 from .perturbation_mask import PerturbationMasking
 
+if TYPE_CHECKING:
+    from torch.optim.optimizer import ParamsT
+
+    from .components import Ascent, Component, Part
+
 SGD = torch.optim.SGD
 ENGINE_OPTIONS = ("masks", "check_finite") + LOOP_OPTIONS
 
 
-def _options_of(component: type) -> dict:
+def _options_of(component: type) -> dict[str, Any]:
     """A component's options: its constructor's named parameters, with their defaults
     (None for one without: an optional part's switch). Keyword-only parameters are
     pieces (an ascent's aim), not options."""
@@ -59,36 +64,36 @@ class Member:
     pins (SAM's beta = 1: ESAM's stochastic perturbation is another member).
     quick: the options at which its state matters within a few steps (masks
     remade every 2 steps instead of 1950), for tests."""
-    ascent: Optional[type]                            # None: the plain base optimizer
-    parts: tuple = ()
-    optional: dict = field(default_factory=dict)
-    paper: dict = field(default_factory=dict)
-    fixed: dict = field(default_factory=dict)
+    ascent: Optional[type[Ascent]]                    # None: the plain base optimizer
+    parts: tuple[type[Part], ...] = ()
+    optional: dict[type[Part], tuple[str, Callable[[Any], bool]]] = field(default_factory=dict)
+    paper: dict[str, Any] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)
     needs_total_steps: bool = False                   # a schedule over the run (SSAM-D's drop rate)
-    quick: dict = field(default_factory=dict)
-    cls: Optional[type] = None                        # its public class, if it has one
+    quick: dict[str, Any] = field(default_factory=dict)
+    cls: Optional[type[_Member]] = None               # its public class, if it has one
 
-    def _components(self) -> list:
+    def _components(self) -> list[type[Component]]:
         return [] if self.ascent is None else [self.ascent, *self.parts, *self.optional]
 
     @property
-    def defaults(self) -> dict:
+    def defaults(self) -> dict[str, Any]:
         """Every option of the method with its default."""
-        out: dict = {}
+        out: dict[str, Any] = {}
         for component in self._components():
             for name, value in _options_of(component).items():
                 out.setdefault(name, value)
         out.update(self.paper)
         return {n: v for n, v in out.items() if n not in self.fixed}
 
-    def takes(self) -> set:
+    def takes(self) -> set[str]:
         """The keyword options it takes besides the base optimizer's (`model`: where a
         selection of tensors by name or module is resolved, selection.py)."""
         if self.ascent is None:
             return set()
         return set(self.defaults) | set(ENGINE_OPTIONS) | ({"model"} if "perturb" in self.defaults else set())
 
-    def arguments(self, options: dict) -> dict:
+    def arguments(self, options: dict[str, Any]) -> dict[str, Any]:
         """Engine's keyword arguments for `options` (the rest goes to the base optimizer)."""
         fixed = sorted(set(options) & set(self.fixed))
         if fixed:
@@ -108,11 +113,11 @@ class Member:
             if idle:
                 raise ValueError(f"{idle[0]}: only read by {part.__name__}, which joins when {switch} is "
                                  f"given (got {switch}={values[switch]!r}); give {switch} too, or drop {idle[0]}")
-        built = [c(**{n: values[n] for n in _options_of(c)}) for c in [self.ascent, *parts]]
+        built = [c(**{n: values[n] for n in _options_of(c)}) for c in [cast("type[Ascent]", self.ascent), *parts]]
         rest = {n: v for n, v in options.items() if n not in self.defaults}
         return dict(ascent=built[0], parts=built[1:], **rest)
 
-    def needs_indices(self, options: Optional[dict] = None) -> bool:
+    def needs_indices(self, options: Optional[dict[str, Any]] = None) -> bool:
         """Whether its closure must take `indices` and return per-sample losses (data selection)."""
         if self.ascent is None:
             return False
@@ -120,7 +125,8 @@ class Member:
         present = [self.ascent, *self.parts, *(p for p, (k, on) in self.optional.items() if on(values[k]))]
         return any(c.needs_indices(values) for c in present)
 
-    def build(self, params: Iterable, base_optimizer: type = SGD, **options: Any):
+    def build(self, params: ParamsT, base_optimizer: type[torch.optim.Optimizer] = SGD,
+              **options: Any) -> torch.optim.Optimizer:
         """The method over `params`: its defaults overridden by `options`; the plain
         base optimizer for a member without an ascent."""
         if self.ascent is None:
@@ -130,7 +136,7 @@ class Member:
         return Engine(params, base_optimizer, **self.arguments(options))
 
 
-def _resolve_selections(values: dict, model: Any) -> None:
+def _resolve_selections(values: dict[str, Any], model: Any) -> None:
     """perturb and unscaled given by name or module (selection.py), made tensors of `model`."""
     for key in ("perturb", "unscaled"):
         spec = values.get(key)
@@ -151,7 +157,7 @@ class _Member(Engine):
     """A member of FAMILY under a class name (isinstance, help)."""
     name: str
 
-    def __init__(self, params: Iterable, base_optimizer: type = SGD, **options: Any):
+    def __init__(self, params: ParamsT, base_optimizer: type[torch.optim.Optimizer] = SGD, **options: Any):
         super().__init__(params, base_optimizer, **FAMILY[self.name].arguments(options))
 
 

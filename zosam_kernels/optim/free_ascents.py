@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, cast
 
 import torch
 
@@ -41,10 +42,13 @@ from .components import Ascent, Plan, same_in_every_group
 from .directions import stream_like
 from .passes import phase
 
+if TYPE_CHECKING:
+    from .engine import Step
+
 MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")   # SGD's, Adam's and AdamW's
 
 
-def momentum_of(step):
+def momentum_of(step: Step) -> list[Optional[torch.Tensor]]:
     """The base optimizer's momentum of each weight (None where it keeps none yet),
     kept to the step's perturbation restriction."""
     out = []
@@ -54,7 +58,7 @@ def momentum_of(step):
     return step.restrict(step.params, out)
 
 
-def check_keeps_momentum(group, who):
+def check_keeps_momentum(group: dict[str, Any], who: str) -> None:
     """Refuse a param group whose base optimizer keeps no momentum (SGD's momentum,
     Adam's beta1): `who` perturbs along it and would never perturb."""
     beta = group["momentum"] if "momentum" in group else group["betas"][0] if "betas" in group else None
@@ -70,12 +74,12 @@ class Along:
     """The weights moved along per-parameter tensors by a device scalar, in place:
     theta + s t after move_(s), theta again (within float32 rounding) after move_(0)."""
 
-    def __init__(self, params, tensors):
+    def __init__(self, params: Sequence[torch.Tensor], tensors: Sequence[Optional[torch.Tensor]]):
         self.pairs = [(p, t) for p, t in zip(params, tensors) if t is not None]
-        self.net = None
+        self.net: Optional[torch.Tensor] = None
 
     @torch.no_grad()
-    def move_(self, scale):
+    def move_(self, scale: torch.Tensor) -> None:
         if not self.pairs:
             return
         delta = scale if self.net is None else scale - self.net
@@ -102,18 +106,18 @@ class MomentumAscent(Ascent):
         check_radius_scale(radius_scale)
         self.rho, self.sign, self.radius_scale = rho, sign, radius_scale
 
-    def group_defaults(self):
+    def group_defaults(self) -> dict[str, Any]:
         return {"rho": self.rho}
 
-    def check_group(self, group):
+    def check_group(self, group: dict[str, Any]) -> None:
         check_nonnegative("rho", group["rho"])
         check_keeps_momentum(group, "MSAM (MomentumAscent)")
 
-    def check_groups(self, groups):
+    def check_groups(self, groups: Sequence[dict[str, Any]]) -> None:
         same_in_every_group(groups, "rho", when="at construction")
 
     @contextlib.contextmanager
-    def perturbed(self, step):
+    def perturbed(self, step: Step) -> Iterator[None]:
         rho = step.radius()
         v = momentum_of(step)
         if step.plan is Plan.NONE or all(t is None for t in v):
@@ -121,8 +125,8 @@ class MomentumAscent(Ascent):
             return
         with torch.no_grad(), phase("perturb"):
             if self.radius_scale == "relative":
-                units = [None if t is None else formulas.tensor_rms(p, step.masks.get(p))
-                         for p, t in zip(step.params, v)]
+                units: list[Any] = [None if t is None else formulas.tensor_rms(p, step.masks.get(p))
+                                    for p, t in zip(step.params, v)]
                 v = [None if t is None else s * t for s, t in zip(units, v)]   # the momentum in RMS units
                 size = rho * sum(formulas.active_count(p, step.masks.get(p))
                                  for p, t in zip(step.params, v) if t is not None) ** 0.5
@@ -148,11 +152,13 @@ class OrthogonalMix:
     def __init__(self, cosine: float):
         self.cosine = cosine
 
-    def __call__(self, step, params, grads, seed):
+    def __call__(self, step: Step, params: list[torch.Tensor], grads: list[torch.Tensor],
+                 seed: int) -> list[torch.Tensor]:
         rho = step.radius()
-        grads = step.restrict(params, grads)
-        u = step.restrict(params, stream_like(params, step.masks, derived_seed(seed, step.index, 0),
-                                               step.masks.layout))
+        grads = cast(list[torch.Tensor], step.restrict(params, grads))
+        u = cast(list[torch.Tensor], step.restrict(params, stream_like(params, step.masks,
+                                                                       derived_seed(seed, step.index, 0),
+                                                                       step.masks.layout)))
         g_norm = formulas.norm(grads) + formulas.EPS
         u_perp = formulas.orthogonal_part(u, grads)
         u_norm = formulas.norm(u_perp) + formulas.EPS

@@ -29,7 +29,7 @@ the prior is P p and the directions P u_i.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import torch
 
@@ -40,6 +40,13 @@ from .ascents import ZerothOrderAscent, take_from_checkpoint
 from .components import Ascent, Plan, same_in_every_group
 from .free_ascents import Along, check_keeps_momentum, momentum_of
 from .passes import phase
+
+if TYPE_CHECKING:
+    from ..flat import InPlaceParams, Layout
+    from ..masks import Masks
+    from ..sharded import ShardedParams
+    from .directions import Walk
+    from .engine import Step
 
 PRIORS = ("momentum", "gradient")
 
@@ -59,6 +66,8 @@ class GuidedAscent(Ascent):
     reusable = False             # its eps is tied to this step's prior
     state_keys = ("seed", "n_dirs")
     reports = ("seed", "n_dirs", "prior", "last_seeds", "last_coefficients", "last_eps", "last_alpha_estimate")
+    last_coefficients: Optional[torch.Tensor]
+    last_eps: Optional[torch.Tensor]
 
     def __init__(self, rho: float = 0.05, delta: float = 1e-3, n_dirs: int = 1, prior: str = "momentum",
                  seed: int = 0, backend: str = "fused"):
@@ -68,34 +77,34 @@ class GuidedAscent(Ascent):
             raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
         self.stream = ZerothOrderAscent(rho=rho, delta=delta, n_dirs=max(n_dirs, 1), seed=seed, backend=backend)
         self.rho, self.delta, self.n_dirs, self.prior, self.seed = rho, delta, n_dirs, prior, seed
-        self.last_alpha_estimate = None
-        self.last_seeds: list = []
+        self.last_alpha_estimate: Optional[torch.Tensor] = None
+        self.last_seeds: list[int] = []
         self.last_coefficients = self.last_eps = None
         self._pending: Any = None   # this step's (seeds, y, eps); None: the stream's step (no prior yet)
 
-    def pass_options(self):
+    def pass_options(self) -> dict[str, Any]:
         return self.stream.pass_options()
 
-    def group_defaults(self):
+    def group_defaults(self) -> dict[str, Any]:
         return self.stream.group_defaults()
 
-    def check_group(self, group):
+    def check_group(self, group: dict[str, Any]) -> None:
         self.stream.check_group(group)
         if group["adaptive"]:
             raise ValueError("adaptive: the guided ascent has no adaptive (ASAM) form; set adaptive=False")
         if self.prior == "momentum":
             check_keeps_momentum(group, 'the guided ascent with prior="momentum"')
 
-    def check_groups(self, groups):
+    def check_groups(self, groups: Sequence[dict[str, Any]]) -> None:
         self.stream.check_groups(groups)
 
-    def relayout(self, layout, masks, flat):
+    def relayout(self, layout: Layout, masks: Masks, flat: InPlaceParams | FlatParams | ShardedParams) -> None:
         self.stream.relayout(layout, masks, flat)
         if not isinstance(flat, FlatParams):
             raise NotImplementedError("params: the guided ascent on FSDP2 shards is not supported: its "
                                       "prior's inner products with the stream are per rank")
 
-    def _prior(self, step):
+    def _prior(self, step: Step) -> Optional[list[Optional[torch.Tensor]]]:
         if self.prior == "momentum":
             v = momentum_of(step)
         else:
@@ -103,7 +112,7 @@ class GuidedAscent(Ascent):
         return v if any(t is not None for t in v) else None
 
     @contextlib.contextmanager
-    def perturbed(self, step):
+    def perturbed(self, step: Step) -> Iterator[None]:
         self._pending = None
         prior = self._prior(step) if step.plan is Plan.FULL else None
         if step.plan is not Plan.FULL or (prior is None and self.n_dirs == 0):
@@ -120,8 +129,8 @@ class GuidedAscent(Ascent):
         device = self.stream.flat.buffers[0].device
         try:
             inv_norm = 1.0 / (formulas.norm([t for t in prior if t is not None]) + formulas.EPS)
-            plus: list = []
-            minus: list = []
+            plus: list[torch.Tensor] = []
+            minus: list[torch.Tensor] = []
             with torch.no_grad():
                 for sign, out in ((1.0, plus), (-1.0, minus)):
                     with phase("perturb"):
@@ -162,7 +171,8 @@ class GuidedAscent(Ascent):
                 along.move_(torch.zeros((), device=device))
 
     @torch.no_grad()
-    def _gram(self, walk, step, prior, inv_norm, device):
+    def _gram(self, walk: Optional[Walk], step: Step, prior: list[Optional[torch.Tensor]], inv_norm: torch.Tensor,
+              device: torch.device) -> torch.Tensor:
         """G_jk = <b_j, b_k>: b_0 the unit prior, b_i the stream directions (masked)."""
         m = self.n_dirs
         gram = torch.zeros(m + 1, m + 1, dtype=torch.float64, device=device)
@@ -181,7 +191,7 @@ class GuidedAscent(Ascent):
             gram[0, i + 1] = gram[i + 1, 0] = dot.double() * inv_norm
         return gram
 
-    def commit(self, step):
+    def commit(self, step: Step) -> None:
         if step.plan is Plan.FULL and (self._pending is not None or self.stream._pending is not None):
             if self._pending is None:   # the stream's step
                 self.stream.commit(step)
@@ -193,9 +203,9 @@ class GuidedAscent(Ascent):
                 if p.grad is not None:
                     step.keep(p, "guided_prior", p.grad)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "n_dirs": self.n_dirs}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         take_from_checkpoint(self, state, ("seed", "n_dirs"))
         self.stream.seed, self.stream.n_dirs = self.seed, max(self.n_dirs, 1)

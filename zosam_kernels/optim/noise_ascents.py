@@ -32,7 +32,7 @@ leave them (the authors' clean rank holds the statistics DDP keeps).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional, cast
 
 import torch
 
@@ -42,14 +42,21 @@ from .components import Ascent, Plan
 from .directions import stream_like
 from .passes import check_takes_indices, mean_loss, phase
 
+if TYPE_CHECKING:
+    from ..flat import FlatParams, InPlaceParams, Layout
+    from ..masks import Masks
+    from ..sharded import ShardedParams
+    from .engine import Step
+
 BATCHES = ("split", "same")
 
 
 def filter_scale(p: torch.Tensor) -> torch.Tensor:
     """||W[f]|| broadcast over each output filter f of p (||p|| + 1e-16 for one dimension)."""
     if p.dim() > 1:
-        return torch.linalg.vector_norm(p.reshape(p.shape[0], -1), dim=1).reshape(-1, *[1] * (p.dim() - 1))
-    return torch.linalg.vector_norm(p) + 1e-16
+        return cast(torch.Tensor,
+                    torch.linalg.vector_norm(p.reshape(p.shape[0], -1), dim=1).reshape(-1, *[1] * (p.dim() - 1)))
+    return cast(torch.Tensor, torch.linalg.vector_norm(p) + 1e-16)
 
 
 class FilterNoiseAscent(Ascent):
@@ -72,23 +79,23 @@ class FilterNoiseAscent(Ascent):
             raise ValueError(f"batch must be one of {BATCHES}, got {batch!r}")
         check_seed(seed)
         self.rho, self.alpha, self.draws, self.batch, self.seed = rho, float(alpha), draws, batch, seed
-        self._saved: Optional[list] = None
-        self._at_theta: Optional[list] = None
+        self._saved: Optional[list[torch.Tensor]] = None
+        self._at_theta: Optional[list[Optional[torch.Tensor]]] = None
 
     @classmethod
-    def needs_indices(cls, options):
-        return options["batch"] == "split" and options["draws"] + (options["alpha"] < 1) > 1
+    def needs_indices(cls, options: dict[str, Any]) -> bool:
+        return cast(bool, options["batch"] == "split" and options["draws"] + (options["alpha"] < 1) > 1)
 
-    def group_defaults(self):
+    def group_defaults(self) -> dict[str, Any]:
         return {"rho": self.rho}
 
-    def check_group(self, group):
+    def check_group(self, group: dict[str, Any]) -> None:
         check_nonnegative("rho", group["rho"])
 
-    def relayout(self, layout, masks, flat):
+    def relayout(self, layout: Layout, masks: Masks, flat: InPlaceParams | FlatParams | ShardedParams) -> None:
         self._saved = None
 
-    def _parts(self, step) -> list:
+    def _parts(self, step: Step) -> list[Optional[slice]]:
         """The samples of each gradient: the pass at theta (alpha < 1) first, then the draws."""
         count = self.draws + (self.alpha < 1)
         if self.batch == "same" or count == 1:
@@ -96,7 +103,7 @@ class FilterNoiseAscent(Ascent):
         check_takes_indices(step.closure, f"{type(self).__name__}'s split batch (batch='split')")
         return [slice(k, None, count) for k in range(count)]
 
-    def observe(self, step):
+    def observe(self, step: Step) -> None:
         self._at_theta = None
         if self.alpha < 1:
             returned = step.gradient("the pass at theta", indices=self._parts(step)[0], mask=False)
@@ -104,15 +111,15 @@ class FilterNoiseAscent(Ascent):
             self._at_theta = step.grads()
 
     @torch.no_grad()
-    def _noise(self, step, draw) -> list:
+    def _noise(self, step: Step, draw: int) -> list[torch.Tensor]:
         """n_draw per weight (None where a group's radius is 0), kept to the perturbation restriction."""
         rho_of = {id(p): step.radius(g) for g in step.groups for p in g["params"]}
         u = stream_like(step.params, step.masks, derived_seed(self.seed, step.index, draw), step.masks.layout)
         noise = [rho_of[id(p)] * filter_scale(p.detach()) * t for p, t in zip(step.params, u)]
-        return step.restrict(step.params, noise)
+        return cast(list[torch.Tensor], step.restrict(step.params, noise))
 
     @contextlib.contextmanager
-    def perturbed(self, step):
+    def perturbed(self, step: Step) -> Iterator[None]:
         if step.plan is Plan.NONE:
             yield
             return
@@ -121,7 +128,7 @@ class FilterNoiseAscent(Ascent):
             self._saved = [torch.empty_like(p) for p in step.params]
         with torch.no_grad():
             torch._foreach_copy_(self._saved, [p.detach() for p in step.params])
-        kept: list = []
+        kept: list[list[Optional[torch.Tensor]]] = []
         try:
             for j in range(self.draws):
                 with torch.no_grad(), phase("perturb"):
@@ -139,7 +146,7 @@ class FilterNoiseAscent(Ascent):
                 torch._foreach_copy_(step.params, self._saved)
 
     @torch.no_grad()
-    def _mix(self, step, kept: list) -> None:
+    def _mix(self, step: Step, kept: list[list[Optional[torch.Tensor]]]) -> None:
         """g = (1 - alpha) g_theta + alpha / M sum_j g_j, into the weights' .grad."""
         each = self.alpha / self.draws
         terms = [(each, g) for g in kept] + ([(1 - self.alpha, self._at_theta)] if self._at_theta else [])

@@ -215,6 +215,7 @@ class DataSelection(Part):
         check_fraction("gamma", gamma)
         self.gamma = float(gamma)
         self.last_indices: Optional[torch.Tensor] = None
+        self._chosen: Optional[torch.Tensor] = None   # this step's selection
 
     def refuses(self, ascent: Ascent, parts: Sequence[Part]) -> Optional[str]:
         if not ascent.measures_at_theta:
@@ -241,10 +242,11 @@ class DataSelection(Part):
                              f"{tuple(before.shape)} at theta: ESAM needs one loss per sample")
         step.losses["the selection pass"] = after
         k = max(1, int(self.gamma * before.numel()))
-        step.indices = torch.topk(after - before, k).indices
+        self._chosen = torch.topk(after - before, k).indices
+        step.indices = self._chosen
 
     def commit(self, step: Step) -> None:
-        self.last_indices = step.indices
+        self.last_indices = self._chosen
 
 
 

@@ -25,11 +25,11 @@ NORMS = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.Grou
 Spec = Union[str, Callable[[str, torch.nn.Parameter], bool]]
 
 
-def _own(module: torch.nn.Module) -> list:
+def _own(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters(recurse=False) if p.requires_grad]
 
 
-def select(model: torch.nn.Module, spec: Spec) -> list:
+def select(model: torch.nn.Module, spec: Spec) -> list[torch.nn.Parameter]:
     """The parameters of `model` that `spec` names (module docstring)."""
     if callable(spec):
         chosen = [p for n, p in model.named_parameters() if p.requires_grad and spec(n, p)]
@@ -46,7 +46,7 @@ def select(model: torch.nn.Module, spec: Spec) -> list:
     return chosen
 
 
-def biases(model: torch.nn.Module, chosen: Any) -> list:
+def biases(model: torch.nn.Module, chosen: Any) -> list[Any]:
     """The tensors among `chosen` that are some module's `bias`."""
     ids = {id(p) for p in chosen}
     return [m.bias for m in model.modules()
