@@ -50,7 +50,8 @@ def build(case, params, **options):
     """The optimizer of `case` over params; options override the case's."""
     member, own, (base, base_kwargs) = CASES[case]
     params = list(params)
-    own = {k: v.pick(params) if isinstance(v, Tensors) else v for k, v in own.items()}
+    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]   # (param groups too)
+    own = {k: v.pick(tensors) if isinstance(v, Tensors) else v for k, v in own.items()}
     return FAMILY[member].build(params, base, **{**own, **base_kwargs, **options})
 
 

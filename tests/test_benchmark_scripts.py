@@ -410,3 +410,51 @@ def test_study_stall_stage_probes_sam_and_tabulates_each_epoch(tmp_path, capsys)
     assert norm.split("|")[4:-1] == [f" {(1.5 + 2) * e:.3f} " for e in epochs]   # seeds 0 and 1, rho 0.2
     loss = next(r for r in rows if r.startswith("| rigl@0.1 | 0 | training loss |"))
     assert loss.split("|")[4].strip() == "2.500"
+
+
+def test_models_study_picks_per_cell_pairs_by_seed_and_judges_against_sam(tmp_path, capsys):
+    """benchmarks/models_study.py: the radius picked per cell on the sweep seeds' last validation
+    accuracy, the main stage at that radius only, gains paired with SGD's seed, and the verdict:
+    an arm keeps 75 % of SAM's gain where gain(arm) - 0.75 gain(SAM) has its interval above 0."""
+    study = runpy.run_path(str(BENCHMARKS / "models_study.py"))
+    cells = ("cnn-noisy", "mlp-clean")
+    gains = {"sgd": 0.0, "sam": 6.0, "rwp": 5.5, "random-direction": 1.0}   # over SGD, at the best radius
+    for table, keep in ((study["CELLS"], cells), (study["ARMS"], gains)):
+        for name in [n for n in table if n not in keep]:
+            del table[name]
+
+    def write(lines):
+        """Each printed run, finished: the largest radius validates best; the seed's noise is paired."""
+        for line in filter(None, lines):
+            out = line.split(" --out ")[1].split(" ")[0]
+            name = os.path.basename(out)
+            cell = next(c for c in cells if name.startswith(c + "-"))
+            arm = max((a for a in gains if name.startswith(f"{cell}-{a}-r")), key=len)
+            seed = int(name.rsplit("-s", 1)[1])
+            best = arm == "sgd" or name.split("-r")[-1].split("-s")[0] == f"{study['ARMS'][arm][1][-1]:g}"
+            gain, noise = gains[arm] - (0 if best else 2), 0.1 * ((7 * seed + len(cell)) % 5)
+            epoch_s = 1.0 + 0.2 * (arm != "sgd") if "/cost/" in out else 9.0   # contended runs: ignored
+            rows = [{"epoch": e, "val_acc": 40 + gain, "epoch_s": epoch_s} for e in (1, 2)]
+            write_run(line, {"complete": True, "final_test_acc": 50 + noise + gain,
+                             "test_acc_at_best_val": 60 + noise + gain / 2, "best_val_acc": 45 + gain}, rows)
+
+    runs = str(tmp_path / "runs")
+    write(study["sweep_commands"](runs))
+    found = study["load"](runs)
+    for cell in cells:
+        for arm in gains:
+            assert study["pick"](found, cell, arm) == study["ARMS"][arm][1][-1]
+    main = [c for c in study["main_commands"](runs) if c]
+    assert len(main) == len(cells) * len(gains) * 3
+    assert all(f"-r{study['ARMS'][a][1][-1]:g}-s" in c for c in main for a in gains if a != "sgd" and f"-{a}-r" in c)
+    write(main)
+    write(study["cost_commands"](runs))   # the cost stage: its own shorter runs, in runs/cost
+    found, costs = study["load"](runs), study["load"](runs, cost=True)
+    assert len(costs) == len(cells) * len(gains) and all(seed == 0 for *_, seed in costs)
+    rows = study["cell_rows"](found, "cnn-noisy", costs)
+    assert rows["sam"]["seeds"] == 5 and all(g == pytest.approx(6.0) for g in rows["sam"]["gain"]["last"].values())
+    assert rows["rwp"]["cost"] == pytest.approx(1.2)
+    study["main"](["--runs", runs, "table"])
+    out = capsys.readouterr().out
+    assert "| rwp | 1.20 | cnn-noisy, mlp-clean | - |" in out                  # 5.5 - 0.75 * 6 > 0 in every seed
+    assert "| random-direction | 1.20 | - | cnn-noisy, mlp-clean |" in out     # 1 - 4.5 < 0
