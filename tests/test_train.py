@@ -247,7 +247,8 @@ def test_argument_errors(tmp_path, capsys, argv, message):
 
 def test_errors_that_name_what_to_do(tmp_path, capsys, monkeypatch):
     message = error_of(tmp_path, capsys, "--optimizer", "sam", "--delta", "0.01")
-    assert "--delta: not an option of --optimizer sam; it takes --adaptive, --max-grad-norm, --perturb, --rho (" in message
+    assert ("--delta: not an option of --optimizer sam; it takes --adaptive, --max-grad-norm, --perturb, --rho ("
+            in message)
     for python_only in ("grad_scaler", "masks", "process_group", "check_finite"):   # keywords, not flags
         assert python_only not in message
     assert "cifar-10-python.tar.gz" in error_of(tmp_path, capsys, "--data", "cifar10",
