@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ..flat import InPlaceParams, Layout
     from ..masks import Masks
     from ..sharded import ShardedParams
-    from .engine import Step
+    from .components import StepView
 
 BACKENDS: dict[str, type[FusedDirections] | type[UnfusedDirections]] = {"fused": FusedDirections,
                                                                         "unfused": UnfusedDirections}
@@ -79,7 +79,7 @@ class SamAim:
     def __init__(self, beta: float = 1.0, eta: float = 0.0, unscaled: frozenset[int] = frozenset()):
         self.beta, self.eta, self.unscaled = beta, eta, unscaled
 
-    def __call__(self, step: Step, params: list[torch.Tensor], grads: list[torch.Tensor],
+    def __call__(self, step: StepView, params: list[torch.Tensor], grads: list[torch.Tensor],
                  seed: int) -> list[Optional[torch.Tensor]]:
         adaptive = same_in_every_group(step.groups, "adaptive")
         rho_of = {id(p): step.radius(g) for g in step.groups for p in g["params"]}
@@ -153,7 +153,7 @@ class GradientAscent(Ascent):
         self._params = layout.params
         check_chosen(self.perturb, layout)
 
-    def observe(self, step: Step) -> None:
+    def observe(self, step: StepView) -> None:
         chosen = self._draw(len(step.params), step.index)
         if self.perturb is not None:
             chosen = [c and id(p) in self.perturb for p, c in zip(step.params, chosen)]
@@ -179,7 +179,7 @@ class GradientAscent(Ascent):
         return (torch.rand(n, generator=g) < self.beta).tolist()
 
     @torch.no_grad()
-    def _eps(self, step: Step) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _eps(self, step: StepView) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         pairs = [(p, p.grad) for p in step.params if p.grad is not None]
         if not pairs:
             return [], []
@@ -187,7 +187,7 @@ class GradientAscent(Ascent):
         return params, self.aim(step, params, [g for _, g in pairs], self.seed)
 
     @contextlib.contextmanager
-    def perturbed(self, step: Step) -> Iterator[None]:
+    def perturbed(self, step: StepView) -> Iterator[None]:
         if step.plan is Plan.NONE:
             yield
             return
@@ -208,7 +208,7 @@ class GradientAscent(Ascent):
     def can_reuse(self) -> bool:
         return self._kept is not None
 
-    def commit(self, step: Step) -> None:
+    def commit(self, step: StepView) -> None:
         if step.keep_eps:   # one parameter-sized set of tensors, kept between steps
             self._kept = self._pending
         self._pending = None
@@ -226,7 +226,7 @@ class GradientAscent(Ascent):
         params = [self._params[i] for i in state["eps_params"]]
         self._kept = (params, [t.to(p.device, p.dtype) for p, t in zip(params, state["eps_tensors"])])
 
-    def direction(self, step: Step) -> list[Optional[torch.Tensor]]:
+    def direction(self, step: StepView) -> list[Optional[torch.Tensor]]:
         return cast(list[Optional[torch.Tensor]], step.theta_grads)
 
     def state_dict(self) -> dict[str, Any]:
@@ -263,7 +263,7 @@ class FiniteDifferences:
     def pass_options(self) -> dict[str, Any]:
         return {"batch_fraction": self.batch_fraction, "autocast": self.autocast, "name": "zo"}
 
-    def coefficients(self, walk: Walk, step: Step) -> torch.Tensor:
+    def coefficients(self, walk: Walk, step: StepView) -> torch.Tensor:
         """c, one per direction of the walk; sets the step's losses and its loss (the estimate of L(theta))."""
         delta = same_in_every_group(step.groups, "delta")
         plus, minus = self.losses(walk, step, delta)
@@ -271,7 +271,7 @@ class FiniteDifferences:
         step.loss = (plus.mean() + minus.mean()) / 2
         return formulas.zo_coefficients(plus, minus, delta)
 
-    def losses(self, walk: Walk, step: Step, delta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def losses(self, walk: Walk, step: StepView, delta: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(L(theta + delta u_i), L(theta - delta u_i)) for every direction i, as two
         device tensors (the global batch's under DDP); per-sample losses at theta
         in step.at_theta when a part asks for them. The move to theta + delta u_i
@@ -319,7 +319,7 @@ class UnitCoefficients:
     def pass_options(self) -> dict[str, Any]:
         return {}
 
-    def coefficients(self, walk: Walk, step: Step) -> torch.Tensor:
+    def coefficients(self, walk: Walk, step: StepView) -> torch.Tensor:
         return torch.ones(walk.m, device=walk.device)
 
 
@@ -330,7 +330,7 @@ class CoinFlipSigns:
 
     keeps_direction = False
 
-    def __call__(self, c: torch.Tensor, step: Step, seed: int) -> torch.Tensor:
+    def __call__(self, c: torch.Tensor, step: StepView, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(derived_seed(seed, step.index, COIN_INDEX))
         signs = torch.randint(0, 2, (c.numel(),), generator=g).mul_(2).sub_(1)
         return signs.to(c.device, c.dtype) * c.abs()
@@ -429,7 +429,7 @@ class StreamAscent(Ascent):
         self._saved: Optional[list[torch.Tensor]] = None  # theta, for the adaptive eps (one parameter-sized copy, kept)
         self._rms: Optional[list[torch.Tensor]] = None    # each weight's tensor's RMS, for the relative radius (kept)
 
-    def direction_masks(self, step: Step) -> Sequence[Optional[torch.Tensor]]:
+    def direction_masks(self, step: StepView) -> Sequence[Optional[torch.Tensor]]:
         """The mask of the step's directions, per bucket: the perturbation restriction, else the sparse
         masks; kept to the chosen tensors (perturb=)."""
         if step.restriction is not None:
@@ -449,7 +449,7 @@ class StreamAscent(Ascent):
                 view.copy_(torch.ones_like(view) if mask is None else mask)
         return out
 
-    def walk(self, step: Step, seeds: Sequence[int], saved: Optional[list[torch.Tensor]] = None,
+    def walk(self, step: StepView, seeds: Sequence[int], saved: Optional[list[torch.Tensor]] = None,
              scale: Optional[list[torch.Tensor]] = None) -> Walk:
         """The step's walk on the directions of `seeds`."""
         with phase("perturb"):
@@ -465,13 +465,13 @@ class StreamAscent(Ascent):
             view.copy_(formulas.tensor_rms(p, self._masks.get(p)).expand_as(view))
         return self._rms
 
-    def _size(self, step: Step) -> int | torch.Tensor:
+    def _size(self, step: StepView) -> int | torch.Tensor:
         """The number of weights the directions run over: eps's norm is rho sqrt(d) in relative units."""
         masks = self.direction_masks(step)
         return sum(b.numel() if m is None else m.sum() for b, m in zip(self.flat.buffers, masks))
 
     @contextlib.contextmanager
-    def perturbed(self, step: Step) -> Iterator[None]:
+    def perturbed(self, step: StepView) -> Iterator[None]:
         if step.plan is Plan.NONE:
             yield
             return
@@ -507,13 +507,13 @@ class StreamAscent(Ascent):
     def can_reuse(self) -> bool:
         return self._kept is not None
 
-    def direction(self, step: Step) -> list[Optional[torch.Tensor]]:
+    def direction(self, step: StepView) -> list[Optional[torch.Tensor]]:
         """g_hat = 1/m sum_i c_i u_i, materialised (one parameter-sized buffer per bucket)."""
         seeds, coefs, _ = self._pending
         walk = Walk(self.directions, seeds, self.direction_masks(step))
         return cast(list[Optional[torch.Tensor]], self._masks.layout.views(walk.materialized(coefs / walk.m)))
 
-    def commit(self, step: Step) -> None:
+    def commit(self, step: StepView) -> None:
         if step.plan is not Plan.FULL:
             return
         self.last_seeds, self.last_coefficients, self.last_eps = self._pending

@@ -1,7 +1,7 @@
 """The contract between the engine (engine.py) and its components: what an
 ascent and a part declare, every hook they may keep, and what each must
 honour on a step (docs/DESIGN.md, "The engine"). A component sees a step
-only through engine.Step; the engine checks the declarations at
+only through StepView (engine.Step implements it); the engine checks the declarations at
 construction and refuses, with the reason, a composition that cannot keep
 them. tests/test_compositions.py holds every ascent and every part to it.
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Protocol, Sequence
 
 import torch
 
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from ..flat import FlatParams, InPlaceParams, Layout
     from ..masks import Masks
     from ..sharded import ShardedParams
-    from .engine import Step
 
 
 class Plan(enum.Enum):
@@ -40,6 +39,50 @@ class Plan(enum.Enum):
     FULL = "full"     # the ascent finds eps
     REUSE = "reuse"   # the ascent applies the eps it kept
     NONE = "none"     # no perturbation: the update's gradient is taken at theta
+
+
+class StepView(Protocol):
+    """One step as an ascent and a part see it (engine.Step is the engine's): what they may
+    read, set and call, and nothing of the engine. Set by the components: plan (a part that
+    decides_plan), restriction (a part that restricts_directions), indices (the samples of
+    the update's gradient pass), per_sample_at_theta, keep_eps; loss, losses, at_theta and
+    theta_grads (the ascent's measurements)."""
+
+    closure: Callable[..., torch.Tensor]
+    index: int                          # the steps taken before this one
+    params: list[torch.Tensor]          # the trainable weights, in stream order
+    groups: list[dict[str, Any]]        # the param groups, with this step's values
+    masks: Masks                        # the sparse masks over the layout
+    plan: Plan
+    can_reuse: bool
+    first_order: bool
+    losses: dict[str, torch.Tensor]
+    loss: Optional[torch.Tensor]
+    at_theta: Optional[torch.Tensor]
+    per_sample_at_theta: bool
+    theta_grads: Optional[list[Optional[torch.Tensor]]]
+    restriction: Optional[list[torch.Tensor]]
+    indices: Optional[torch.Tensor | slice]
+    keep_eps: bool
+
+    def gradient(self, name: str, indices: Optional[torch.Tensor | slice] = None, local: bool = False,
+                 mask: bool = True) -> torch.Tensor: ...
+
+    def extra(self, name: str, reduce: bool = True) -> torch.Tensor: ...
+
+    def grads(self) -> list[Optional[torch.Tensor]]: ...
+
+    def radius(self, group: Optional[dict[str, Any]] = None) -> float: ...
+
+    def restrict(self, params: Sequence[torch.Tensor], tensors: Sequence[Any]) -> list[Optional[torch.Tensor]]: ...
+
+    def ascent_direction(self) -> list[Optional[torch.Tensor]]: ...
+
+    def mean_over_ranks_(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def state(self, p: torch.Tensor) -> dict[str, Any]: ...
+
+    def keep(self, p: torch.Tensor, key: str, value: torch.Tensor) -> None: ...
 
 
 class Component:
@@ -70,7 +113,7 @@ class Component:
         unfrozen or added): rebuild what depends on it. masks: the sparse masks
         (masks.Masks); flat: the weights' buffers (flat.py)."""
 
-    def commit(self, step: Step) -> None:
+    def commit(self, step: StepView) -> None:
         """After a step that was taken."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -98,15 +141,15 @@ class Ascent(Component):
         """Options of the extra passes (passes.Passes: batch_fraction, autocast, name)."""
         return {}
 
-    def observe(self, step: Step) -> None:
+    def observe(self, step: StepView) -> None:
         """Before eps, on a full step: what the ascent measures at theta."""
 
-    def perturbed(self, step: Step) -> contextlib.AbstractContextManager[None]:
+    def perturbed(self, step: StepView) -> contextlib.AbstractContextManager[None]:
         """A context manager: the weights at theta + eps inside (theta on a step
         whose plan is NONE), theta again when it ends, however it ends."""
         return contextlib.nullcontext()
 
-    def direction(self, step: Step) -> list[Optional[torch.Tensor]]:
+    def direction(self, step: StepView) -> list[Optional[torch.Tensor]]:
         """The ascent's gradient at theta (a list of tensors in stream order): the
         gradient itself, or what estimates it; for gradient surgery."""
         raise NotImplementedError
@@ -137,16 +180,16 @@ class Part(Component):
         """The radius of `group` at this step, given rho from the parts before (a schedule)."""
         return rho
 
-    def plan(self, step: Step) -> None:
+    def plan(self, step: StepView) -> None:
         """Set step.plan (a part that decides_plan) and what the step must measure."""
 
-    def before_ascent(self, step: Step) -> None:
+    def before_ascent(self, step: StepView) -> None:
         """After the ascent's observation at theta, before eps (a perturbation mask)."""
 
-    def before_update(self, step: Step) -> None:
+    def before_update(self, step: StepView) -> None:
         """At theta + eps, before the update's gradient pass (data selection)."""
 
-    def after_update(self, step: Step) -> None:
+    def after_update(self, step: StepView) -> None:
         """On the update's gradients, after the weights are back at theta (gradient surgery)."""
 
 

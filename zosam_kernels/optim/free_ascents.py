@@ -43,12 +43,12 @@ from .directions import stream_like
 from .passes import phase
 
 if TYPE_CHECKING:
-    from .engine import Step
+    from .components import StepView
 
 MOMENTUM_KEYS = ("momentum_buffer", "exp_avg")   # SGD's, Adam's and AdamW's
 
 
-def momentum_of(step: Step) -> list[Optional[torch.Tensor]]:
+def momentum_of(step: StepView) -> list[Optional[torch.Tensor]]:
     """The base optimizer's momentum of each weight (None where it keeps none yet),
     kept to the step's perturbation restriction."""
     out = []
@@ -117,7 +117,7 @@ class MomentumAscent(Ascent):
         same_in_every_group(groups, "rho", when="at construction")
 
     @contextlib.contextmanager
-    def perturbed(self, step: Step) -> Iterator[None]:
+    def perturbed(self, step: StepView) -> Iterator[None]:
         rho = step.radius()
         v = momentum_of(step)
         if step.plan is Plan.NONE or all(t is None for t in v):
@@ -152,7 +152,7 @@ class OrthogonalMix:
     def __init__(self, cosine: float):
         self.cosine = cosine
 
-    def __call__(self, step: Step, params: list[torch.Tensor], grads: list[torch.Tensor],
+    def __call__(self, step: StepView, params: list[torch.Tensor], grads: list[torch.Tensor],
                  seed: int) -> list[torch.Tensor]:
         rho = step.radius()
         grads = cast(list[torch.Tensor], step.restrict(params, grads))

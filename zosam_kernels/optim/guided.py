@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from ..masks import Masks
     from ..sharded import ShardedParams
     from .directions import Walk
-    from .engine import Step
+    from .components import StepView
 
 PRIORS = ("momentum", "gradient")
 
@@ -104,7 +104,7 @@ class GuidedAscent(Ascent):
             raise NotImplementedError("params: the guided ascent on FSDP2 shards is not supported: its "
                                       "prior's inner products with the stream are per rank")
 
-    def _prior(self, step: Step) -> Optional[list[Optional[torch.Tensor]]]:
+    def _prior(self, step: StepView) -> Optional[list[Optional[torch.Tensor]]]:
         if self.prior == "momentum":
             v = momentum_of(step)
         else:
@@ -112,7 +112,7 @@ class GuidedAscent(Ascent):
         return v if any(t is not None for t in v) else None
 
     @contextlib.contextmanager
-    def perturbed(self, step: Step) -> Iterator[None]:
+    def perturbed(self, step: StepView) -> Iterator[None]:
         self._pending = None
         prior = self._prior(step) if step.plan is Plan.FULL else None
         if step.plan is not Plan.FULL or (prior is None and self.n_dirs == 0):
@@ -171,7 +171,7 @@ class GuidedAscent(Ascent):
                 along.move_(torch.zeros((), device=device))
 
     @torch.no_grad()
-    def _gram(self, walk: Optional[Walk], step: Step, prior: list[Optional[torch.Tensor]], inv_norm: torch.Tensor,
+    def _gram(self, walk: Optional[Walk], step: StepView, prior: list[Optional[torch.Tensor]], inv_norm: torch.Tensor,
               device: torch.device) -> torch.Tensor:
         """G_jk = <b_j, b_k>: b_0 the unit prior, b_i the stream directions (masked)."""
         m = self.n_dirs
@@ -191,7 +191,7 @@ class GuidedAscent(Ascent):
             gram[0, i + 1] = gram[i + 1, 0] = dot.double() * inv_norm
         return gram
 
-    def commit(self, step: Step) -> None:
+    def commit(self, step: StepView) -> None:
         if step.plan is Plan.FULL and (self._pending is not None or self.stream._pending is not None):
             if self._pending is None:   # the stream's step
                 self.stream.commit(step)

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from ..flat import FlatParams, InPlaceParams, Layout
     from ..masks import Masks
     from ..sharded import ShardedParams
-    from .engine import Step
+    from .components import StepView
 
 BATCHES = ("split", "same")
 
@@ -95,7 +95,7 @@ class FilterNoiseAscent(Ascent):
     def relayout(self, layout: Layout, masks: Masks, flat: InPlaceParams | FlatParams | ShardedParams) -> None:
         self._saved = None
 
-    def _parts(self, step: Step) -> list[Optional[slice]]:
+    def _parts(self, step: StepView) -> list[Optional[slice]]:
         """The samples of each gradient: the pass at theta (alpha < 1) first, then the draws."""
         count = self.draws + (self.alpha < 1)
         if self.batch == "same" or count == 1:
@@ -103,7 +103,7 @@ class FilterNoiseAscent(Ascent):
         check_takes_indices(step.closure, f"{type(self).__name__}'s split batch (batch='split')")
         return [slice(k, None, count) for k in range(count)]
 
-    def observe(self, step: Step) -> None:
+    def observe(self, step: StepView) -> None:
         self._at_theta = None
         if self.alpha < 1:
             returned = step.gradient("the pass at theta", indices=self._parts(step)[0], mask=False)
@@ -111,7 +111,7 @@ class FilterNoiseAscent(Ascent):
             self._at_theta = step.grads()
 
     @torch.no_grad()
-    def _noise(self, step: Step, draw: int) -> list[torch.Tensor]:
+    def _noise(self, step: StepView, draw: int) -> list[torch.Tensor]:
         """n_draw per weight (None where a group's radius is 0), kept to the perturbation restriction."""
         rho_of = {id(p): step.radius(g) for g in step.groups for p in g["params"]}
         u = stream_like(step.params, step.masks, derived_seed(self.seed, step.index, draw), step.masks.layout)
@@ -119,7 +119,7 @@ class FilterNoiseAscent(Ascent):
         return cast(list[torch.Tensor], step.restrict(step.params, noise))
 
     @contextlib.contextmanager
-    def perturbed(self, step: Step) -> Iterator[None]:
+    def perturbed(self, step: StepView) -> Iterator[None]:
         if step.plan is Plan.NONE:
             yield
             return
@@ -146,7 +146,7 @@ class FilterNoiseAscent(Ascent):
                 torch._foreach_copy_(step.params, self._saved)
 
     @torch.no_grad()
-    def _mix(self, step: Step, kept: list[list[Optional[torch.Tensor]]]) -> None:
+    def _mix(self, step: StepView, kept: list[list[Optional[torch.Tensor]]]) -> None:
         """g = (1 - alpha) g_theta + alpha / M sum_j g_j, into the weights' .grad."""
         each = self.alpha / self.draws
         terms = [(each, g) for g in kept] + ([(1 - self.alpha, self._at_theta)] if self._at_theta else [])

@@ -21,7 +21,7 @@ from .components import Ascent, Part, Plan, same_in_every_group
 from .passes import check_takes_indices
 
 if TYPE_CHECKING:
-    from .engine import Step
+    from .components import StepView
 
 
 class Reuse(Part):
@@ -45,7 +45,7 @@ class Reuse(Part):
             return f"{type(ascent).__name__} finds eps from what changes every step; there is nothing to reuse"
         return None
 
-    def plan(self, step: Step) -> None:
+    def plan(self, step: StepView) -> None:
         if step.index % self.k and step.can_reuse:
             step.plan = Plan.REUSE
         else:
@@ -94,11 +94,11 @@ class LookAhead(Part):
     def check_group(self, group: dict[str, Any]) -> None:
         check_nonnegative("alpha", group["alpha"])
 
-    def plan(self, step: Step) -> None:
+    def plan(self, step: StepView) -> None:
         if step.index % self.k:
             step.plan = Plan.NONE
 
-    def after_update(self, step: Step) -> None:
+    def after_update(self, step: StepView) -> None:
         if step.plan is Plan.FULL:
             step.masks.mask_grads_()   # g_v (and its norm) on the active weights only
             pairs = [(p, d) for p, d in zip(step.params, step.ascent_direction())
@@ -115,7 +115,7 @@ class LookAhead(Part):
                 grads, g_v = [g for g, _ in pairs], [v for _, v in pairs]
                 torch._foreach_add_(grads, torch._foreach_mul(g_v, formulas.looksam_scale(grads, g_v, alpha)))
 
-    def commit(self, step: Step) -> None:
+    def commit(self, step: StepView) -> None:
         if step.plan is Plan.FULL:
             for p, v in zip(self._perturbed, self._g_v):
                 step.keep(p, "looksam_g_v", v)
@@ -154,7 +154,7 @@ class SurrogateGap(Part):
     def check_group(self, group: dict[str, Any]) -> None:
         check_nonnegative("alpha", group["alpha"])
 
-    def after_update(self, step: Step) -> None:
+    def after_update(self, step: StepView) -> None:
         if step.plan is not Plan.FULL:   # unperturbed (LookAhead's in-between steps): g_perp = 0
             return
         alpha = same_in_every_group(step.groups, "alpha")
@@ -225,11 +225,11 @@ class DataSelection(Part):
                     "passes run on a fraction of it (zo_batch_fraction < 1)")
         return None
 
-    def plan(self, step: Step) -> None:
+    def plan(self, step: StepView) -> None:
         check_takes_indices(step.closure, "ESAM's data selection (gamma < 1)")
         step.per_sample_at_theta = True
 
-    def before_update(self, step: Step) -> None:
+    def before_update(self, step: StepView) -> None:
         if step.plan is not Plan.FULL:   # nothing measured at theta: the whole batch
             return
         before = cast(torch.Tensor, step.at_theta)
@@ -245,7 +245,7 @@ class DataSelection(Part):
         self._chosen = torch.topk(after - before, k).indices
         step.indices = self._chosen
 
-    def commit(self, step: Step) -> None:
+    def commit(self, step: StepView) -> None:
         self.last_indices = self._chosen
 
 

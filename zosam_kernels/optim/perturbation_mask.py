@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ..flat import FlatParams, InPlaceParams, Layout
     from ..masks import Masks
     from ..sharded import ShardedParams
-    from .engine import Step
+    from .components import StepView
 
 KINDS = ("fisher", "dynamic")
 DROP_RATE = 0.5   # SSAM-D's, when not given
@@ -205,7 +205,7 @@ class PerturbationMasking(Part):
             return pm.remade(step_index, grads, active_weights(self._masks)), True
         return cast(list[torch.Tensor], pm.buffers), False
 
-    def before_ascent(self, step: Step) -> None:
+    def before_ascent(self, step: StepView) -> None:
         if step.first_order:
             if step.plan is Plan.FULL:
                 self._pending = self._for_step(step.index, cast(list[Optional[torch.Tensor]], step.theta_grads))
@@ -222,7 +222,7 @@ class PerturbationMasking(Part):
             self._topology = self._masks.changes
         step.restriction = pm.buffers
 
-    def commit(self, step: Step) -> None:
+    def commit(self, step: StepView) -> None:
         pm = self.perturbation_mask
         if step.first_order:
             if self._pending is not None:
