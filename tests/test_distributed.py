@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import zosam_kernels as zk
+from zosam_kernels.optim import FAMILY
 from zosam_kernels import sparse
 from test_family import per_sample_closure
 
@@ -88,6 +89,11 @@ OPTIMIZERS = {
     "ssam": lambda p, **kw: zk.SSAM(p, torch.optim.SGD, lr=0.1, update_interval=3, **kw),
     "ssam-d": lambda p, **kw: zk.SSAM(p, torch.optim.SGD, lr=0.1, mask="dynamic", update_interval=2,
                                       total_steps=8, **kw),
+    "random-direction": lambda p, **kw: FAMILY["random-direction"].build(p, torch.optim.SGD, lr=0.1, rho=0.1,
+                                                                         radius_scale="relative", **kw),
+    "msam": lambda p, **kw: FAMILY["msam"].build(p, torch.optim.SGD, lr=0.1, momentum=0.9, **kw),
+    "rwp-same-batch": lambda p, **kw: FAMILY["rwp"].build(p, torch.optim.SGD, lr=0.1, rho=0.05, batch="same",
+                                                          **kw),
 }
 # Choices made per shard, compared across ranks only, not with one process on the whole
 # batch: ESAM selects the top share of each shard for its second pass, zo_batch_fraction
@@ -97,6 +103,9 @@ PER_SHARD = {
     "esam-beta": lambda p, **kw: zk.ESAM(p, torch.optim.SGD, lr=0.1, beta=0.5, gamma=0.5, **kw),
     "zosam-frac": lambda p, **kw: zk.ZOSAM(p, torch.optim.SGD, lr=0.1, n_dirs=2, zo_batch_fraction=0.5,
                                            **kw),
+    # RWP's and LPF-SGD's split: strided parts of each shard
+    "rwp": lambda p, **kw: FAMILY["rwp"].build(p, torch.optim.SGD, lr=0.1, rho=0.05, **kw),
+    "lpf-sgd": lambda p, **kw: FAMILY["lpf-sgd"].build(p, torch.optim.SGD, lr=0.1, rho=0.05, draws=2, **kw),
 }
 SCHEDULES = {"set": lambda m: sparse.SET(m, update_interval=2),
              "rigl": lambda m: sparse.RigL(m, 20, update_interval=2)}
