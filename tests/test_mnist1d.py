@@ -182,7 +182,7 @@ def test_models_and_data_must_agree():
     with pytest.raises(ValueError, match="--model mlp1d takes 1-D signals"):
         make_model("mlp1d", 10, {}, (3, 32, 32))
     with pytest.raises(ValueError, match=r"--model-kwargs \['heads'\]: not an option of --model cnn1d; "
-                                         r"it takes depth, width"):
+                                         r"it takes depth, norm, width"):
         make_model("cnn1d", 10, {"heads": 2}, (1, 40))
     model = make_model("mlp1d", 10, {"width": 16}, (1, 40))
     assert [p.shape for p in model.parameters()][:2] == [(16, 40), (16,)]
