@@ -23,7 +23,7 @@ import torch
 from test_contract import (assert_ranks_identical, closure_of, fail_at_every_pass, passes_of_step, problem,
                            weights_on_ranks)
 from zosam_kernels.optim import components, parts as parts_module
-from zosam_kernels.optim.ascents import CoinFlipSigns, UnitCoefficients
+from zosam_kernels.optim.stream_ascents import CoinFlipSigns, UnitCoefficients
 from zosam_kernels.optim.engine import Engine
 from zosam_kernels.optim.perturbation_mask import PerturbationMasking
 
@@ -64,7 +64,8 @@ def subclasses(cls):
 
 
 def _import_all():
-    from zosam_kernels.optim import ascents, free_ascents, guided, noise_ascents, perturbation_mask  # noqa: F401
+    from zosam_kernels.optim import (free_ascents, gradient_ascent, guided, noise_ascents,  # noqa: F401
+                                     perturbation_mask, stream_ascents)
     return parts_module
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from f64 import directions
 from zosam_kernels.optim import Engine, MomentumAscent, RandomAscent, ZerothOrderAscent
-from zosam_kernels.optim.ascents import CoinFlipAscent
+from zosam_kernels.optim.stream_ascents import CoinFlipAscent
 from zosam_kernels.seeds import derived_seed
 
 SCALES = (4.0, 0.25)   # the hidden layer times 4 (weight and bias), the output weights / 4: the same function

@@ -1,7 +1,9 @@
-"""The family: one engine (engine.py), ascents (ascents.py), parts (parts.py,
+"""The family: one engine (engine.py), ascents (gradient_ascent.py, stream_ascents.py, free_ascents.py,
+guided.py, noise_ascents.py), parts (parts.py,
 perturbation_mask.py), and the public optimizers as compositions of them
 (family.py)."""
-from .ascents import CoinFlipAscent, GradientAscent, RandomAscent, ZerothOrderAscent
+from .gradient_ascent import GradientAscent
+from .stream_ascents import CoinFlipAscent, RandomAscent, ZerothOrderAscent
 from .free_ascents import MomentumAscent, NoisyOracleAscent
 from .guided import GuidedAscent
 from .noise_ascents import FilterNoiseAscent

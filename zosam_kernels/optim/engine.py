@@ -2,7 +2,7 @@
 
     begin -> ascent (eps) -> gradient pass at theta + eps -> gradient surgery -> restore -> base step
 
-An optimizer of the family is an Engine with an ascent (ascents.py: how eps
+An optimizer of the family is an Engine with an ascent (gradient_ascent.py, stream_ascents.py, ...: how eps
 is found) and optional parts (parts.py: a perturbation mask, reuse every k
 steps, gradient surgery, data selection). The engine is the torch
 optimizer: it wraps a base optimizer and shares its param_groups and state

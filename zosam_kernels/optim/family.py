@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 import torch
 
-from .ascents import CoinFlipAscent, GradientAscent, RandomAscent, ZerothOrderAscent
+from .gradient_ascent import GradientAscent
+from .stream_ascents import CoinFlipAscent, RandomAscent, ZerothOrderAscent
 from .free_ascents import MomentumAscent, NoisyOracleAscent
 from .guided import GuidedAscent
 from .noise_ascents import FilterNoiseAscent

@@ -36,7 +36,8 @@ import torch
 
 from ..seeds import check_seed, derived_seed
 from . import formulas
-from .ascents import GradientAscent, check_radius_scale
+from .gradient_ascent import GradientAscent
+from .stream_ascents import check_radius_scale
 from .checks import check_nonnegative
 from .components import Ascent, Plan, same_in_every_group
 from .directions import stream_like

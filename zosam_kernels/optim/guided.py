@@ -36,7 +36,7 @@ import torch
 from ..flat import FlatParams
 from ..seeds import derived_seed
 from . import formulas
-from .ascents import ZerothOrderAscent, take_from_checkpoint
+from .stream_ascents import ZerothOrderAscent, take_from_checkpoint
 from .components import Ascent, Plan, same_in_every_group
 from .free_ascents import Along, check_keeps_momentum, momentum_of
 from .passes import phase

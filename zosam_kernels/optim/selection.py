@@ -16,7 +16,7 @@ code (GradientAscent's `unscaled`).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 
@@ -51,3 +51,22 @@ def biases(model: torch.nn.Module, chosen: Any) -> list[Any]:
     ids = {id(p) for p in chosen}
     return [m.bias for m in model.modules()
             if isinstance(getattr(m, "bias", None), torch.nn.Parameter) and id(m.bias) in ids]
+
+
+def chosen_tensors(tensors: Any) -> Optional[frozenset[int]]:
+    """The ids of the tensors an ascent is kept to (perturb=), None for all. A selection by
+    name or module (selection.py) must be resolved against the model first."""
+    if tensors is None:
+        return None
+    if isinstance(tensors, str) or callable(tensors):
+        raise TypeError(f"perturb={tensors!r} names parts of a model: resolve it first, "
+                        "zk.optim.select(model, spec), or build through make_optimizer(..., model=model)")
+    tensors = list(tensors)
+    if not tensors or not all(torch.is_tensor(t) for t in tensors):
+        raise ValueError("perturb: give a non-empty collection of the model's parameters (None: all)")
+    return frozenset(map(id, tensors))
+
+
+def check_chosen(chosen: Optional[frozenset[int]], layout: Any) -> None:
+    if chosen is not None and not chosen & {id(p) for p in layout.params}:
+        raise ValueError("perturb: none of these tensors is a trainable parameter of the optimizer")
