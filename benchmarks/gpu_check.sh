@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2086  # the dry mode's *_TINY options split into words on purpose
 # On a lent GPU machine (device tool): build, run the tests with the Triton
 # kernels compiled, then the kernel roofline, the pass costs, the step
 # benchmarks (with a profile) and zosam-train. Uses the machine's own python3,
@@ -27,17 +28,48 @@
 #   $OUT/<stage>.tar.gz   every log and JSON of the stage
 #   $OUT/profile.tar.gz   (core) the Chrome/Perfetto traces, one per method
 # and the end of stdout shows the summary and the main tables.
+#
+# DRY=1 runs every step on the CPU at tiny sizes, in seconds, so the script
+# cannot drift from the package (tests/test_gpu_check.py, in `make test`):
+# the Triton kernels interpreted, the benchmarks at batch 2 for one step, the
+# test files collected rather than run (the suite runs them anyway), and the
+# GPU-only steps (nvidia-smi, the editable build) reported as skipped.
 set -uo pipefail
 OUT=${OUT:-out}
 STAGE=${1:-core}
+case "$STAGE" in
+  core | rest | all) ;;
+  *) echo "stage must be core, rest or all, got $STAGE" >&2; exit 2 ;;
+esac
 PY=${PYTHON:-python3}
 BUDGET_S=${BUDGET_S:-540}
+DRY=${DRY:-0}
 START=$SECONDS
 RAW=$(mktemp -d)
 mkdir -p "$OUT"
 # the tree itself is importable even if the editable install fails
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-unset TRITON_INTERPRET
+# Options appended to each command in dry mode (argparse keeps the last value,
+# so the method and model names under check stay the script's own).
+if [ "$DRY" = 1 ]; then
+  export TRITON_INTERPRET=1
+  BENCH_TINY="--device cpu --batch-size 4 --steps 1 --warmup 0"   # 4: zosam-micro4
+  KERNELS_TINY="--device cpu --sizes 1000,1001 --sweep 1001"
+  PASSES_TINY="--device cpu --batch-size 2 --reps 1"
+  QUALITY_TINY="--device cpu --batch-size 2 --seeds 2"
+  TRAIN_TINY="--device cpu --train-size 8 --test-size 8 --batch-size 4 --eval-batch-size 8 --workers 0"
+  PYTEST_TINY="--collect-only"
+else
+  unset TRITON_INTERPRET
+  BENCH_TINY="" KERNELS_TINY="" PASSES_TINY="" QUALITY_TINY="" TRAIN_TINY="" PYTEST_TINY=""
+fi
+
+# gpu_only NAME CMD...: CMD as a step, or in dry mode reported as skipped
+gpu_only() {
+  local name=$1; shift
+  if [ "$DRY" = 1 ]; then echo "$name: skipped, GPU only (dry mode)" | tee -a "$OUT/summary.txt"
+  else step "$name" "$@"; fi
+}
 
 # step NAME MAX_S CMD...: CMD's output to $RAW/NAME.log, under
 # min(MAX_S, what is left of the budget less 20 s for packing)
@@ -64,7 +96,7 @@ pytest_summary() {
 
 # pytest in parallel where pytest-xdist is installed (the device image has it)
 pytest_n() {
-  if "$PY" -c "import xdist" 2> /dev/null; then echo "-n $1"; fi
+  if [ "$DRY" != 1 ] && "$PY" -c "import xdist" 2> /dev/null; then echo "-n $1"; fi
 }
 
 pack() {
@@ -83,12 +115,13 @@ trap pack EXIT
 
 build() {
   {
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+    if [ "$DRY" = 1 ]; then echo "dry mode: no GPU"
+    else nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv; fi
     "$PY" -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
     date -u
   } > "$OUT/versions.txt" 2>&1
   cat "$OUT/versions.txt"
-  step build 240 env MAX_JOBS=16 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
+  gpu_only build 240 env MAX_JOBS=16 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
   step import 60 "$PY" -c "from zosam_kernels.ops import library as L; print('C++ extension', L.HAS_CPU_EXTENSION, 'triton', L.triton_kernels is not None)"
   cat "$RAW/import.log"
 }
@@ -99,35 +132,35 @@ GPU_TESTS="tests/test_triton_kernels.py tests/test_stream_agreement.py tests/tes
   tests/test_behaviour.py tests/test_training_loop.py tests/test_sam.py tests/test_family.py"
 
 core() {
-  # shellcheck disable=SC2046,SC2086
-  step gpu_tests 180 "$PY" -m pytest -q -rfEs -p no:cacheprovider $(pytest_n 8) $GPU_TESTS
-  step kernels 120 "$PY" benchmarks/kernels.py --json "$RAW/kernels.json"
-  step forward_cost 60 "$PY" benchmarks/forward_cost.py --reps 20
+  # shellcheck disable=SC2046
+  step gpu_tests 180 "$PY" -m pytest -q -rfEs -p no:cacheprovider $(pytest_n 8) $PYTEST_TINY $GPU_TESTS
+  step kernels 120 "$PY" benchmarks/kernels.py --json "$RAW/kernels.json" $KERNELS_TINY
+  step forward_cost 60 "$PY" benchmarks/forward_cost.py --reps 20 $PASSES_TINY
   step bench 150 "$PY" -m zosam_kernels.bench --methods sgd,sam,zosam,zosam-unfused,zosam-frac,zosam-bf16 \
-    --json "$RAW/bench_resnet32.json" --profile "$RAW/profile"
+    --json "$RAW/bench_resnet32.json" --profile "$RAW/profile" $BENCH_TINY
   # 10000010: a weight count that is not a multiple of 16, as real models have
   # (no 16-byte accesses: benchmarks/RESULTS.md, the machine-code section)
   step kernel_sweep 120 "$PY" benchmarks/kernels.py --sizes 1e7,10000010 --sweep 1e7,1e8 \
-    --json "$RAW/kernel_sweep.json"
+    --json "$RAW/kernel_sweep.json" $KERNELS_TINY
   pytest_summary "$RAW/gpu_tests.log"
   cat "$RAW/kernels.log" "$RAW/forward_cost.log" "$RAW/bench.log" "$RAW/kernel_sweep.log" 2> /dev/null
 }
 
 rest() {
   step bench_b512 75 "$PY" -m zosam_kernels.bench --batch-size 512 --methods sgd,sam,zosam,zosam-frac,zosam-bf16 \
-    --json "$RAW/bench_b512.json"
+    --json "$RAW/bench_b512.json" $BENCH_TINY
   step bench_wide 75 "$PY" -m zosam_kernels.bench --model resnet32_wide --methods sgd,sam,zosam,zosam-frac \
-    --json "$RAW/bench_wide.json"
+    --json "$RAW/bench_wide.json" $BENCH_TINY
   step bench_family 90 "$PY" -m zosam_kernels.bench \
-    --methods sgd,sam,zosam,esam,looksam,gsam,ssam-f,ssam-d,zolooksam,zossam --json "$RAW/bench_family.json"
+    --methods sgd,sam,zosam,esam,looksam,gsam,ssam-f,ssam-d,zolooksam,zossam --json "$RAW/bench_family.json" $BENCH_TINY
   step bench_bf16 60 "$PY" -m zosam_kernels.bench --bf16 --channels-last --methods sgd,sam,zosam \
-    --json "$RAW/bench_bf16.json"
+    --json "$RAW/bench_bf16.json" $BENCH_TINY
   # shellcheck disable=SC2046
-  step suite 240 "$PY" -m pytest tests -q -rfEs -p no:cacheprovider $(pytest_n 12)
+  step suite 240 "$PY" -m pytest tests -q -rfEs -p no:cacheprovider $(pytest_n 12) $PYTEST_TINY
   step train 150 bash -c train
   step bench_loop 60 "$PY" -m zosam_kernels.bench \
-    --methods sgd,zosam,zosam-no-crn,zosam-clip,zosam-scaler,zosam-micro4 --json "$RAW/bench_loop.json"
-  step zo_quality 60 "$PY" benchmarks/zo_quality.py --json "$RAW/zo_quality.json"
+    --methods sgd,zosam,zosam-no-crn,zosam-clip,zosam-scaler,zosam-micro4 --json "$RAW/bench_loop.json" $BENCH_TINY
+  step zo_quality 60 "$PY" benchmarks/zo_quality.py --json "$RAW/zo_quality.json" $QUALITY_TINY
   pytest_summary "$RAW/suite.log"
   for f in bench_b512 bench_wide bench_family bench_bf16 train bench_loop zo_quality; do
     echo "== $f"; cat "$RAW/$f.log" 2> /dev/null
@@ -141,10 +174,10 @@ rest() {
 train() {
   local runs=$RAW/train
   for opt in sgd sam zosam; do
-    "$PY" -m zosam_kernels.train --optimizer "$opt" --epochs 3 --progress off --workers 4 --out "$runs/$opt" || return
+    "$PY" -m zosam_kernels.train --optimizer "$opt" --epochs 3 --progress off --workers 4 --out "$runs/$opt" \
+      $TRAIN_TINY || return
   done
-  local args="--sparse rigl --density 0.1 --update-interval 10 --optimizer zosam --epochs 2 --progress off"
-  # shellcheck disable=SC2086
+  local args="--sparse rigl --density 0.1 --update-interval 10 --optimizer zosam --epochs 2 --progress off $TRAIN_TINY"
   "$PY" -m zosam_kernels.train $args --out "$runs/whole" &&
     "$PY" -m zosam_kernels.train $args --out "$runs/cut" --stop-after 1 &&
     "$PY" -m zosam_kernels.train $args --out "$runs/cut" --resume || return
@@ -162,7 +195,7 @@ for a, b in zip(rows("whole"), rows("cut")):
 PY
 }
 export -f train
-export PY RAW
+export PY RAW TRAIN_TINY
 
 echo "stage $STAGE, budget ${BUDGET_S}s" | tee -a "$OUT/summary.txt"
 build
@@ -170,6 +203,5 @@ case "$STAGE" in
   core) core ;;
   rest) rest ;;
   all) core; rest ;;
-  *) echo "stage must be core, rest or all, got $STAGE" >&2; exit 2 ;;
 esac
 echo "== summary"; cat "$OUT/summary.txt"
