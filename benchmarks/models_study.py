@@ -217,24 +217,38 @@ def keeps(rows, arm, metric):
 
 
 def verdict(found, costs):
-    lines = [f"| arm | cost × SGD (max over cells) | cells where it keeps ≥ {KEEP:.0%} of SAM's last-epoch gain "
-             "(interval above 0) | cells where it does not (interval below 0) |", "| --- | --- | --- | --- |"]
-    tables = {cell: cell_rows(found, cell, costs) for cell in CELLS}
+    """Per arm and cell, gain(arm) - 0.75 gain(SAM) at the last epoch with its interval, marked
+    "yes" above 0, "no" below 0, "?" across it; SAM's own gain on top; then the arms that answer
+    the question: at most CHEAP x SGD's epoch in every cell and "yes" in every cell of the study
+    (sam-on, run on the BatchNorm model only, cannot)."""
+    tables = {cell: rows for cell in CELLS if "sam" in (rows := cell_rows(found, cell, costs))}
+    lines = [f"| arm | cost × SGD (max over cells) | {' | '.join(tables)} |", "|---" * (len(tables) + 2) + "|",
+             "| sam: its gain over SGD | | " + " | ".join(fmt(list(rows["sam"]["gain"]["last"].values()))
+                                                       for rows in tables.values()) + " |"]
+    answer = []
     for arm in ARMS:
         if arm in ("sgd", "sam"):
             continue
-        spent, yes, no = [], [], []
-        for cell, rows in tables.items():
-            if arm not in rows or "sam" not in rows:
+        entries, marks, spent = [], [], []
+        for rows in tables.values():
+            if arm not in rows:
+                entries.append("not run")
                 continue
-            spent.append(rows[arm]["cost"] or float("nan"))
-            mean, half, n = interval(keeps(rows, arm, "last"))
-            if half is not None and mean - half > 0:
-                yes.append(cell)
-            elif half is not None and mean + half < 0:
-                no.append(cell)
-        if spent:
-            lines.append(f"| {arm} | {max(spent):.2f} | {', '.join(yes) or '-'} | {', '.join(no) or '-'} |")
+            spent.append(float("inf") if rows[arm]["cost"] is None else rows[arm]["cost"])
+            mean, half, _ = interval(keeps(rows, arm, "last"))
+            mark = "?" if half is None or mean - half <= 0 <= mean + half else ("yes" if mean > 0 else "no")
+            marks.append(mark)
+            entries.append(f"{fmt(keeps(rows, arm, 'last'))} {mark}")
+        if not spent:
+            continue
+        cost = "-" if max(spent) == float("inf") else f"{max(spent):.2f}"
+        lines.append(f"| {arm} | {cost} | {' | '.join(entries)} |")
+        if max(spent) <= CHEAP and marks == ["yes"] * len(tables):
+            answer.append(arm)
+    lines += ["", f"Each cell: gain(arm) − {KEEP} × gain(SAM), per seed, at the last epoch (yes: the interval "
+              "is above 0, no: below, ?: it holds 0). "
+              + (f"Arms at most {CHEAP}× SGD that keep {KEEP:.0%} of SAM's gain in every cell: {', '.join(answer)}."
+                 if answer else f"No arm at most {CHEAP}× SGD keeps {KEEP:.0%} of SAM's gain in every cell.")]
     return "\n".join(lines)
 
 

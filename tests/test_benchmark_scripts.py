@@ -456,5 +456,7 @@ def test_models_study_picks_per_cell_pairs_by_seed_and_judges_against_sam(tmp_pa
     assert rows["rwp"]["cost"] == pytest.approx(1.2)
     study["main"](["--runs", runs, "table"])
     out = capsys.readouterr().out
-    assert "| rwp | 1.20 | cnn-noisy, mlp-clean | - |" in out                  # 5.5 - 0.75 * 6 > 0 in every seed
-    assert "| random-direction | 1.20 | - | cnn-noisy, mlp-clean |" in out     # 1 - 4.5 < 0
+    assert "| sam: its gain over SGD | | +6.0 ± 0.0 | +6.0 ± 0.0 |" in out
+    assert "| rwp | 1.20 | +1.0 ± 0.0 yes | +1.0 ± 0.0 yes |" in out                # 5.5 - 0.75 * 6 in every seed
+    assert "| random-direction | 1.20 | -3.5 ± 0.0 no | -3.5 ± 0.0 no |" in out    # 1 - 4.5
+    assert "that keep 75% of SAM's gain in every cell: rwp." in out
