@@ -18,8 +18,8 @@ the unfinished runs' folders and print the stage again.
 
 Setting: mnist1d's generator, batch 128, EPOCHS epochs, LR 0.1 cosine, momentum 0.9,
 weight decay 5e-4. Three models: the 1-D CNN of the first study (cnn, 13,706
-weights), an MLP of width 256 (mlp, 79,114 weights, 5.8 times as many) and the CNN
-with a BatchNorm after each convolution (bn, where SAM-ON applies). Two label
+weights), an MLP of width 256 (mlp, 78,858 weights, 5.8 times as many) and the CNN
+with a BatchNorm after each convolution (bn, 13,898 weights, where SAM-ON applies). Two label
 settings: 40 % symmetric label noise on the 3000 training and the validation
 examples (noisy), and clean labels on the first 1000 training examples, which SGD
 fits entirely (clean). One sparse cell: the CNN at width 128, 90 % sparse by SNIP
