@@ -8,6 +8,7 @@ reader (their config.json), never from their folders' names.
     python benchmarks/models_study.py --runs R main > main.sh     # the picked radius, seeds 2-4
     python benchmarks/models_study.py --runs R cost > cost.sh     # then run it alone, one at a time (-P 1)
     python benchmarks/models_study.py --runs R table              # the tables and the verdict (markdown)
+    (--cells cnn-noisy,mlp-clean: a stage's runs for these cells only, to run the cheap cells first)
     python benchmarks/models_study.py --runs R figure gain.png    # gain over SGD against cost, a panel per model
 
 The cost of an arm is the median seconds of its epochs in the cost stage, COST_EPOCHS
@@ -142,19 +143,19 @@ def pick(found, cell, arm):
 
 # ---- stages ---------------------------------------------------------------------------
 
-def sweep_commands(runs):
-    return [command(runs, cell, arm, rho, seed) for cell in CELLS for arm in arms_of(cell)
+def sweep_commands(runs, cells=tuple(CELLS)):
+    return [command(runs, cell, arm, rho, seed) for cell in cells for arm in arms_of(cell)
             for rho in ARMS[arm][1] for seed in SWEEP_SEEDS]
 
 
-def cost_commands(runs):
+def cost_commands(runs, cells=tuple(CELLS)):
     os.makedirs(os.path.join(runs, "cost"), exist_ok=True)
-    return [command(runs, cell, arm, ARMS[arm][1][0], 0, cost=True) for cell in CELLS for arm in arms_of(cell)]
+    return [command(runs, cell, arm, ARMS[arm][1][0], 0, cost=True) for cell in cells for arm in arms_of(cell)]
 
 
-def main_commands(runs):
+def main_commands(runs, cells=tuple(CELLS)):
     found, out = load(runs), []
-    for cell in CELLS:
+    for cell in cells:
         for arm in arms_of(cell):
             rho = pick(found, cell, arm)
             if rho is None and arm != "sgd":
@@ -303,10 +304,16 @@ def main(argv_=None):
     p.add_argument("--runs", required=True, help="the folder of the study's runs")
     p.add_argument("stage", choices=("sweep", "main", "cost", "table", "figure"))
     p.add_argument("path", nargs="?", help="figure: the PNG to write")
+    p.add_argument("--cells", default=",".join(CELLS),
+                   help="sweep, main, cost: the runs of these cells only (comma-separated; default all)")
     args = p.parse_args(argv_)
+    cells = args.cells.split(",")
+    if unknown := [c for c in cells if c not in CELLS]:
+        p.error(f"--cells: unknown {', '.join(unknown)}; the study's cells are {', '.join(CELLS)}")
     if args.stage in ("sweep", "main", "cost"):
         os.makedirs(args.runs, exist_ok=True)
-        commands = {"sweep": sweep_commands, "main": main_commands, "cost": cost_commands}[args.stage](args.runs)
+        stage = {"sweep": sweep_commands, "main": main_commands, "cost": cost_commands}[args.stage]
+        commands = stage(args.runs, cells)
         print("\n".join(c for c in commands if c))
     elif args.stage == "table":
         print(table(load(args.runs), load(args.runs, cost=True)))

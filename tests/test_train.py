@@ -5,6 +5,7 @@ independent recomputations, and the errors a user meets first."""
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -294,11 +295,37 @@ def test_bad_input_is_one_line_before_any_data_and_leaves_nothing(tmp_path, caps
     assert not out.exists()
 
 
-def test_divergence_stops_before_a_checkpoint(tmp_path):
+def test_divergence_stops_before_a_checkpoint_and_says_so_in_the_summary(tmp_path):
     with pytest.raises(RuntimeError, match="epoch 1: the weights or buffers are no longer finite"):
         train(tmp_path, "--optimizer", "sgd", "--lr", "1e30", "--epochs", "2")
-    assert not os.path.exists(tmp_path / "run" / "checkpoint.pt")
-    assert metrics(str(tmp_path / "run")) == []
+    run = tmp_path / "run"
+    assert not os.path.exists(run / "checkpoint.pt")
+    assert metrics(str(run)) == []
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["complete"] is False and summary["diverged_at"] == 1 and summary["final_test_acc"] is None
+    # zosam-report leaves it out, and says why
+    from zosam_kernels.train.report import main as report
+    with pytest.raises(SystemExit, match=re.escape(f"has finished: {run} (diverged at epoch 1)")):
+        report([str(run)])
+
+
+def test_a_run_that_diverges_later_keeps_the_epochs_before_in_its_summary(tmp_path, monkeypatch):
+    from zosam_kernels.train import loop
+    real, calls = loop.Run._check_finite, []
+
+    def diverge_at_2(self, epoch):
+        calls.append(epoch)
+        if epoch == 2:
+            raise loop.Diverged("epoch 2: the weights or buffers are no longer finite (faked)")
+        real(self, epoch)
+    monkeypatch.setattr(loop.Run, "_check_finite", diverge_at_2)
+    with pytest.raises(loop.Diverged):
+        train(tmp_path, "--optimizer", "sgd", "--epochs", "3")
+    rows = metrics(str(tmp_path / "run"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert calls == [1, 2] and [r["epoch"] for r in rows] == [1]
+    assert summary["diverged_at"] == 2 and summary["complete"] is False and summary["epochs_done"] == 1
+    assert summary["final_test_acc"] == rows[0]["test_acc"]
 
 
 def test_the_finiteness_check_covers_buffers(tmp_path):

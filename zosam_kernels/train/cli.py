@@ -49,7 +49,9 @@ outputs in --out:
                   accuracy -> first epoch reaching it), best_val_acc, best_val_epoch
                   (the first epoch of the highest val_acc), test_acc_at_best_val,
                   final_fit_clean, final_fit_noisy, final_density, total_s,
-                  cifar10c (per corruption and severity, and the mean)
+                  cifar10c (per corruption and severity, and the mean); complete,
+                  diverged_at (the epoch whose weights were no longer finite: the run
+                  stopped there, and summary.json describes the epochs before)
   checkpoint.pt   everything a --resume needs, rewritten after every epoch
   curves.png      loss and accuracy per epoch
 

@@ -31,6 +31,11 @@ from .datasets import NoisyLabels, cifar10c, load
 from .probes import Probes, corrupted_sets
 
 
+class Diverged(RuntimeError):
+    """The weights or buffers are no longer finite. The run stops; its summary.json has
+    complete false and diverged_at, so a study counts it as a result, not a crash."""
+
+
 def lr_factor(step, warmup_steps, total_steps):
     """Linear warm-up from 1/warmup_steps to 1, then half a cosine down to 0."""
     if step < warmup_steps:
@@ -199,7 +204,12 @@ class Run:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             epoch_s = time.perf_counter() - t0
-            self._check_finite(epoch)
+            try:
+                self._check_finite(epoch)
+            except Diverged:   # a result, not a crash: summary.json says where, and the run stops
+                outputs.write_summary(args.out, self.history, self.total_s, args.targets, False,
+                                      {"cifar10c": None, "corrupt": None}, self.rounds, diverged_at=epoch)
+                raise
             t1 = time.perf_counter()
             test_loss, test_acc = self.evaluate(self.test_loader)
             measured = {}
@@ -242,7 +252,7 @@ class Run:
         whose loss is not finite, and put back what its passes moved; SGD does not.)"""
         state = [t for t in self.model.state_dict().values() if t.is_floating_point()]
         if not all(bool(torch.isfinite(t).all()) for t in state):
-            raise RuntimeError(f"epoch {epoch}: the weights or buffers are no longer finite (the training "
+            raise Diverged(f"epoch {epoch}: the weights or buffers are no longer finite (the training "
                                "diverged); "
                                f"{'the checkpoint of epoch ' + str(epoch - 1) if epoch > 1 else 'no checkpoint'}"
                                f" is kept in {self.args.out}. Try a lower --lr, --warmup-epochs or "

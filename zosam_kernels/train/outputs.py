@@ -57,11 +57,13 @@ def print_epoch(row, total_epochs):
           flush=True)
 
 
-def write_summary(out, history, total_s, targets, complete, robustness, rounds):
+def write_summary(out, history, total_s, targets, complete, robustness, rounds, diverged_at=None):
     """summary.json: accuracies of the last round (for LTH, the ticket at the final
     density; earlier rounds are denser), epochs to each target accuracy within it,
     the robustness results (cifar10c, corrupt) and the last measurement of every
-    diagnostic (with the epoch it was made at).
+    diagnostic (with the epoch it was made at). diverged_at: the epoch whose weights
+    were no longer finite, for a run that stopped there (its accuracies are those of the
+    epochs before).
 
     With a validation split, the model selection a user without test labels
     makes: the first epoch of the highest validation accuracy, and the test
@@ -80,6 +82,7 @@ def write_summary(out, history, total_s, targets, complete, robustness, rounds):
     summary = {
         "complete": complete,
         "epochs_done": len(history),
+        "diverged_at": diverged_at,
         "final_test_acc": accs[-1] if accs else None,
         "best_test_acc": max(accs) if accs else None,
         "best_epoch": last[accs.index(max(accs))]["round_epoch"] if accs else None,

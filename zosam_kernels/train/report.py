@@ -48,7 +48,8 @@ EPOCHS = {"best_val_epoch"}   # whole numbers: one seed's shown as such, a mean 
 
 
 def load_runs(dirs):
-    """(directory, args, summary) of every finished run among `dirs`, and the names of the unfinished."""
+    """(directory, args, summary) of every finished run among `dirs`, and the names of the unfinished
+    (a diverged run's with the epoch it diverged at)."""
     runs, unfinished = [], []
     for d in dirs:
         summary_path, config_path = os.path.join(d, "summary.json"), os.path.join(d, "config.json")
@@ -62,7 +63,8 @@ def load_runs(dirs):
         if summary.get("complete"):
             runs.append((d, args, summary))
         else:
-            unfinished.append(d)
+            diverged = summary.get("diverged_at")
+            unfinished.append(d if diverged is None else f"{d} (diverged at epoch {diverged})")
     return runs, unfinished
 
 
@@ -185,7 +187,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     runs, unfinished = load_runs(args.runs)
     if not runs:
-        raise SystemExit(f"zosam-report: none of the {len(args.runs)} runs has finished")
+        raise SystemExit(f"zosam-report: none of the {len(args.runs)} runs has finished: {', '.join(unfinished)}")
     groups = group(runs)
     print(table(groups, args.target))
     for g in groups.values():
