@@ -8,14 +8,15 @@ reader (their config.json), never from their folders' names.
     python benchmarks/models_study.py --runs R main > main.sh     # the picked radius, seeds 2-4
     python benchmarks/models_study.py --runs R cost > cost.sh     # then run it alone, one at a time (-P 1)
     python benchmarks/models_study.py --runs R table              # the tables and the verdict (markdown)
-    (--cells cnn-noisy,mlp-clean: a stage's runs for these cells only, to run the cheap cells first)
     python benchmarks/models_study.py --runs R figure gain.png    # gain over SGD against cost, a panel per model
+    (--cells cnn-noisy,mlp-clean: a stage's runs for these cells only, to run the cheap cells first)
 
 The cost of an arm is the median seconds of its epochs in the cost stage, COST_EPOCHS
 epochs of seed 0 at the smallest radius, run one at a time on an otherwise idle
 machine, over SGD's (the other stages run two at a time, so their epoch times
 measure the contention as well). A stage prints only the runs whose folder does not exist yet: after a crash, remove
-the unfinished runs' folders and print the stage again.
+the folders without a summary.json and print the stage again (a run that diverged has
+one: it is a result, counted at chance, CHANCE).
 
 Setting: mnist1d's generator, batch 128, EPOCHS epochs, LR 0.1 cosine, momentum 0.9,
 weight decay 5e-4. Three models: the 1-D CNN of the first study (cnn, 13,706
@@ -124,11 +125,21 @@ def load(runs, cost=False):
     dirs = [os.path.join(runs, d) for d in sorted(os.listdir(runs))
             if os.path.exists(os.path.join(runs, d, "config.json"))] if os.path.isdir(runs) else []
     plan, found = planned(cost), {}
-    for directory, args, summary in load_runs(dirs)[0]:
+    for directory, args, summary in load_runs(dirs, diverged=True)[0]:
         where = plan.get(_key(args))
         if where is not None:
             found[(*where, args["seed"])] = {"summary": summary, "rows": read_metrics(directory)}
     return found
+
+
+# A diverged run is a result: its weights are no longer finite, and such a net answers one class
+# for every input, so its last epoch counts as chance on mnist1d's ten balanced classes; early
+# stopping keeps the epoch of its best validation accuracy before it diverged.
+CHANCE = 10.0
+
+
+def diverged(run):
+    return run["summary"].get("diverged_at") is not None
 
 
 def pick(found, cell, arm):
@@ -137,25 +148,25 @@ def pick(found, cell, arm):
     for rho in ARMS[arm][1]:
         runs = [found.get((cell, arm, rho, s)) for s in SWEEP_SEEDS]
         if all(runs):
-            scores[rho] = statistics.mean(r["rows"][-1]["val_acc"] for r in runs)
+            scores[rho] = statistics.mean(CHANCE if diverged(r) else r["rows"][-1]["val_acc"] for r in runs)
     return max(scores, key=scores.get) if scores else None
 
 
 # ---- stages ---------------------------------------------------------------------------
 
-def sweep_commands(runs, cells=tuple(CELLS)):
-    return [command(runs, cell, arm, rho, seed) for cell in cells for arm in arms_of(cell)
+def sweep_commands(runs, cells=None):
+    return [command(runs, cell, arm, rho, seed) for cell in cells or CELLS for arm in arms_of(cell)
             for rho in ARMS[arm][1] for seed in SWEEP_SEEDS]
 
 
-def cost_commands(runs, cells=tuple(CELLS)):
+def cost_commands(runs, cells=None):
     os.makedirs(os.path.join(runs, "cost"), exist_ok=True)
-    return [command(runs, cell, arm, ARMS[arm][1][0], 0, cost=True) for cell in cells for arm in arms_of(cell)]
+    return [command(runs, cell, arm, ARMS[arm][1][0], 0, cost=True) for cell in cells or CELLS for arm in arms_of(cell)]
 
 
-def main_commands(runs, cells=tuple(CELLS)):
+def main_commands(runs, cells=None):
     found, out = load(runs), []
-    for cell in cells:
+    for cell in cells or CELLS:
         for arm in arms_of(cell):
             rho = pick(found, cell, arm)
             if rho is None and arm != "sgd":
@@ -171,7 +182,12 @@ def _runs(found, cell, arm):
     return rho, {s: found[(cell, arm, rho, s)] for s in SWEEP_SEEDS + MAIN_SEEDS if (cell, arm, rho, s) in found}
 
 
-TEST = {"last": lambda r: r["summary"]["final_test_acc"], "early": lambda r: r["summary"]["test_acc_at_best_val"]}
+def _early(run):
+    acc = run["summary"]["test_acc_at_best_val"]
+    return CHANCE if acc is None else acc      # None: diverged in its first epoch
+
+
+TEST = {"last": lambda r: CHANCE if diverged(r) else r["summary"]["final_test_acc"], "early": _early}
 
 
 def epoch_seconds(run):
@@ -200,7 +216,7 @@ def cell_rows(found, cell, costs=None):
             continue
         paired = [s for s in runs if s in sgd]
         out[arm] = dict(
-            rho=rho, seeds=len(runs),
+            rho=rho, seeds=len(runs), diverged=sum(map(diverged, runs.values())),
             cost=seconds[arm] / seconds["sgd"] if {arm, "sgd"} <= set(seconds) else None,
             gain={m: {s: f(runs[s]) - f(sgd[s]) for s in paired} for m, f in TEST.items()},
             acc={m: [f(r) for r in runs.values()] for m, f in TEST.items()},
@@ -266,7 +282,8 @@ def table(found, costs):
             cost = "-" if r["cost"] is None else f"{r['cost']:.2f}"
             cos = [c for c in r["cosine"] if c is not None]
             rho = "-" if r["rho"] is None else f"{r['rho']:g}"
-            out.append(f"| {arm} | {rho} | {r['seeds']} | {cost} | "
+            seeds = f"{r['seeds']}" + (f" ({r['diverged']} diverged)" if r["diverged"] else "")
+            out.append(f"| {arm} | {rho} | {seeds} | {cost} | "
                        f"{fmt(r['acc']['last'], 2, False)} | {fmt(list(r['gain']['last'].values()))} | "
                        f"{fmt(r['acc']['early'], 2, False)} | {fmt(list(r['gain']['early'].values()))} | "
                        f"{fmt(cos, 4, False) if cos else '-'} |")

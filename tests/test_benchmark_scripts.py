@@ -460,3 +460,43 @@ def test_models_study_picks_per_cell_pairs_by_seed_and_judges_against_sam(tmp_pa
     assert "| rwp | 1.20 | +1.0 ± 0.0 yes | +1.0 ± 0.0 yes |" in out                # 5.5 - 0.75 * 6 in every seed
     assert "| random-direction | 1.20 | -3.5 ± 0.0 no | -3.5 ± 0.0 no |" in out    # 1 - 4.5
     assert "that keep 75% of SAM's gain in every cell: rwp." in out
+
+
+def test_models_study_counts_a_diverged_run_at_chance_and_keeps_it_out_of_the_pick(tmp_path, capsys):
+    """A run that diverged (summary.json with diverged_at) is a result: its last epoch counts as
+    chance, early stopping keeps its best validation epoch before, and a radius that diverged in a
+    sweep seed scores chance there."""
+    study = runpy.run_path(str(BENCHMARKS / "models_study.py"))
+    for table, keep in ((study["CELLS"], ("cnn-noisy",)), (study["ARMS"], ("sgd", "sam"))):
+        for name in [n for n in table if n not in keep]:
+            del table[name]
+    chance = study["CHANCE"]
+
+    def write(lines, diverge):
+        for line in filter(None, lines):
+            name = os.path.basename(line.split(" --out ")[1].split(" ")[0])
+            rho = name.split("-r")[-1].split("-s")[0]
+            seed = int(name.rsplit("-s", 1)[1])
+            val = 40.0 if rho == "none" else 40 + 10 * float(rho)      # the largest radius validates best
+            rows = [{"epoch": e, "val_acc": val, "epoch_s": 1.0} for e in (1, 2)]
+            summary = {"complete": True, "final_test_acc": 50.0 + (rho != "none"),
+                       "test_acc_at_best_val": 60.0 + (rho != "none"), "best_val_acc": val}
+            if (rho, seed) in diverge:
+                epoch, early = diverge[(rho, seed)]
+                summary.update(complete=False, diverged_at=epoch, test_acc_at_best_val=early)
+                rows = rows[:epoch - 1]
+            write_run(line, summary, rows)
+
+    runs = str(tmp_path / "runs")
+    write(study["sweep_commands"](runs), {("0.8", 1): (2, 55.0)})      # the largest radius diverges in seed 1
+    found = study["load"](runs)
+    assert study["diverged"](found[("cnn-noisy", "sam", 0.8, 1)])
+    assert study["pick"](found, "cnn-noisy", "sam") == 0.4              # 0.8 scores (48 + chance) / 2
+    write(study["main_commands"](runs), {("0.4", 4): (1, None)})       # a main seed diverges in epoch 1
+    rows = study["cell_rows"](study["load"](runs), "cnn-noisy")
+    sam = rows["sam"]
+    assert sam["seeds"] == 5 and sam["diverged"] == 1
+    assert sam["gain"]["last"] == {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0, 4: chance - 50.0}
+    assert sam["gain"]["early"][4] == chance - 60.0
+    study["main"](["--runs", runs, "table"])
+    assert "| sam | 0.4 | 5 (1 diverged) |" in capsys.readouterr().out

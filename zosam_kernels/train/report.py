@@ -47,9 +47,10 @@ DIGITS = {"gradvar": 4, "hessian": 4, "best_val_epoch": 1, "ascent_cosine": 4, "
 EPOCHS = {"best_val_epoch"}   # whole numbers: one seed's shown as such, a mean over seeds with DIGITS
 
 
-def load_runs(dirs):
+def load_runs(dirs, diverged=False):
     """(directory, args, summary) of every finished run among `dirs`, and the names of the unfinished
-    (a diverged run's with the epoch it diverged at)."""
+    (a diverged run's with the epoch it diverged at). diverged: count a diverged run as finished (its
+    summary's diverged_at says where it stopped)."""
     runs, unfinished = [], []
     for d in dirs:
         summary_path, config_path = os.path.join(d, "summary.json"), os.path.join(d, "config.json")
@@ -60,7 +61,7 @@ def load_runs(dirs):
             continue
         with open(summary_path) as f, open(config_path) as g:
             summary, args = json.load(f), json.load(g)["args"]
-        if summary.get("complete"):
+        if summary.get("complete") or (diverged and summary.get("diverged_at") is not None):
             runs.append((d, args, summary))
         else:
             diverged = summary.get("diverged_at")
