@@ -56,22 +56,23 @@ CELLS = {f"{m}-{lab}": f"{MODELS[m]} {LABELS[lab]}" for m in MODELS for lab in L
 CELLS["cnn-snip90"] = ("--model cnn1d --model-kwargs '{\"width\": 128}' --sparse snip --density 0.1 "
                        "--sparse-init fan-in --label-noise 0.4")
 RELATIVE = (0.1, 0.3, 1.0)       # rho in units of each tensor's RMS per weight
-# arm -> (zosam-train options, radius grid, the cells it runs in: None for all). The grids' last
-# points were added after the first sweep over four cells had picked the grid's largest radius
-# for these arms in at least one cell: each grid grew by one point, in every cell alike.
+# arm -> (zosam-train options, radius grid, the cells it runs in: None for all). A grid whose
+# largest radius validation picked in some cell grew by one point, in every cell alike, and
+# again after the next sweep where that point was picked (RWP, LPF-SGD, the guided and the
+# partial ascents); SAM's and MSAM's once.
 ARMS = {
     "sgd": ("--optimizer sgd", (None,), None),
     "sam": ("--optimizer sam", (0.05, 0.1, 0.2, 0.4, 0.8), None),
     "zosam-m1": ("--optimizer zosam --n-dirs 1 --radius-scale relative", RELATIVE, None),
     "coin-m1": ("--optimizer zosam-coin --n-dirs 1 --radius-scale relative", RELATIVE, None),
     "random-direction": ("--optimizer random-direction --radius-scale relative", RELATIVE, None),
-    "rwp": ("--optimizer rwp", (0.005, 0.01, 0.02, 0.04), None),
-    "lpf-sgd": ("--optimizer lpf-sgd --draws 2", (0.001, 0.003, 0.01, 0.03), None),
+    "rwp": ("--optimizer rwp", (0.005, 0.01, 0.02, 0.04, 0.08), None),
+    "lpf-sgd": ("--optimizer lpf-sgd --draws 2", (0.001, 0.003, 0.01, 0.03, 0.1), None),
     "msam": ("--optimizer msam --radius-scale relative", (0.01, 0.03, 0.1, 0.3), None),
-    "guided-m0": ("--optimizer zosam-guided --prior momentum --n-dirs 0", (0.1, 0.3, 1.0), None),
-    "sam-last": ("--optimizer sam-partial --perturb last:1", (0.05, 0.1, 0.2, 0.4), None),
-    "sam-last2": ("--optimizer sam-partial --perturb last:2", (0.05, 0.1, 0.2, 0.4), None),
-    "sam-on": ("--optimizer sam-on", (0.2, 0.5, 1.0), ("bn-noisy", "bn-clean")),
+    "guided-m0": ("--optimizer zosam-guided --prior momentum --n-dirs 0", (0.1, 0.3, 1.0, 3.0), None),
+    "sam-last": ("--optimizer sam-partial --perturb last:1", (0.05, 0.1, 0.2, 0.4, 0.8), None),
+    "sam-last2": ("--optimizer sam-partial --perturb last:2", (0.05, 0.1, 0.2, 0.4, 0.8), None),
+    "sam-on": ("--optimizer sam-on", (0.2, 0.5, 1.0, 2.0), ("bn-noisy", "bn-clean")),
 }
 SPARSE_ARMS = ("sgd", "sam", "zosam-m1", "coin-m1", "random-direction", "rwp")
 
