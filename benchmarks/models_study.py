@@ -53,7 +53,8 @@ MODELS = {"cnn": "--model cnn1d", "mlp": "--model mlp1d --model-kwargs '{\"width
           "bn": "--model cnn1d --model-kwargs '{\"norm\": true}'"}
 LABELS = {"noisy": "--label-noise 0.4", "clean": "--train-size 1000"}
 CELLS = {f"{m}-{lab}": f"{MODELS[m]} {LABELS[lab]}" for m in MODELS for lab in LABELS}
-CELLS["cnn-snip90"] = ("--model cnn1d --model-kwargs '{\"width\": 128}' --sparse snip --density 0.1 "
+SPARSE_CELL = "cnn-snip90"   # beside the model x label settings; the verdict's question is over those
+CELLS[SPARSE_CELL] = ("--model cnn1d --model-kwargs '{\"width\": 128}' --sparse snip --density 0.1 "
                        "--sparse-init fan-in --label-noise 0.4")
 RELATIVE = (0.1, 0.3, 1.0)       # rho in units of each tensor's RMS per weight
 # arm -> (zosam-train options, radius grid, the cells it runs in: None for all). A grid whose
@@ -79,7 +80,7 @@ SPARSE_ARMS = ("sgd", "sam", "zosam-m1", "coin-m1", "random-direction", "rwp")
 
 def arms_of(cell):
     return [a for a, (_, _, cells) in ARMS.items()
-            if (cells is None or cell in cells) and (cell != "cnn-snip90" or a in SPARSE_ARMS)]
+            if (cells is None or cell in cells) and (cell != SPARSE_CELL or a in SPARSE_ARMS)]
 
 
 def run_name(cell, arm, rho, seed):
@@ -237,9 +238,11 @@ def keeps(rows, arm, metric):
 def verdict(found, costs):
     """Per arm and cell, gain(arm) - 0.75 gain(SAM) at the last epoch with its interval, marked
     "yes" above 0, "no" below 0, "?" across it; SAM's own gain on top; then the arms that answer
-    the question: at most CHEAP x SGD's epoch in every cell and "yes" in every cell of the study
-    (sam-on, run on the BatchNorm model only, cannot)."""
+    the question: at most CHEAP x SGD's epoch and "yes" in every model x label cell (the sparse
+    cell is shown beside; sam-on, run on the BatchNorm model only, cannot answer)."""
     tables = {cell: rows for cell in CELLS if "sam" in (rows := cell_rows(found, cell, costs))}
+    settings = [cell for cell in tables if cell != SPARSE_CELL]
+    missing = [cell for cell in CELLS if cell != SPARSE_CELL and cell not in tables]
     lines = [f"| arm | cost × SGD (max over cells) | {' | '.join(tables)} |", "|---" * (len(tables) + 2) + "|",
              "| sam: its gain over SGD | | " + " | ".join(fmt(list(rows["sam"]["gain"]["last"].values()))
                                                        for rows in tables.values()) + " |"]
@@ -248,25 +251,28 @@ def verdict(found, costs):
         if arm in ("sgd", "sam"):
             continue
         entries, marks, spent = [], [], []
-        for rows in tables.values():
+        for cell, rows in tables.items():
             if arm not in rows:
                 entries.append("not run")
                 continue
-            spent.append(float("inf") if rows[arm]["cost"] is None else rows[arm]["cost"])
             mean, half, _ = interval(keeps(rows, arm, "last"))
             mark = "?" if half is None or mean - half <= 0 <= mean + half else ("yes" if mean > 0 else "no")
-            marks.append(mark)
             entries.append(f"{fmt(keeps(rows, arm, 'last'))} {mark}")
-        if not spent:
+            if cell != SPARSE_CELL:
+                spent.append(float("inf") if rows[arm]["cost"] is None else rows[arm]["cost"])
+                marks.append(mark)
+        if all(entry == "not run" for entry in entries):
             continue
-        cost = "-" if max(spent) == float("inf") else f"{max(spent):.2f}"
+        cost = "-" if not spent or max(spent) == float("inf") else f"{max(spent):.2f}"
         lines.append(f"| {arm} | {cost} | {' | '.join(entries)} |")
-        if max(spent) <= CHEAP and marks == ["yes"] * len(tables):
+        if spent and max(spent) <= CHEAP and marks == ["yes"] * len(settings):
             answer.append(arm)
     lines += ["", f"Each cell: gain(arm) − {KEEP} × gain(SAM), per seed, at the last epoch (yes: the interval "
               "is above 0, no: below, ?: it holds 0). "
-              + (f"Arms at most {CHEAP}× SGD that keep {KEEP:.0%} of SAM's gain in every cell: {', '.join(answer)}."
-                 if answer else f"No arm at most {CHEAP}× SGD keeps {KEEP:.0%} of SAM's gain in every cell.")]
+              + (f"Arms at most {CHEAP}× SGD that keep {KEEP:.0%} of SAM's gain in every model × label cell: "
+                 f"{', '.join(answer)}." if answer else
+                 f"No arm at most {CHEAP}× SGD keeps {KEEP:.0%} of SAM's gain in every model × label cell.")
+              + (f" (The model × label cells {', '.join(missing)} have no runs yet.)" if missing else "")]
     return "\n".join(lines)
 
 

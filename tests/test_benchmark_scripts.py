@@ -459,7 +459,7 @@ def test_models_study_picks_per_cell_pairs_by_seed_and_judges_against_sam(tmp_pa
     assert "| sam: its gain over SGD | | +6.0 ± 0.0 | +6.0 ± 0.0 |" in out
     assert "| rwp | 1.20 | +1.0 ± 0.0 yes | +1.0 ± 0.0 yes |" in out                # 5.5 - 0.75 * 6 in every seed
     assert "| random-direction | 1.20 | -3.5 ± 0.0 no | -3.5 ± 0.0 no |" in out    # 1 - 4.5
-    assert "that keep 75% of SAM's gain in every cell: rwp." in out
+    assert "that keep 75% of SAM's gain in every model × label cell: rwp." in out
 
 
 def test_models_study_counts_a_diverged_run_at_chance_and_keeps_it_out_of_the_pick(tmp_path, capsys):
