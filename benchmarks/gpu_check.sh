@@ -31,7 +31,7 @@
 #
 # DRY=1 runs every step on the CPU at tiny sizes, in seconds, so the script
 # cannot drift from the package (tests/test_gpu_check.py, in `make test`):
-# the Triton kernels interpreted, the benchmarks at batch 2 for one step, the
+# the Triton kernels interpreted, the benchmarks at batch 4 for one step, the
 # test files collected rather than run (the suite runs them anyway), and the
 # GPU-only steps (nvidia-smi, the editable build) reported as skipped.
 set -uo pipefail

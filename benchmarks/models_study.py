@@ -243,7 +243,8 @@ def verdict(found, costs):
     tables = {cell: rows for cell in CELLS if "sam" in (rows := cell_rows(found, cell, costs))}
     settings = [cell for cell in tables if cell != SPARSE_CELL]
     missing = [cell for cell in CELLS if cell != SPARSE_CELL and cell not in tables]
-    lines = [f"| arm | cost × SGD (max over cells) | {' | '.join(tables)} |", "|---" * (len(tables) + 2) + "|",
+    lines = [f"| arm | cost × SGD (max over the model × label cells) | {' | '.join(tables)} |",
+             "|---" * (len(tables) + 2) + "|",
              "| sam: its gain over SGD | | " + " | ".join(fmt(list(rows["sam"]["gain"]["last"].values()))
                                                        for rows in tables.values()) + " |"]
     answer = []
@@ -255,9 +256,10 @@ def verdict(found, costs):
             if arm not in rows:
                 entries.append("not run")
                 continue
-            mean, half, _ = interval(keeps(rows, arm, "last"))
+            kept = keeps(rows, arm, "last")
+            mean, half, _ = interval(kept)
             mark = "?" if half is None or mean - half <= 0 <= mean + half else ("yes" if mean > 0 else "no")
-            entries.append(f"{fmt(keeps(rows, arm, 'last'))} {mark}")
+            entries.append(f"{fmt(kept)} {mark}")
             if cell != SPARSE_CELL:
                 spent.append(float("inf") if rows[arm]["cost"] is None else rows[arm]["cost"])
                 marks.append(mark)

@@ -502,3 +502,15 @@ def test_models_study_counts_a_diverged_run_at_chance_and_keeps_it_out_of_the_pi
     assert sam["gain"]["early"][4] == chance - 60.0
     study["main"](["--runs", runs, "table"])
     assert "| sam | 0.4 | 5 (1 diverged) |" in capsys.readouterr().out
+
+
+def test_models_study_cells_restricts_a_stage_and_refuses_an_unknown_cell(tmp_path, capsys):
+    study = runpy.run_path(str(BENCHMARKS / "models_study.py"))
+    study["main"](["--runs", str(tmp_path), "sweep", "--cells", "mlp-clean,bn-noisy"])
+    lines = capsys.readouterr().out.splitlines()
+    cells = {"-".join(os.path.basename(line.split(" --out ")[1].split(" ")[0]).split("-")[:2]) for line in lines}
+    assert cells == {"mlp-clean", "bn-noisy"}
+    assert len(lines) == sum(len(study["ARMS"][a][1]) * 2 for c in cells for a in study["arms_of"](c))
+    with pytest.raises(SystemExit):
+        study["main"](["--runs", str(tmp_path), "sweep", "--cells", "mlp-clean,resnet"])
+    assert "--cells: unknown resnet" in capsys.readouterr().err
