@@ -303,14 +303,17 @@ def table(found, costs):
 
 
 def figure(found, costs, path):
+    """Gain over SGD against cost per epoch, a point per arm: a panel per model, and the sparse cell's."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    models = list(MODELS)
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        for label, marker in (("noisy", "o"), ("clean", "s")):
-            rows = cell_rows(found, f"{model}-{label}", costs)
+    # a panel per model (noisy and clean labels), and one for the sparse cell beside them
+    panels = [(f"{model} (o noisy, s clean)", [(f"{model}-noisy", "o"), (f"{model}-clean", "s")]) for model in MODELS]
+    panels.append((f"{SPARSE_CELL}: cnn width 128, SNIP 90 % (noisy)", [(SPARSE_CELL, "^")]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (title, cells) in zip(axes[0], panels):
+        for cell, marker in cells:
+            rows = cell_rows(found, cell, costs)
             for arm, r in rows.items():
                 mean, half, _ = interval(list(r["gain"]["last"].values()))
                 if mean is None or r["cost"] is None:
@@ -318,11 +321,12 @@ def figure(found, costs, path):
                 ax.errorbar(r["cost"], mean, yerr=half or 0, marker=marker, capsize=2, linestyle="none")
                 ax.annotate(arm, (r["cost"], mean), fontsize=6)
         ax.axhline(0, color="grey", linewidth=0.5)
-        ax.set_title(f"{model} (o noisy, s clean)")
+        ax.set_title(title)
         ax.set_xlabel("cost per epoch (× SGD)")
         ax.set_ylabel("test acc − SGD, last epoch (points)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    return fig
 
 
 def main(argv_=None):

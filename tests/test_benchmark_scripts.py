@@ -462,6 +462,11 @@ def test_models_study_picks_per_cell_pairs_by_seed_and_judges_against_sam(tmp_pa
     assert "| random-direction | 1.20 | -3.5 ± 0.0 no | -3.5 ± 0.0 no | -3.5 ± 0.0 no |" in out   # 1 - 4.5
     # the question is over the model x label cells: the sparse cell is shown, not required
     assert "that keep 75% of SAM's gain in every model × label cell: rwp." in out
+    # the figure: a panel per model, its points the arms of its cells, and a panel for the sparse cell
+    fig = study["figure"](found, costs, str(tmp_path / "gain.png"))
+    panels = {ax.get_title().split(" ")[0].rstrip(":"): len(ax.containers) for ax in fig.axes}
+    assert panels == {"cnn": len(gains), "mlp": len(gains), "bn": 0, "cnn-snip90": len(gains)}
+    assert (tmp_path / "gain.png").stat().st_size > 0
 
 
 def test_models_study_counts_a_diverged_run_at_chance_and_keeps_it_out_of_the_pick(tmp_path, capsys):
