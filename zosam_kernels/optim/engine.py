@@ -37,6 +37,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, TypeGuard, cast
 
 import torch
+from torch.amp.grad_scaler import GradScaler  # from its module: torch 2.11's torch.amp does not export it to mypy
 
 from ..flat import FlatParams, InPlaceParams, Layout, dense_strides
 from ..masks import Masks
@@ -182,7 +183,7 @@ class Engine(torch.optim.Optimizer):
 
     def __init__(self, params: ParamsT, base_optimizer: type[torch.optim.Optimizer] = torch.optim.SGD, *,
                  ascent: Ascent, parts: Sequence[Part] = (), masks: Any = None, check_finite: bool = True,
-                 grad_scaler: Optional[torch.amp.GradScaler] = None, max_grad_norm: Optional[float] = None,
+                 grad_scaler: Optional[GradScaler] = None, max_grad_norm: Optional[float] = None,
                  micro_batches: int = 1, common_random_numbers: Optional[bool] = None,
                  process_group: Any = None, **base_kwargs: Any) -> None:
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):

@@ -22,6 +22,7 @@ import math
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
+from torch.amp.grad_scaler import GradScaler  # from its module: torch 2.11's torch.amp does not export it to mypy
 
 from .batchnorm import BatchNormStatistics
 
@@ -97,14 +98,14 @@ class Passes:
 
     def __init__(self, batch_fraction: float = 1.0, autocast: Optional[torch.dtype] = None, name: str = "zo",
                  devices: Iterable[torch.device] = (), common_random_numbers: bool = False,
-                 micro_batches: int = 1, grad_scaler: Optional[torch.amp.GradScaler] = None) -> None:
+                 micro_batches: int = 1, grad_scaler: Optional[GradScaler] = None) -> None:
         if not isinstance(batch_fraction, (int, float)) or isinstance(batch_fraction, bool) \
                 or not 0 < batch_fraction <= 1:
             raise ValueError(f"{name}_batch_fraction must be a number in (0, 1], got {batch_fraction!r}")
         if autocast not in (None, torch.bfloat16, torch.float16):
             raise ValueError(f"{name}_autocast must be None, torch.bfloat16 or torch.float16, "
                              f"got {autocast!r}")
-        if grad_scaler is not None and not isinstance(grad_scaler, torch.amp.GradScaler):
+        if grad_scaler is not None and not isinstance(grad_scaler, GradScaler):
             raise TypeError(f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
         devices = {torch.device(d) for d in devices}
         self.batch_fraction, self.autocast, self.name = float(batch_fraction), autocast, name
