@@ -3,14 +3,19 @@
 # On a lent GPU machine (device tool): build, run the tests with the Triton
 # kernels compiled, then the kernel roofline, the pass costs, the step
 # benchmarks (with a profile) and zosam-train. Uses the machine's own python3,
-# torch and triton (no venv: the device has no network).
+# torch and triton (no venv: the device has no network). The suite also needs
+# ruff, mypy and mnist1d, which the device image lacks: `make gpu-wheels` here
+# puts their wheels in .whl/, and the `run` call carries them (carry [".whl"]);
+# the script installs whatever wheels $WHEELS (default .whl) holds, beside the
+# image's packages, before anything else runs.
 #
 #   benchmarks/gpu_check.sh [core|rest|all]
 #
 # Sized for the lease: 15 minutes of device time per task (the machine's
 # start included), at most 10 minutes per call, at most 8 files back. So two
 # calls, back to back while the machine is warm (the device tool's
-# `run` with command "bash benchmarks/gpu_check.sh core", timeout_s 600; then
+# `run` with command "bash benchmarks/gpu_check.sh core", carry [".whl"],
+# timeout_s 600; then
 # the same with "rest"; then give the machine back):
 #   core  build; the GPU tests (kernels against the reference, the stream
 #         against the C++ one, the optimizers on CUDA, a step with no host
@@ -44,8 +49,10 @@ esac
 PY=${PYTHON:-python3}
 BUDGET_S=${BUDGET_S:-540}
 DRY=${DRY:-0}
+WHEELS=${WHEELS:-.whl}
 START=$SECONDS
 RAW=$(mktemp -d)
+SITE=$(mktemp -d)   # the carried wheels, installed (outside $RAW, which is packed)
 mkdir -p "$OUT"
 # the tree itself is importable even if the editable install fails
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -114,10 +121,18 @@ pack() {
 trap pack EXIT
 
 build() {
+  if compgen -G "$WHEELS/*.whl" > /dev/null; then
+    step wheels 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl
+    export PYTHONPATH=$SITE:$PYTHONPATH
+  fi
   {
     if [ "$DRY" = 1 ]; then echo "dry mode: no GPU"
     else nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv; fi
     "$PY" -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
+    # the carried packages, as every step's Python finds them (through PYTHONPATH)
+    "$PY" -c "import importlib.metadata as md, sys
+names = sorted(d.metadata['Name'] for d in md.distributions(path=[sys.argv[1]]))
+print('carried:', ', '.join(f'{n} {md.version(n)}' for n in names) or 'none')" "$SITE"
     date -u
   } > "$OUT/versions.txt" 2>&1
   cat "$OUT/versions.txt"
