@@ -271,10 +271,10 @@ def verdict(found, costs):
             answer.append(arm)
     lines += ["", f"Each cell: gain(arm) − {KEEP} × gain(SAM), per seed, at the last epoch (yes: the interval "
               "is above 0, no: below, ?: it holds 0). "
-              + (f"Arms at most {CHEAP}× SGD that keep {KEEP:.0%} of SAM's gain in every model × label cell: "
+              + (f"No verdict yet: the model × label cells {', '.join(missing)} have no runs." if missing else
+                 f"Arms at most {CHEAP}× SGD that keep {KEEP:.0%} of SAM's gain in every model × label cell: "
                  f"{', '.join(answer)}." if answer else
-                 f"No arm at most {CHEAP}× SGD keeps {KEEP:.0%} of SAM's gain in every model × label cell.")
-              + (f" (The model × label cells {', '.join(missing)} have no runs yet.)" if missing else "")]
+                 f"No arm at most {CHEAP}× SGD keeps {KEEP:.0%} of SAM's gain in every model × label cell.")]
     return "\n".join(lines)
 
 

@@ -462,6 +462,10 @@ def test_models_study_picks_per_cell_pairs_by_seed_and_judges_against_sam(tmp_pa
     assert "| random-direction | 1.20 | -3.5 ± 0.0 no | -3.5 ± 0.0 no | -3.5 ± 0.0 no |" in out   # 1 - 4.5
     # the question is over the model x label cells: the sparse cell is shown, not required
     assert "that keep 75% of SAM's gain in every model × label cell: rwp." in out
+    assert "No verdict yet" not in out
+    # a model x label cell without runs withholds the answer, and is named
+    partial = study["verdict"]({key: run for key, run in found.items() if key[0] != "mlp-clean"}, costs)
+    assert partial.endswith("No verdict yet: the model × label cells mlp-clean have no runs.")
     # the figure: a panel per model, its points the arms of its cells, and a panel for the sparse cell
     fig = study["figure"](found, costs, str(tmp_path / "gain.png"))
     panels = {ax.get_title().split(" ")[0].rstrip(":"): len(ax.containers) for ax in fig.axes}
